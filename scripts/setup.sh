@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# One-step set-up on a fresh machine: a virtual environment in .venv with the pinned torch,
+# the project (its compiled core built through CMake) and the dev tools. Safe to re-run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "[setup] creating .venv"
+  "$PY" -m venv .venv
+fi
+PIP=".venv/bin/python -m pip"
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+echo "[setup] torch==2.14.1 torchvision==0.29.1"
+$PIP install -q torch==2.14.1 torchvision==0.29.1
+echo "[setup] build tools"
+$PIP install -q "setuptools>=68" wheel "pybind11>=2.12" "cmake>=3.24" ninja
+echo "[setup] univl-fast[dev] (builds univl_fast._C)"
+$PIP install -q --no-build-isolation -e ".[dev]"
+.venv/bin/python -m univl_fast.info --brief

@@ -1,0 +1,1 @@
+"""Shared helpers: atomic file writes, hashing, JSON."""
