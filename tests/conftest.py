@@ -1,0 +1,45 @@
+"""Shared test configuration: markers that skip cleanly with a reason, and session fixtures.
+
+Fixtures live in one module per area (registered below) so each stage's fixtures sit beside
+the code they exercise: data (synthetic dataset dirs), model (checkpoints), engine (exported
+engine dirs, indexes).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+
+import pytest
+
+pytest_plugins = [
+    "tests.fixtures_data",
+    "tests.fixtures_model",
+    "tests.fixtures_engine",
+]
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_device_count() -> int:
+    try:
+        from univl_fast import _C
+
+        return int(_C.cuda_device_count())
+    except Exception:  # noqa: BLE001 - no extension or no driver both mean no usable GPU
+        return 0
+
+
+def tensorrt_available() -> bool:
+    return importlib.util.find_spec("tensorrt") is not None and cuda_device_count() > 0
+
+
+def pytest_collection_modifyitems(config, items):
+    no_cuda = pytest.mark.skip(reason="needs a CUDA GPU: none visible on this machine")
+    no_trt = pytest.mark.skip(
+        reason="needs TensorRT and a CUDA GPU (pip install univl-fast[gpu] on a GPU host)"
+    )
+    for item in items:
+        if "needs_cuda" in item.keywords and cuda_device_count() == 0:
+            item.add_marker(no_cuda)
+        if "needs_tensorrt" in item.keywords and not tensorrt_available():
+            item.add_marker(no_trt)

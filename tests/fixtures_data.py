@@ -1,0 +1,3 @@
+"""Session fixtures for the data stage."""
+
+from __future__ import annotations

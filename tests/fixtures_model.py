@@ -1,0 +1,3 @@
+"""Session fixtures for the model stage."""
+
+from __future__ import annotations
