@@ -16,17 +16,26 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("univl_fast.data.synth_cli", "write the built-in synthetic benchmark"),
     "train": ("univl_fast.train.cli", "train one stage (inbatch | hardneg)"),
     "mine": ("univl_fast.train.mine", "mine modality-balanced hard negatives with a checkpoint"),
-    "export": ("univl_fast.export.cli", "export the towers to ONNX / TensorRT (= python -m univl_fast.export)"),
+    "export": (
+        "univl_fast.export.cli",
+        "export the towers to ONNX / TensorRT (= python -m univl_fast.export)",
+    ),
     "index": ("univl_fast.index.cli", "encode a corpus with an engine and build a tuned index"),
     "search": ("univl_fast.search_cli", "search an index with an engine"),
-    "eval": ("univl_fast.evaluate_cli", "the paper's metrics, with a checkpoint or an engine+index"),
+    "eval": (
+        "univl_fast.evaluate_cli",
+        "the paper's metrics, with a checkpoint or an engine+index",
+    ),
     "demo": ("univl_fast.demo", "the whole flow on the built-in benchmark"),
     "info": ("univl_fast.info", "what was built and what is available here"),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="univl-fast", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="univl-fast",
+        description="Universal multi-modal dense retrieval (UniVL-DR): train, export, index, search.",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_module, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)

@@ -84,7 +84,8 @@ def load_rgb(src: ImageSource, item: str | None = None) -> Image.Image:
             with Image.open(fh) as img:
                 if img.width * img.height > MAX_IMAGE_PIXELS:
                     raise ImageDecodeError(
-                        name, f"{img.width}x{img.height} exceeds the pixel limit (decompression bomb?)"
+                        name,
+                        f"{img.width}x{img.height} exceeds the pixel limit (decompression bomb?)",
                     )
                 img.load()  # force full decode: truncated data fails here, not later
                 return _to_rgb(img)

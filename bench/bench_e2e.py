@@ -1,0 +1,352 @@
+"""End-to-end encode + search under concurrency (issue 5): the compiled batcher vs the plain path.
+
+Full table (what bench/results/e2e.md reports)::
+
+    .venv/bin/python bench/bench_e2e.py --clients 1,4,16,64 --seconds 8
+
+pytest-benchmark form (one 16-client round per mode, same run)::
+
+    .venv/bin/python -m pytest bench/bench_e2e.py -q -s -p no:cacheprovider \
+        --benchmark-columns=min,median,mean,rounds
+
+Set-up (cached under ``runs/bench/e2e/``, gitignored; made in subprocesses so the measuring
+process never imports torch):
+  * engine: a ViT-B-32 UniVL-DR model with random weights (same cost as trained ones) exported
+    with ``python -m univl_fast.export --precision fp32,int8``; searches use the int8 text tower;
+  * index: ``BENCH_E2E_N`` (default 300,000) x 512 synthetic CLIP-like unit vectors
+    (``synthetic_corpus``: clustered, decaying noise spectrum, a modality offset), indexed with
+    ``BENCH_E2E_FACTORY`` (default IVF2048,PQ64,Refine(SQfp16): IVF-PQ with exact fp16
+    re-ranking) tuned to recall@10 0.95, recorded with the engine's manifest hash;
+  * queries: the questions of the built-in benchmark (tiny scale, 230 questions, 5-20 words).
+
+Each client thread loops ``engine.search([query], k=10)`` (one query per call, like a web
+service handler) for ``--seconds``; throughput = queries / wall time, latency per call.
+The baseline is the plain path (``batching=False``: every call encodes and searches on its own
+thread) measured in the same run, interleaved with the batched runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+ROOT = Path(os.environ.get("BENCH_E2E_DIR", REPO / "runs/bench/e2e"))
+N_DOCS = int(os.environ.get("BENCH_E2E_N", "300000"))
+# IVF-PQ with exact (fp16) re-ranking, as the default factory picks at this size but without the
+# OPQ rotation, whose training alone takes tens of minutes on 2 shared cores (the rotation adds
+# one 512x512 product per query at search time: negligible next to the text tower).
+FACTORY = os.environ.get("BENCH_E2E_FACTORY", "IVF2048,PQ64,Refine(SQfp16)")
+DIM = 512
+MODEL = "ViT-B-32"
+K = 10
+
+
+# ---------------------------------------------------------------------------- set-up (cached)
+def _run(cmd: list[str], what: str) -> None:
+    print(f"[setup] {what}: {' '.join(cmd)}", file=sys.stderr, flush=True)
+    proc = subprocess.run(cmd, cwd=REPO)
+    if proc.returncode != 0:
+        raise SystemExit(f"[setup] {what} failed (exit {proc.returncode})")
+
+
+def ensure_engine(root: Path = ROOT) -> Path:
+    engine = root / "engine_vitb32"
+    if (engine / "manifest.json").is_file():
+        return engine
+    ckpt = root / "ckpt_vitb32_random"
+    if not (ckpt / "model.safetensors").is_file():
+        _run([sys.executable, "-c",
+              "import sys; from univl_fast.model import UniVLDR; "
+              f"UniVLDR.from_config({MODEL!r}, seed=0).save_pretrained(sys.argv[1], "
+              "train_config={'stage': 'random-init', 'seed': 0})", str(ckpt)],
+             "random ViT-B-32 checkpoint")
+    _run([sys.executable, "-m", "univl_fast.export", "--checkpoint", str(ckpt), "--out",
+          str(engine), "--precision", "fp32,int8"], "export")
+    return engine
+
+
+def synthetic_corpus(n: int, d: int = DIM, n_tune: int = 1000, seed: int = 0):
+    """CLIP-like unit vectors -> ((n, d) float32 docs, (n,) uint8 modality codes, (n_tune, d)
+    float32 tuning queries). Cached as .npy under ROOT.
+
+    Docs: 2,048 topics (Zipf popularity) + a modality offset + noise with a decaying spectrum
+    along a random basis (most variance in a few dozen directions, like real embeddings).
+    Queries: a random doc (the positive) + a query offset + fresh noise, cosine ~0.8 with it.
+    """
+    path = ROOT / f"vectors_{n}x{d}_s{seed}.npz"
+    if path.is_file():
+        z = np.load(path)
+        return z["docs"], z["codes"], z["tune"]
+    rng = np.random.default_rng(seed)
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+    topics = unit(rng.standard_normal((2048, d)))
+    offsets = unit(rng.standard_normal((3, d)))  # text, image, query
+    basis, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    noise_map = (basis * (1.0 / np.sqrt(1.0 + np.arange(d) / 24.0))[None, :]).T.astype(np.float32)
+    noise_map /= np.sqrt((noise_map**2).sum())  # E[||z @ noise_map||^2] = 1: unit-norm noise rows
+    p = 1.0 / np.arange(1, 2049) ** 0.7
+    docs = np.empty((n, d), np.float32)
+    codes = (rng.random(n) < 389_750 / 1_177_447).astype(np.uint8)  # paper's image share
+    for s in range(0, n, 65_536):
+        m = min(n, s + 65_536) - s
+        t = rng.choice(2048, size=m, p=p / p.sum())
+        noise = rng.standard_normal((m, d)).astype(np.float32) @ noise_map
+        docs[s : s + m] = unit(topics[t] + 0.2 * offsets[codes[s : s + m]] + 0.9 * noise)
+    pos = rng.choice(n, size=n_tune, replace=False)
+    noise = rng.standard_normal((n_tune, d)).astype(np.float32) @ noise_map
+    tune = unit(docs[pos] + 0.2 * offsets[2] + 0.6 * noise)
+    ROOT.mkdir(parents=True, exist_ok=True)
+    np.savez(path, docs=docs, codes=codes, tune=tune)
+    return docs, codes, tune
+
+
+def ensure_index(engine: Path, n: int = N_DOCS, root: Path = ROOT) -> Path:
+    from univl_fast.index import build_index, read_manifest
+    from univl_fast.runtime.manifest import manifest_sha256
+
+    sha = manifest_sha256(engine)
+    out = root / f"index_{n}_{FACTORY.replace(',', '_').replace('(', '').replace(')', '')}"
+    if (out / "manifest.json").is_file() and read_manifest(out).get("engine_sha256") == sha:
+        return out
+    vectors, codes, tune_q = synthetic_corpus(n)
+    ids = [f"doc{i:07d}" for i in range(n)]
+    t0 = time.perf_counter()
+    idx = build_index(vectors, ids, codes, factory=FACTORY, target_recall=0.95,
+                      tune_queries=tune_q,
+                      engine_sha256=sha, progress=True)
+    idx.save(out)
+    print(f"[setup] index {idx!r} built in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+    return out
+
+
+def bench_queries(root: Path = ROOT) -> list[str]:
+    from univl_fast.data import DatasetDir
+    from univl_fast.data.synth import generate
+
+    data = generate(root / "synth_tiny", scale="tiny", seed=0, progress=False)
+    ds = DatasetDir(data)
+    qs = [q.text for split in ("train", "dev", "test") for q in ds.queries(split)]
+    random.Random(0).shuffle(qs)
+    return qs
+
+
+# ---------------------------------------------------------------------------- measurement
+def run_clients(engine, queries: list[str], clients: int, seconds: float, warmup: float = 1.0
+                ) -> dict:
+    """``clients`` threads each loop search([q], k=10) for ``seconds``; latency per call."""
+    lat: list[list[float]] = [[] for _ in range(clients)]
+    errors: list[str] = []
+    start = threading.Barrier(clients + 1)
+    t_measure = [0.0, 0.0]
+
+    def client(c: int) -> None:
+        rng = random.Random(c)
+        mine = lat[c]
+        try:
+            start.wait()
+            t_warm_end = t_measure[0]
+            t_end = t_measure[1]
+            while True:
+                q = queries[rng.randrange(len(queries))]
+                t = time.perf_counter()
+                if t >= t_end:
+                    break
+                engine.search([q], k=K)
+                done = time.perf_counter()
+                if t >= t_warm_end:
+                    mine.append(done - t)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=client, args=(c,), daemon=True) for c in range(clients)]
+    for th in threads:
+        th.start()
+    now = time.perf_counter()
+    t_measure[0] = now + warmup
+    t_measure[1] = now + warmup + seconds
+    start.wait()
+    for th in threads:
+        th.join()
+    if errors:
+        raise RuntimeError(f"{len(errors)} client errors, first: {errors[0]}")
+    all_lat = np.array([x for per in lat for x in per]) * 1e3
+    # queries completed inside the window / window length (calls started in it, ended <= end+1)
+    return {
+        "clients": clients,
+        "queries": int(all_lat.size),
+        "qps": float(all_lat.size / seconds),
+        "p50_ms": float(np.percentile(all_lat, 50)),
+        "p99_ms": float(np.percentile(all_lat, 99)),
+        "mean_ms": float(all_lat.mean()),
+    }
+
+
+def measure(engine_dir: Path, index_dir: Path, queries: list[str], clients: list[int],
+            seconds: float, precision: str, max_batch: int, max_wait_us: int,
+            modes: tuple[str, ...] = ("plain", "batched")) -> list[dict]:
+    import univl_fast
+
+    rows = []
+    engines = {
+        "plain": univl_fast.load(engine_dir, index=index_dir, precision=precision,
+                                 batching=False),
+        "batched": univl_fast.load(engine_dir, index=index_dir, precision=precision,
+                                   batching=True, max_batch=max_batch, max_wait_us=max_wait_us),
+    }
+    try:
+        for eng in engines.values():
+            eng.search(queries[:8], k=K)  # load / warm the sessions
+        for c in clients:
+            for mode in modes:
+                eng = engines[mode]
+                before = eng.batcher_stats()
+                r = run_clients(eng, queries, c, seconds)
+                after = eng.batcher_stats()
+                r["mode"] = mode
+                if after:
+                    nb = after["batches"] - before["batches"]
+                    r["mean_batch"] = (after["items"] - before["items"]) / nb if nb else 0.0
+                rows.append(r)
+                print(f"  {mode:<8} clients={c:<3d} {r['qps']:8.1f} q/s  p50 {r['p50_ms']:7.2f} "
+                      f"ms  p99 {r['p99_ms']:7.2f} ms"
+                      + (f"  mean batch {r['mean_batch']:.1f}" if "mean_batch" in r else ""),
+                      file=sys.stderr, flush=True)
+    finally:
+        for eng in engines.values():
+            eng.close()
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    by = {(r["mode"], r["clients"]): r for r in rows}
+    lines = [
+        "| clients | plain q/s | batched q/s | speed-up | plain p50 / p99 ms | "
+        "batched p50 / p99 ms | batched p99/p50 | mean batch |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in sorted({r["clients"] for r in rows}):
+        p, b = by.get(("plain", c)), by.get(("batched", c))
+        if not p or not b:
+            continue
+        lines.append(
+            f"| {c} | {p['qps']:.1f} | {b['qps']:.1f} | {b['qps'] / p['qps']:.2f}x | "
+            f"{p['p50_ms']:.2f} / {p['p99_ms']:.2f} | {b['p50_ms']:.2f} / {b['p99_ms']:.2f} | "
+            f"{b['p99_ms'] / b['p50_ms']:.2f} | {b.get('mean_batch', 0):.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    import onnxruntime
+
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, no GPU; "
+            f"python {platform.python_version()}, onnxruntime {onnxruntime.__version__}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from univl_fast.engine import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_US
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--clients", default="1,4,16,64")
+    p.add_argument("--seconds", type=float, default=8.0)
+    p.add_argument("--precision", default="int8")
+    p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH)
+    p.add_argument("--max-wait-us", type=int, default=DEFAULT_MAX_WAIT_US)
+    p.add_argument("--modes", default="plain,batched")
+    p.add_argument("--sweep", default=None,
+                   help="tune: comma list of max_batch:max_wait_us pairs, batched mode only")
+    p.add_argument("--out", default=str(ROOT / "results.json"))
+    args = p.parse_args(argv)
+
+    engine = ensure_engine()
+    index = ensure_index(engine)
+    queries = bench_queries()
+    clients = [int(x) for x in args.clients.split(",")]
+    print(f"machine: {machine()}", file=sys.stderr)
+    print(f"engine {engine} ({args.precision}), index {index}, {len(queries)} distinct queries",
+          file=sys.stderr)
+    if sys.modules.get("torch") is not None:
+        print("warning: torch got imported in the measuring process", file=sys.stderr)
+    result: dict = {"machine": machine(), "argv": sys.argv, "n_docs": N_DOCS,
+                    "precision": args.precision}
+    if args.sweep:
+        sweep = []
+        for pair in args.sweep.split(","):
+            mb, mw = (int(x) for x in pair.split(":"))
+            print(f"max_batch={mb} max_wait_us={mw}", file=sys.stderr)
+            for r in measure(engine, index, queries, clients, args.seconds, args.precision,
+                             mb, mw, modes=("batched",)):
+                r.update(max_batch=mb, max_wait_us=mw)
+                sweep.append(r)
+        result["sweep"] = sweep
+        print("| max_batch | max_wait_us | clients | q/s | p50 ms | p99 ms | mean batch |")
+        print("|---|---|---|---|---|---|---|")
+        for r in sweep:
+            print(f"| {r['max_batch']} | {r['max_wait_us']} | {r['clients']} | {r['qps']:.1f} | "
+                  f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r.get('mean_batch', 0):.1f} |")
+    else:
+        rows = measure(engine, index, queries, clients, args.seconds, args.precision,
+                       args.max_batch, args.max_wait_us, modes=tuple(args.modes.split(",")))
+        result.update(rows=rows, max_batch=args.max_batch, max_wait_us=args.max_wait_us)
+        print(table(rows))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+# ---------------------------------------------------------------------------- pytest-benchmark
+def _fixture_setup():
+    engine = ensure_engine()
+    return engine, ensure_index(engine), bench_queries()
+
+
+try:
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def e2e_setup():
+        return _fixture_setup()
+
+    @pytest.mark.parametrize("batching", [False, True], ids=["plain", "batched"])
+    def test_e2e_16_clients(benchmark, e2e_setup, batching):
+        """One round = 16 client threads x 25 single-query searches."""
+        import univl_fast
+
+        engine_dir, index_dir, queries = e2e_setup
+        with univl_fast.load(engine_dir, index=index_dir, precision="int8",
+                             batching=batching) as eng:
+            eng.search(queries[:8], k=K)
+
+            def round_16() -> None:
+                def client(c: int) -> None:
+                    rng = random.Random(c)
+                    for _ in range(25):
+                        eng.search([queries[rng.randrange(len(queries))]], k=K)
+
+                ts = [threading.Thread(target=client, args=(c,)) for c in range(16)]
+                for t in ts:
+                    t.start()
+                for t in ts:
+                    t.join()
+
+            benchmark.pedantic(round_16, rounds=3, iterations=1, warmup_rounds=1)
+except ImportError:  # pragma: no cover - the script does not need pytest
+    pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

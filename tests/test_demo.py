@@ -1,0 +1,149 @@
+"""``univl-fast demo``: its pieces (index building through an engine, tables, resume logic) and,
+marked slow, the whole flow at tiny scale with a few training steps, run twice (the second run
+resumes: every stage is skipped)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+
+from tests.engine_helpers import encode_corpus
+from univl_fast import demo
+
+
+def _args(workdir, **kw) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    demo.add_arguments(p)
+    argv = ["--workdir", str(workdir)]
+    for k, v in kw.items():
+        flag = "--" + k.replace("_", "-")
+        argv += [flag] if v is True else [flag, str(v)]
+    return p.parse_args(argv)
+
+
+def test_build_engine_index_matches_direct_encoding(tmp_path, tiny_engine, synth_tiny):
+    from univl_fast.index import load_index
+    from univl_fast.runtime import Encoder
+
+    enc = Encoder(tiny_engine, precision="fp32")
+    manifest = demo.build_engine_index(
+        tiny_engine, synth_tiny, tmp_path / "idx", "fp32", factory="Flat", cache=tmp_path / "vec"
+    )
+    assert manifest["engine_sha256"] == enc.manifest_sha256
+    idx = load_index(tmp_path / "idx", engine_sha256=enc.manifest_sha256)
+    vecs, ids, mods = encode_corpus(enc, synth_tiny)
+    assert idx.doc_ids == ids and idx.modalities == mods
+    got = idx.faiss_index.reconstruct_n(0, idx.ntotal)
+    np.testing.assert_allclose(got, vecs, atol=1e-5)
+    # resumable: the cached vectors are reused (same result, no re-encoding needed)
+    assert (tmp_path / "vec" / "text_docs_fp32.npy").is_file()
+    again = demo.build_engine_index(
+        tiny_engine, synth_tiny, tmp_path / "idx2", "fp32", factory="Flat", cache=tmp_path / "vec"
+    )
+    assert again["ntotal"] == manifest["ntotal"]
+
+
+def test_results_table_and_example_format():
+    block = {
+        k: 0.5
+        for k in (
+            "MRR@10",
+            "MRR@20",
+            "NDCG@10",
+            "NDCG@20",
+            "Recall@20",
+            "Recall@100",
+            "image_share@10",
+        )
+    }
+    block["queries"] = 10
+    rows = {
+        "PyTorch": {
+            **block,
+            "text": dict(block, **{"MRR@10": 0.25}),
+            "image": dict(block, **{"MRR@10": 0.75}),
+            "multi": block,
+        },
+        "int8 engine": block,
+    }
+    table = demo.results_table(rows)
+    assert "| PyTorch | 50.00 |" in table
+    assert "| PyTorch | 25.00 | 75.00 | 50.00 |" in table  # Text / Image / Multi
+    ex = {
+        "query": "q?",
+        "answerable_by": "text",
+        "positive_rank": None,
+        "top": [
+            {
+                "rank": 1,
+                "doc_id": "d1",
+                "modality": "text",
+                "score": 0.5,
+                "positive": False,
+                "text": "x" * 200,
+            }
+        ],
+    }
+    text = demo.format_example(ex)
+    assert "positive not in the top 100" in text and "..." in text
+
+
+def test_fresh_refuses_a_foreign_directory(tmp_path):
+    foreign = tmp_path / "precious"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("data")
+    with pytest.raises(SystemExit, match="not a demo workdir"):
+        demo.Demo(_args(foreign, fresh=True)).prepare()
+    assert (foreign / "keep.txt").is_file()
+
+
+def test_changed_settings_refused(tmp_path):
+    demo.Demo(_args(tmp_path / "w", scale="tiny")).prepare()
+    with pytest.raises(SystemExit, match="--fresh"):
+        demo.Demo(_args(tmp_path / "w", scale="small")).prepare()
+
+
+def test_completed_stage_is_skipped(tmp_path, capsys):
+    d = demo.Demo(_args(tmp_path / "w", scale="tiny"))
+    d.prepare()
+    calls = []
+    info = d.run_stage(1, "data", "x", lambda: calls.append(1) or {"n": 1})
+    again = d.run_stage(1, "data", "x", lambda: calls.append(2) or {"n": 2})
+    assert calls == [1] and info["n"] == again["n"] == 1
+    assert "complete, skipped" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_tiny(tmp_path, capsys):
+    """The whole flow at tiny scale (2 training steps per stage), then a resumed re-run."""
+    from univl_fast.cli import main
+
+    work = tmp_path / "demo"
+    argv = [
+        "demo",
+        "--workdir",
+        str(work),
+        "--scale",
+        "tiny",
+        "--stage1-steps",
+        "2",
+        "--stage2-steps",
+        "2",
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr()
+    assert "PyTorch stage 2 (UniVL-DR), exact" in out.out
+    assert "int8 engine + index" in out.out and "fp32 engine + index" in out.out
+    assert "text-answerable" in out.out and "image-answerable" in out.out
+    results = json.loads((work / "results.json").read_text())
+    assert len(results) == 4
+    torch_row = results["PyTorch stage 2 (UniVL-DR), exact"]
+    fp32_row = next(v for k, v in results.items() if k.startswith("fp32 engine"))
+    # fp32 engine + exact (Flat at this size) index reproduces PyTorch exact search
+    assert fp32_row["MRR@10"] == pytest.approx(torch_row["MRR@10"], abs=0.01)
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert err.count("complete, skipped") == len(demo.STAGES)

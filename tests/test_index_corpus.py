@@ -1,0 +1,136 @@
+"""Resumable corpus encoding and ``univl-fast index`` on the tiny engine + tiny dataset."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from univl_fast.index import EngineMismatchError, load_index
+from univl_fast.index.corpus import encode_corpus
+
+
+class Interrupted(RuntimeError):
+    pass
+
+
+@pytest.fixture(scope="module")
+def dataset_with_bad_image(synth_tiny, tmp_path_factory):
+    """A copy of synth_tiny whose second image no longer decodes (same byte length)."""
+    from univl_fast.data import DatasetDir
+
+    root = tmp_path_factory.mktemp("corpus") / "data"
+    shutil.copytree(synth_tiny, root)
+    lines = (root / "imgs.tsv").read_bytes().split(b"\n")
+    image_id, payload = lines[1].split(b"\t", 1)
+    lines[1] = image_id + b"\t" + b"AAAAAAAA" + payload[8:]  # valid base64, broken header
+    (root / "imgs.tsv").write_bytes(b"\n".join(lines))
+    return DatasetDir(root), image_id.decode()
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_engine):
+    from univl_fast.runtime import Encoder
+
+    return Encoder(tiny_engine, precision="fp32")
+
+
+def test_resume_after_interruption(encoder, dataset_with_bad_image, tmp_path):
+    ds, bad_id = dataset_with_bad_image
+    work = tmp_path / "work"
+    seen: list[tuple[str, bool]] = []
+
+    def stop_after_two(name: str, computed: bool) -> None:
+        seen.append((name, computed))
+        if len(seen) == 2:
+            raise Interrupted(name)
+
+    with pytest.raises(Interrupted):
+        encode_corpus(encoder, ds, work, shard_size=64, progress=False, on_shard=stop_after_two)
+    finished = sorted(p.name for p in work.glob("*.npz"))
+    assert finished == ["text-00000.npz", "text-00001.npz"]
+
+    second: list[tuple[str, bool]] = []
+    resumed = encode_corpus(
+        encoder,
+        ds,
+        work,
+        shard_size=64,
+        progress=False,
+        on_shard=lambda n, c: second.append((n, c)),
+    )
+    assert second[:2] == [("text-00000", False), ("text-00001", False)]
+    assert all(c for _, c in second[2:]) and len(second) > 3
+    assert resumed.report.shards_reused == ["text-00000", "text-00001"]
+
+    clean = encode_corpus(encoder, ds, tmp_path / "clean", shard_size=64, progress=False)
+    assert resumed.doc_ids == clean.doc_ids
+    assert resumed.modalities == clean.modalities
+    np.testing.assert_allclose(resumed.vectors, clean.vectors, atol=1e-6)
+
+    # the bad image is reported with a reason and skipped; every other document is there
+    assert [b[0] for b in clean.report.bad] == [bad_id]
+    assert bad_id not in clean.doc_ids
+    n_text = len(ds.text_docs())
+    n_img = len(ds.image_docs())
+    assert clean.report.counts == {"text": n_text, "image": n_img - 1}
+    assert clean.vectors.shape == (n_text + n_img - 1, encoder.dim)
+    np.testing.assert_allclose(np.linalg.norm(clean.vectors, axis=1), 1.0, atol=1e-4)
+    # the encoder's own vectors for a few text docs match the shards'
+    docs = ds.text_docs()[:5]
+    direct = encoder.encode_text_docs([d.text for d in docs])
+    np.testing.assert_allclose(clean.vectors[:5], direct, atol=1e-5)
+
+    # settings change (different captions) invalidates the work dir instead of mixing
+    third: list[tuple[str, bool]] = []
+    encode_corpus(
+        encoder,
+        ds,
+        work,
+        captions="exp",
+        shard_size=64,
+        progress=False,
+        on_shard=lambda n, c: third.append((n, c)),
+    )
+    assert all(c for _, c in third)
+
+
+def test_index_cli_end_to_end(encoder, dataset_with_bad_image, tmp_path, capsys):
+    from univl_fast.cli import main
+
+    ds, bad_id = dataset_with_bad_image
+    out = tmp_path / "index"
+    rc = main(
+        [
+            "index",
+            "--engine",
+            str(encoder.engine_dir),
+            "--data",
+            str(ds.path),
+            "--out",
+            str(out),
+            "--precision",
+            "fp32",
+            "--shard-size",
+            "100",
+            "--quiet",
+        ]
+    )
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "1 bad document(s) skipped" in err and bad_id in err
+    assert not (out / ".work").exists()
+    idx = load_index(out, engine_sha256=encoder.manifest_sha256)
+    assert idx.manifest["factory"] == "Flat"
+    assert idx.manifest["corpus"]["bad_documents"] == 1
+    assert idx.manifest["corpus"]["tune_queries"] == "dev+train queries"
+    assert idx.ntotal == len(ds.text_docs()) + len(ds.image_docs()) - 1
+    q = ds.queries("test")[0]
+    qv = encoder.encode_queries([q.text])
+    hits = idx.search(qv, 5)[0]
+    assert len(hits) == 5 and hits[0].score >= hits[-1].score
+    mods = ds.modalities()
+    assert all(mods[h.doc_id] == h.modality for h in hits)
+    with pytest.raises(EngineMismatchError, match=encoder.manifest_sha256):
+        load_index(out, engine_sha256="0" * 64)

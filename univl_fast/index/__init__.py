@@ -1,0 +1,35 @@
+"""FAISS index over the joint text/image embedding space (torch-free).
+
+``build_index(vectors, doc_ids, modalities, factory=None, target_recall=0.95, ...)`` builds,
+fills and tunes an inner-product index; ``Index.search`` / ``search_arrays`` query it;
+``Index.save(dir)`` / ``load_index(dir, engine_sha256=...)`` store it. See ``factory`` for the
+default index by corpus size and ``tune`` for how search parameters are chosen.
+"""
+
+from __future__ import annotations
+
+from univl_fast.index.build import build_index
+from univl_fast.index.factory import default_factory
+from univl_fast.index.gpu import gpu_count
+from univl_fast.index.params import (
+    EngineMismatchError,
+    IndexConfig,
+    IndexFormatError,
+    SearchParams,
+)
+from univl_fast.index.search import Index
+from univl_fast.index.store import load_index, read_manifest, save_index
+
+__all__ = [
+    "build_index",
+    "load_index",
+    "save_index",
+    "read_manifest",
+    "Index",
+    "IndexConfig",
+    "SearchParams",
+    "IndexFormatError",
+    "EngineMismatchError",
+    "default_factory",
+    "gpu_count",
+]

@@ -1,0 +1,245 @@
+"""``build_index``: vectors + ids + modalities -> trained, filled, tuned ``Index``."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+import faiss
+import numpy as np
+from tqdm import tqdm
+
+from univl_fast.index import factory as factory_mod
+from univl_fast.index import tune as tune_mod
+from univl_fast.index.introspect import faiss_search_parameters, memory_figures, parts_of
+from univl_fast.index.params import IndexConfig, SearchParams
+from univl_fast.index.search import MODALITY_NAMES, Index, encode_modalities
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FORMAT = 1
+UNIT_NORM_TOLERANCE = 1e-3
+
+
+def check_vectors(vectors: Any, chunk: int = 262_144) -> np.ndarray:
+    """(n, d) float32 unit rows, finite; raises naming the first bad row. Keeps memmaps."""
+    if not isinstance(vectors, np.ndarray):
+        vectors = np.asarray(vectors)
+    if vectors.ndim != 2:
+        raise ValueError(f"vectors must be a 2-D (n, d) array, got shape {vectors.shape}")
+    if vectors.shape[1] < 1:
+        raise ValueError("vectors have dimension 0")
+    if vectors.dtype != np.float32:
+        vectors = vectors.astype(np.float32)
+    for start in range(0, vectors.shape[0], chunk):
+        block = np.asarray(vectors[start : start + chunk])
+        finite = np.isfinite(block).all(axis=1)
+        if not finite.all():
+            raise ValueError(f"vectors[{start + int(np.flatnonzero(~finite)[0])}] has NaN or inf")
+        norms = np.linalg.norm(block, axis=1)
+        bad = np.abs(norms - 1.0) > UNIT_NORM_TOLERANCE
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"vectors[{start + i}] has norm {norms[i]:.6f}: rows must be unit length "
+                "(cosine = inner product)"
+            )
+    return vectors
+
+
+def check_doc_ids(doc_ids: list[str], n: int) -> list[str]:
+    if len(doc_ids) != n:
+        raise ValueError(f"{len(doc_ids)} doc ids for {n} vectors")
+    ids = [str(x) for x in doc_ids]
+    seen: set[str] = set()
+    for i, x in enumerate(ids):
+        if not x or "\n" in x or "\r" in x:
+            raise ValueError(f"doc_ids[{i}] = {x!r}: ids must be non-empty and on one line")
+        if x in seen:
+            raise ValueError(f"doc_ids[{i}] = {x!r} is a duplicate")
+        seen.add(x)
+    return ids
+
+
+def _set_training_costs(index: faiss.Index, cfg: IndexConfig) -> None:
+    """Cheaper OPQ / PQ training than faiss's defaults (see IndexConfig). Measured on this
+    machine kind: faiss's default OPQ64 training on 512-d took > 10 min of 2 busy cores, most
+    of it in 8-d k-means; with these settings it takes about a minute, and the exact
+    re-ranking step makes up the small loss in code quality (bench/results/index.md)."""
+    top = faiss.downcast_index(index)
+    base = faiss.downcast_index(top.base_index) if isinstance(top, faiss.IndexRefine) else top
+    if isinstance(base, faiss.IndexPreTransform):
+        for i in range(base.chain.size()):
+            vt = faiss.downcast_VectorTransform(base.chain.at(i))
+            if isinstance(vt, faiss.OPQMatrix):
+                vt.niter = int(cfg.opq_iterations)
+                vt.niter_pq_0 = int(cfg.pq_kmeans_iterations)
+                vt.max_train_points = int(cfg.opq_train_points)
+    try:
+        ivf = faiss.downcast_index(faiss.extract_index_ivf(base))
+    except RuntimeError:
+        return
+    pq = getattr(ivf, "pq", None)
+    if pq is not None:
+        pq.cp.niter = int(cfg.pq_kmeans_iterations)
+        pq.cp.max_points_per_centroid = int(cfg.pq_points_per_centroid)
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    return tqdm(total=total, desc=desc, unit="vec", file=sys.stderr, disable=not enabled)
+
+
+def build_index(
+    vectors: np.ndarray,
+    doc_ids: list[str],
+    modalities: list[str] | np.ndarray,
+    factory: str | None = None,
+    target_recall: float = 0.95,
+    tune_queries: np.ndarray | None = None,
+    k: int = 10,
+    engine_sha256: str | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    config: IndexConfig | None = None,
+    device: str = "auto",
+) -> Index:
+    """Build, fill and tune an inner-product index.
+
+    vectors: (n, d) float32 unit rows (a memory-mapped array works and is read in chunks).
+    doc_ids: n unique strings; modalities: n of "text" | "image" (or (n,) uint8 codes).
+    factory: faiss index_factory string; None -> ``factory.default_factory(n, d)``.
+    tune_queries: (m, d) float32 held-out queries for tuning; None -> perturbed corpus sample.
+    Returns an ``Index`` whose manifest records factory, tuned params, measured recall@k vs
+    exact, memory, build times and ``engine_sha256``.
+    """
+    t_start = time.perf_counter()
+    vectors = check_vectors(vectors)
+    n, d = vectors.shape
+    if n == 0:
+        raise ValueError("cannot build an index over 0 vectors")
+    ids = check_doc_ids(doc_ids, n)
+    codes = encode_modalities(modalities)
+    if codes.shape[0] != n:
+        raise ValueError(f"{codes.shape[0]} modalities for {n} vectors")
+    if not 0.0 < target_recall <= 1.0:
+        raise ValueError(f"target_recall must be in (0, 1], got {target_recall}")
+    factory = factory or factory_mod.default_factory(n, d)
+    cfg = config or IndexConfig(factory=factory, dim=d)
+    cfg.factory, cfg.dim, cfg.target_recall, cfg.k, cfg.seed = factory, d, target_recall, k, seed
+
+    try:
+        index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        raise ValueError(f"invalid faiss factory string {factory!r}: {exc}") from None
+    parts = parts_of(index)
+    rng = np.random.default_rng(seed)
+
+    # ---- train
+    t0 = time.perf_counter()
+    if not index.is_trained:
+        nlist = int(parts.ivf.nlist) if parts.ivf is not None else 1
+        if parts.ivf is not None:
+            parts.ivf.cp.seed = seed
+            if nlist * factory_mod.MIN_POINTS_PER_CENTROID > n:
+                raise ValueError(
+                    f"factory {factory!r}: {nlist} lists need >= "
+                    f"{nlist * factory_mod.MIN_POINTS_PER_CENTROID} training vectors, corpus has {n}"
+                )
+        _set_training_costs(index, cfg)
+        n_train = factory_mod.training_size(n, nlist, cfg.train_points_per_centroid)
+        rows = np.sort(rng.choice(n, size=n_train, replace=False)) if n_train < n else None
+        sample = np.ascontiguousarray(vectors[rows] if rows is not None else vectors[:])
+        log.info("training %s on %d vectors", factory, sample.shape[0])
+        if progress:
+            print(f"training {factory} on {sample.shape[0]} vectors ...", file=sys.stderr)
+        index.train(sample)
+        del sample
+    train_s = time.perf_counter() - t0
+
+    # ---- add in chunks
+    t0 = time.perf_counter()
+    with _progress(n, "adding", progress) as bar:
+        for start in range(0, n, cfg.add_chunk):
+            block = np.ascontiguousarray(vectors[start : start + cfg.add_chunk], dtype=np.float32)
+            index.add(block)
+            bar.update(block.shape[0])
+    add_s = time.perf_counter() - t0
+    parts = parts_of(index)
+
+    # ---- tune
+    t0 = time.perf_counter()
+    if tune_queries is None:
+        cfg.tune_queries_source = "perturbed-corpus-sample"
+        queries = tune_mod.fallback_tune_queries(vectors, cfg.max_tune_queries, seed)
+    else:
+        cfg.tune_queries_source = "given"
+        queries = np.ascontiguousarray(tune_queries, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != d:
+            raise ValueError(f"tune_queries must be (m, {d}), got shape {queries.shape}")
+        if queries.shape[0] > cfg.max_tune_queries:
+            pick = np.sort(rng.choice(queries.shape[0], cfg.max_tune_queries, replace=False))
+            queries = queries[pick]
+    mem = memory_figures(index)
+
+    def run_search(q: np.ndarray, kk: int, p: SearchParams):
+        fp, _keep = faiss_search_parameters(parts, p, None)
+        return index.search(q, min(kk, n), params=fp)
+
+    if parts.ivf is None and parts.refine is None:
+        # exact (Flat or a non-IVF code): recall is measured, nothing to tune
+        params = SearchParams()
+        _, rows_ = run_search(queries, k, params)
+        exact_scores, _ = tune_mod.exact_search(vectors, queries, k)
+        recall = tune_mod.tie_aware_recall(vectors, queries, rows_, exact_scores, k)
+        tuning = tune_mod.TuneResult(params, recall, recall >= target_recall, len(queries), k)
+    else:
+        if progress:
+            print(
+                f"tuning on {len(queries)} queries for recall@{k} >= {target_recall}",
+                file=sys.stderr,
+            )
+        refine_code = (mem["refine_bytes"] // n) if parts.refine is not None else 0
+        tuning = tune_mod.tune(
+            run_search,
+            vectors,
+            queries,
+            k,
+            target_recall,
+            int(parts.ivf.nlist) if parts.ivf is not None else None,
+            parts.refine is not None,
+            int(mem["code_bytes_per_vector"]),
+            int(refine_code),
+        )
+    tune_s = time.perf_counter() - t0
+
+    counts = {name: int((codes == c).sum()) for c, name in enumerate(MODALITY_NAMES)}
+    manifest: dict[str, Any] = {
+        "format": MANIFEST_FORMAT,
+        "factory": factory,
+        "metric": "inner_product",
+        "dim": d,
+        "ntotal": n,
+        "modality_counts": counts,
+        "nlist": int(parts.ivf.nlist) if parts.ivf is not None else None,
+        "search_params": tuning.params.to_json(),
+        "tuning": {"target_recall": target_recall, **tuning.to_json()},
+        "memory": mem,
+        "build_seconds": {
+            "train": round(train_s, 3),
+            "add": round(add_s, 3),
+            "tune": round(tune_s, 3),
+            "total": round(time.perf_counter() - t_start, 3),
+        },
+        "faiss_version": faiss.__version__,
+        "engine_sha256": engine_sha256,
+        "config": cfg.to_json(),
+    }
+    if progress:
+        print(
+            f"index {factory}: {n} vectors, params {tuning.params}, "
+            f"recall@{k} {tuning.recall:.4f} vs exact (target {target_recall})",
+            file=sys.stderr,
+        )
+    return Index(index, ids, codes, manifest, device=device)

@@ -1,0 +1,119 @@
+"""``univl-fast index``: encode a dataset's corpus with an engine, build and tune an index."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--engine", required=True, help="engine dir (python -m univl_fast.export)")
+    parser.add_argument("--data", required=True, help="dataset dir (UniVL-DR layout)")
+    parser.add_argument("--out", required=True, help="index dir to write")
+    parser.add_argument(
+        "--factory", default=None, help="faiss factory string (default: chosen by corpus size)"
+    )
+    parser.add_argument(
+        "--target-recall",
+        type=float,
+        default=0.95,
+        help="tune to this recall@k against exact search (default 0.95)",
+    )
+    parser.add_argument("-k", type=int, default=10, help="k of the tuning recall@k (default 10)")
+    parser.add_argument(
+        "--captions",
+        default="plain",
+        help="image captions: plain | query | exp | a JSON-lines file",
+    )
+    parser.add_argument("--batch-size", type=int, default=64, help="encoder batch size")
+    parser.add_argument(
+        "--shard-size",
+        type=int,
+        default=4096,
+        help="documents per resumable work shard (default 4096)",
+    )
+    parser.add_argument("--precision", default=None, help="fp32 | fp16 | int8 (default: fastest)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--keep-work",
+        action="store_true",
+        help="keep OUT/.work (encoded shards) after a successful build",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from univl_fast.data import DatasetDir
+    from univl_fast.index.build import build_index
+    from univl_fast.index.corpus import encode_corpus, encode_tune_queries
+    from univl_fast.runtime import Encoder
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    progress = not args.quiet
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    encoder = Encoder(args.engine, precision=args.precision, batch_size=args.batch_size)
+    dataset = DatasetDir(args.data)
+    print(
+        f"engine {args.engine} ({encoder.precision}, {encoder.backend}), data {args.data}",
+        file=sys.stderr,
+    )
+    corpus = encode_corpus(
+        encoder,
+        dataset,
+        out / ".work",
+        captions=args.captions,
+        shard_size=args.shard_size,
+        batch_size=args.batch_size,
+        progress=progress,
+    )
+    rep = corpus.report
+    print(rep.summary(), file=sys.stderr)
+    for doc_id, reason in rep.bad[:20]:
+        print(f"  bad document {doc_id}: {reason}", file=sys.stderr)
+    if len(rep.bad) > 20:
+        print(f"  ... and {len(rep.bad) - 20} more", file=sys.stderr)
+    if corpus.vectors.shape[0] == 0:
+        print(f"univl-fast index: no document of {args.data} could be encoded", file=sys.stderr)
+        return 1
+    tune_q = encode_tune_queries(encoder, dataset, seed=args.seed)
+    if tune_q is None:
+        print("no dev/train queries: tuning on perturbed corpus vectors", file=sys.stderr)
+    index = build_index(
+        corpus.vectors,
+        corpus.doc_ids,
+        corpus.modalities,
+        factory=args.factory,
+        target_recall=args.target_recall,
+        tune_queries=tune_q,
+        k=args.k,
+        engine_sha256=encoder.manifest_sha256,
+        seed=args.seed,
+        progress=progress,
+        device="cpu",
+    )
+    index.manifest["corpus"] = {
+        "dataset": str(Path(args.data).resolve()),
+        "captions": args.captions,
+        "precision": encoder.precision,
+        "backend": encoder.backend,
+        "bad_documents": len(rep.bad),
+        "bad_examples": [list(b) for b in rep.bad[:100]],
+        "counts": rep.counts,
+        "tune_queries": "dev+train queries" if tune_q is not None else "perturbed corpus sample",
+    }
+    index.save(out)
+    if not args.keep_work:
+        shutil.rmtree(out / ".work", ignore_errors=True)
+    t = index.manifest["tuning"]
+    print(
+        f"wrote {out}: {index.ntotal} vectors, {index.manifest['factory']}, params "
+        f"{index.manifest['search_params']}, recall@{t['k']} {t['recall_at_k']:.4f} vs exact, "
+        f"{time.perf_counter() - t0:.1f}s",
+        file=sys.stderr,
+    )
+    return 0

@@ -1,0 +1,115 @@
+"""What a faiss index is made of: IVF part, PQ code size, re-ranking store, memory figures,
+and the faiss ``SearchParameters`` tree that carries a ``SearchParams`` into one call."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import faiss
+
+from univl_fast.index.params import SearchParams
+
+
+@dataclass
+class IndexParts:
+    """The pieces of a (possibly wrapped) faiss index that search and tuning care about."""
+
+    top: faiss.Index  # the index searched
+    base: faiss.Index  # what produces candidates (top itself unless refine)
+    refine: faiss.Index | None  # re-ranking store of an IndexRefine, else None
+    ivf: faiss.IndexIVF | None  # the IVF inside base (through OPQ pre-transforms), else None
+    default_k_factor: float  # the index's own k_factor (refine only)
+
+    @property
+    def is_flat(self) -> bool:
+        return self.refine is None and self.ivf is None and isinstance(self.top, faiss.IndexFlat)
+
+
+def parts_of(index: faiss.Index) -> IndexParts:
+    top = faiss.downcast_index(index)
+    refine = None
+    base = top
+    k_factor = 1.0
+    if isinstance(top, faiss.IndexRefine):
+        base = faiss.downcast_index(top.base_index)
+        refine = faiss.downcast_index(top.refine_index)
+        k_factor = float(top.k_factor)
+    try:
+        ivf = faiss.extract_index_ivf(base)
+    except RuntimeError:
+        ivf = None
+    return IndexParts(top=top, base=base, refine=refine, ivf=ivf, default_k_factor=k_factor)
+
+
+def default_search_params(parts: IndexParts) -> SearchParams:
+    """The knobs the index would use on its own (before tuning)."""
+    return SearchParams(
+        nprobe=int(parts.ivf.nprobe) if parts.ivf is not None else None,
+        k_factor=int(parts.default_k_factor) if parts.refine is not None else None,
+    )
+
+
+def faiss_search_parameters(
+    parts: IndexParts, params: SearchParams, sel: faiss.IDSelector | None
+) -> tuple[faiss.SearchParameters | None, list[Any]]:
+    """faiss parameter tree for one call, and the objects it points to (keep them alive)."""
+    keep: list[Any] = [sel]
+    base: faiss.SearchParameters | None = None
+    if parts.ivf is not None:
+        base = faiss.SearchParametersIVF()
+        base.nprobe = int(params.nprobe if params.nprobe is not None else parts.ivf.nprobe)
+        if sel is not None:
+            base.sel = sel
+    elif sel is not None:
+        base = faiss.SearchParameters()
+        base.sel = sel
+    keep.append(base)
+    if parts.refine is None:
+        return base, keep
+    top = faiss.IndexRefineSearchParameters()
+    kf = params.k_factor if params.k_factor is not None else parts.default_k_factor
+    top.k_factor = float(kf)
+    if base is not None:
+        top.base_index_params = base
+    keep.append(top)
+    return top, keep
+
+
+def _code_size(index: faiss.Index) -> int:
+    idx = faiss.downcast_index(index)
+    if hasattr(idx, "code_size"):
+        return int(idx.code_size)
+    return int(idx.sa_code_size())
+
+
+def memory_figures(index: faiss.Index) -> dict[str, Any]:
+    """Bytes held by the index, split into compressed codes (+ ids), coarse/transform
+    parameters, and the re-ranking store; plus what an exact float32 Flat would take."""
+    parts = parts_of(index)
+    n, d = int(parts.top.ntotal), int(parts.top.d)
+    flat = n * d * 4
+    out: dict[str, Any] = {"flat_float32_bytes": flat}
+    if parts.ivf is not None:
+        ivf = parts.ivf
+        codes = n * (int(ivf.code_size) + 8)  # codes + 8-byte ids in the inverted lists
+        coarse = int(ivf.nlist) * int(ivf.d) * 4
+        transforms = 0
+        base = parts.base
+        if isinstance(base, faiss.IndexPreTransform):
+            for i in range(base.chain.size()):
+                vt = faiss.downcast_VectorTransform(base.chain.at(i))
+                transforms += int(vt.d_in) * int(vt.d_out) * 4
+        pq = getattr(faiss.downcast_index(ivf), "pq", None)
+        pq_tables = int(pq.M) * int(pq.ksub) * int(pq.dsub) * 4 if pq is not None else 0
+        out.update(
+            codes_bytes=codes,
+            code_bytes_per_vector=int(ivf.code_size) + 8,
+            coarse_and_transform_bytes=coarse + transforms + pq_tables,
+        )
+    else:
+        codes = n * _code_size(parts.base)
+        out.update(codes_bytes=codes, code_bytes_per_vector=_code_size(parts.base))
+    out["codes_fraction_of_flat"] = (codes / flat) if flat else 0.0
+    out["refine_bytes"] = n * _code_size(parts.refine) if parts.refine is not None else 0
+    return out

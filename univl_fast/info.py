@@ -1,0 +1,184 @@
+"""``python -m univl_fast.info`` / ``univl-fast info``: what was built and what is available here.
+
+Prints the univl_fast version, the build of the compiled core (or why it failed to import),
+numpy, ONNX Runtime (version and execution providers), faiss (version and GPU count), TensorRT
+presence and the CUDA devices the compiled core sees. Never imports torch.
+
+    python -m univl_fast.info            # readable report
+    python -m univl_fast.info --brief    # one line per item
+    python -m univl_fast.info --json     # machine-readable
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import sys
+from typing import Any
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def collect() -> dict[str, Any]:
+    """Everything the report shows, as a JSON-able dict."""
+    import univl_fast
+
+    info: dict[str, Any] = {
+        "univl_fast": univl_fast.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+    try:
+        from univl_fast import _C
+
+        info["core"] = {"available": True, "path": _C.__file__, **_C.build_info()}
+        info["cuda_devices"] = int(_C.cuda_device_count())
+        info["cuda_driver_version"] = int(_C.cuda_driver_version())
+    except Exception as exc:  # noqa: BLE001 - report why, whatever it was
+        info["core"] = {
+            "available": False,
+            "error": _error(exc),
+            "hint": "build it with: python -m pip install --no-build-isolation -e .",
+        }
+        info["cuda_devices"] = 0
+        info["cuda_driver_version"] = 0
+
+    import numpy
+
+    info["numpy"] = numpy.__version__
+
+    try:
+        import onnxruntime
+
+        info["onnxruntime"] = {
+            "version": onnxruntime.__version__,
+            "providers": list(onnxruntime.get_available_providers()),
+        }
+    except Exception as exc:  # noqa: BLE001
+        info["onnxruntime"] = {"version": None, "error": _error(exc)}
+
+    try:
+        import faiss
+
+        info["faiss"] = {"version": faiss.__version__, "gpus": int(faiss.get_num_gpus())}
+    except Exception as exc:  # noqa: BLE001
+        info["faiss"] = {"version": None, "gpus": 0, "error": _error(exc)}
+
+    # Presence only: importing tensorrt initializes CUDA, and info must stay cheap and torch-free.
+    trt_spec = importlib.util.find_spec("tensorrt")
+    info["tensorrt"] = {
+        "installed": trt_spec is not None,
+        "version": (_version("tensorrt") or _version("tensorrt-cu12") or _version("tensorrt-cu13"))
+        if trt_spec is not None
+        else None,
+    }
+    info["torch_installed"] = importlib.util.find_spec("torch") is not None
+    return info
+
+
+def _core_line(core: dict[str, Any]) -> str:
+    if not core.get("available"):
+        return f"not available ({core['error']}); {core['hint']}"
+    cuda = (
+        f"CUDA {core['nvcc_version']} archs {','.join(core['cuda_architectures'])} "
+        f"(runtime {core['cuda_runtime']})"
+        if core["cuda"]
+        else "no CUDA"
+    )
+    omp = f"OpenMP {core['openmp_version']}" if core["openmp"] else "no OpenMP"
+    return (
+        f"{core['compiler']} {core['cxx_standard']} {core['build_type']}; "
+        f"SIMD {'/'.join(core['simd_compiled'])} (using {core['simd_selected']}); "
+        f"{omp}, {core['threads']} threads; {cuda}"
+    )
+
+
+def brief_lines(info: dict[str, Any]) -> list[str]:
+    ort = info["onnxruntime"]
+    faiss = info["faiss"]
+    trt = info["tensorrt"]
+    return [
+        f"univl_fast: {info['univl_fast']} (Python {info['python']})",
+        f"core (_C): {_core_line(info['core'])}",
+        f"numpy: {info['numpy']}",
+        "onnxruntime: "
+        + (
+            f"{ort['version']} providers {', '.join(ort['providers'])}"
+            if ort["version"]
+            else f"not available ({ort['error']})"
+        ),
+        "faiss: "
+        + (
+            f"{faiss['version']} gpus {faiss['gpus']}"
+            if faiss["version"]
+            else f"not available ({faiss['error']})"
+        ),
+        "tensorrt: "
+        + (
+            f"installed {trt['version'] or ''}".rstrip()
+            if trt["installed"]
+            else "not installed (pip install univl-fast[gpu])"
+        ),
+        f"cuda devices: {info['cuda_devices']}"
+        + (f" (driver {info['cuda_driver_version']})" if info["cuda_driver_version"] else ""),
+    ]
+
+
+def full_report(info: dict[str, Any]) -> str:
+    lines = brief_lines(info)
+    lines.insert(1, f"platform: {info['platform']}")
+    core = info["core"]
+    if core.get("available"):
+        lines.append("core build info:")
+        for key in sorted(k for k in core if k != "available"):
+            lines.append(f"  {key}: {core[key]}")
+    lines.append(f"torch installed (training/export only): {info['torch_installed']}")
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    fmt = parser.add_mutually_exclusive_group()
+    fmt.add_argument("--brief", action="store_true", help="one line per item")
+    fmt.add_argument("--json", action="store_true", help="machine-readable JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    info = collect()
+    if args.json:
+        print(json.dumps(info, indent=2, sort_keys=True))
+    elif args.brief:
+        print("\n".join(brief_lines(info)))
+    else:
+        print(full_report(info))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m univl_fast.info", description=__doc__.splitlines()[0]
+    )
+    add_arguments(parser)
+    try:
+        return run(parser.parse_args(argv))
+    except BrokenPipeError:  # e.g. piped into `head`
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,256 @@
+"""Execution backends for the exported towers (torch-free).
+
+| name                   | runs                                   | needs                         |
+|------------------------|----------------------------------------|-------------------------------|
+| `onnxruntime-cpu`      | ONNX graphs, CPUExecutionProvider      | onnxruntime (always here)     |
+| `onnxruntime-cuda`     | ONNX graphs, CUDAExecutionProvider     | onnxruntime-gpu + a CUDA GPU  |
+| `onnxruntime-tensorrt` | ONNX graphs, TensorrtExecutionProvider | onnxruntime-gpu + TensorRT    |
+| `tensorrt`             | the engine's TensorRT plans, natively  | tensorrt + cuda-python + GPU  |
+
+``onnxruntime`` means the best ONNX Runtime provider available; ``None`` / ``"auto"`` the best
+backend overall (TensorRT plans when present and runnable, then ORT CUDA, then ORT CPU).
+Asking for one that cannot run here raises :class:`BackendUnavailable` naming what to
+install. The GPU backends cannot be exercised on a machine without a GPU (unverified there).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+GPU_EXTRA = "pip install univl-fast[gpu]"
+BACKENDS = ("onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")
+ALIASES = {"onnxruntime": None, "ort": None, "cpu": "onnxruntime-cpu", "cuda": "onnxruntime-cuda"}
+_PROVIDER = {
+    "onnxruntime-cpu": "CPUExecutionProvider",
+    "onnxruntime-cuda": "CUDAExecutionProvider",
+    "onnxruntime-tensorrt": "TensorrtExecutionProvider",
+}
+
+
+class BackendUnavailable(RuntimeError):
+    """The requested backend cannot run on this machine; the message says what is missing."""
+
+
+@dataclass
+class ThreadSettings:
+    """ONNX Runtime threading for a service on a small machine.
+
+    intra_op: threads inside one operator (default: physical cores, or env
+    ``UNIVL_FAST_INTRA_OP_THREADS``); inter_op 1 and sequential execution: the towers are a
+    chain of ops, parallel branches only add scheduling cost.
+    """
+
+    intra_op: int | None = None
+    inter_op: int = 1
+    sequential: bool = True
+    spin: bool = False  # busy-wait between ops: lower latency, burns CPU when idle
+
+    def resolved_intra_op(self) -> int:
+        if self.intra_op:
+            return int(self.intra_op)
+        env = os.environ.get("UNIVL_FAST_INTRA_OP_THREADS")
+        if env:
+            return int(env)
+        return physical_cores()
+
+
+def physical_cores() -> int:
+    """Physical cores visible to this process (affinity-aware, SMT siblings counted once)."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return max(1, (os.cpu_count() or 2) // 2)
+    cores = set()
+    for cpu in cpus:
+        sib = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
+        try:
+            cores.add(sib.read_text().strip())
+        except OSError:
+            cores.add(str(cpu))
+    return max(1, len(cores))
+
+
+def _ort_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+def _cuda_devices() -> int:
+    try:
+        from univl_fast import _C
+
+        return int(_C.cuda_device_count())
+    except Exception:  # noqa: BLE001 - no extension / no driver: no usable GPU
+        return 0
+
+
+def tensorrt_importable() -> bool:
+    return (
+        importlib.util.find_spec("tensorrt") is not None
+        and importlib.util.find_spec("cuda") is not None
+    )
+
+
+def available_backends(has_plans: bool = False) -> list[str]:
+    """Backends that can run here, best first."""
+    out = []
+    provs = _ort_providers()
+    gpus = _cuda_devices()
+    if has_plans and gpus and tensorrt_importable():
+        out.append("tensorrt")
+    if gpus and "CUDAExecutionProvider" in provs:
+        out.append("onnxruntime-cuda")
+    if gpus and "TensorrtExecutionProvider" in provs:
+        out.append("onnxruntime-tensorrt")
+    out.append("onnxruntime-cpu")
+    return out
+
+
+def resolve_backend(name: str | None, has_plans: bool = False) -> str:
+    """Map a user's backend name (or None/"auto") to one that can run here, or raise."""
+    if name in (None, "auto"):
+        return available_backends(has_plans)[0]
+    key = name.lower()
+    if key in ALIASES:
+        mapped = ALIASES[key]
+        if mapped is None:
+            return next(b for b in available_backends(False) if b.startswith("onnxruntime"))
+        key = mapped
+    if key not in BACKENDS:
+        raise ValueError(
+            f"backend {name!r}: unknown; choose from auto, onnxruntime, {', '.join(BACKENDS)}"
+        )
+    if key == "onnxruntime-cpu":
+        return key
+    reasons = []
+    if key == "tensorrt":
+        if not tensorrt_importable():
+            reasons.append(f"tensorrt / cuda-python are not installed ({GPU_EXTRA})")
+        if not has_plans:
+            reasons.append(
+                "this engine has no TensorRT plans (export with --tensorrt on a GPU host)"
+            )
+    else:
+        if _PROVIDER[key] not in _ort_providers():
+            reasons.append(
+                f"onnxruntime has no {_PROVIDER[key]} (installed: {', '.join(_ort_providers())}; "
+                f"{GPU_EXTRA})"
+            )
+    if _cuda_devices() == 0:
+        reasons.append("no CUDA device is visible")
+    if reasons:
+        raise BackendUnavailable(f"backend {key!r} cannot run here: " + "; ".join(reasons))
+    return key
+
+
+class OrtTower:
+    """One ONNX graph in an ONNX Runtime session: ``run(array) -> float32 (n, d)``."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        backend: str = "onnxruntime-cpu",
+        threads: ThreadSettings | None = None,
+    ):
+        import onnxruntime as ort
+
+        threads = threads or ThreadSettings()
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads.resolved_intra_op()
+        so.inter_op_num_threads = threads.inter_op
+        so.execution_mode = (
+            ort.ExecutionMode.ORT_SEQUENTIAL
+            if threads.sequential
+            else ort.ExecutionMode.ORT_PARALLEL
+        )
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if threads.spin else "0")
+        so.log_severity_level = 3
+        providers = [_PROVIDER[backend]]
+        if backend != "onnxruntime-cpu":
+            providers.append("CPUExecutionProvider")
+        self.path = str(path)
+        self.backend = backend
+        self.session = ort.InferenceSession(self.path, so, providers=providers)
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        out = self.session.run([self.output_name], {self.input_name: x})[0]
+        return np.asarray(out, dtype=np.float32)
+
+
+class TensorRTTower:
+    """A serialized TensorRT plan run natively (tensorrt + cuda-python). Unverified here:
+    written against the TensorRT 10 tensor API; needs a GPU host to be exercised."""
+
+    def __init__(self, plan_path: str | os.PathLike, input_name: str, output_name: str):
+        if not tensorrt_importable():
+            raise BackendUnavailable(f"tensorrt / cuda-python are not installed ({GPU_EXTRA})")
+        import tensorrt as trt
+        from cuda.bindings import runtime as cudart
+
+        self._trt, self._cudart = trt, cudart
+        logger = trt.Logger(trt.Logger.WARNING)
+        with open(plan_path, "rb") as fh:
+            self.engine = trt.Runtime(logger).deserialize_cuda_engine(fh.read())
+        if self.engine is None:
+            raise RuntimeError(f"{plan_path}: TensorRT could not deserialize the plan")
+        self.context = self.engine.create_execution_context()
+        self.input_name, self.output_name = input_name, output_name
+        err, self.stream = cudart.cudaStreamCreate()
+        self._check(err, "cudaStreamCreate")
+
+    def _check(self, err, what: str) -> None:
+        if int(err) != 0:
+            raise RuntimeError(f"{what} failed with CUDA error {int(err)}")
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        cudart = self._cudart
+        x = np.ascontiguousarray(x)
+        self.context.set_input_shape(self.input_name, x.shape)
+        out_shape = tuple(self.context.get_tensor_shape(self.output_name))
+        out = np.empty(out_shape, dtype=np.float32)
+        err, d_in = cudart.cudaMalloc(x.nbytes)
+        self._check(err, "cudaMalloc")
+        err, d_out = cudart.cudaMalloc(out.nbytes)
+        self._check(err, "cudaMalloc")
+        try:
+            kind_h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+            kind_d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+            (err,) = cudart.cudaMemcpyAsync(d_in, x.ctypes.data, x.nbytes, kind_h2d, self.stream)
+            self._check(err, "cudaMemcpyAsync")
+            self.context.set_tensor_address(self.input_name, int(d_in))
+            self.context.set_tensor_address(self.output_name, int(d_out))
+            if not self.context.execute_async_v3(int(self.stream)):
+                raise RuntimeError("TensorRT execute_async_v3 failed")
+            (err,) = cudart.cudaMemcpyAsync(
+                out.ctypes.data, d_out, out.nbytes, kind_d2h, self.stream
+            )
+            self._check(err, "cudaMemcpyAsync")
+            (err,) = cudart.cudaStreamSynchronize(self.stream)
+            self._check(err, "cudaStreamSynchronize")
+        finally:
+            cudart.cudaFree(d_in)
+            cudart.cudaFree(d_out)
+        return out
+
+
+def open_tower(
+    path: str | os.PathLike,
+    backend: str,
+    io_names: Mapping[str, str] | None = None,
+    threads: ThreadSettings | None = None,
+):
+    """A runnable tower for ``backend``: OrtTower for ONNX files, TensorRTTower for plans."""
+    if backend == "tensorrt":
+        names = io_names or {}
+        return TensorRTTower(path, names["input"], names["output"])
+    return OrtTower(path, backend, threads)

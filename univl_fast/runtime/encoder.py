@@ -1,0 +1,341 @@
+"""``Encoder``: the engine directory's towers behind the UniVL-DR encoding rules (torch-free).
+
+- queries / text docs: CLIP BPE (our own tokenizer) -> text graph -> L2-normalized rows.
+- image docs (paper Eq. 3): image graph(picture) + text graph(caption), summed RAW, then
+  L2-normalized by the fused compiled op ``univl_fast.ops.combine_image_docs``.
+
+Text batches are cut to their longest real sequence; document batches are length-bucketed
+(sorted by token length, run in batches, original order restored) so short docs never pay
+for a long neighbour's padding.
+
+Input rules (each item is judged alone; one bad item never loses the others):
+- text must be ``str`` (or UTF-8 ``bytes``, decoded strictly). Invalid UTF-8 bytes, a string
+  holding lone surrogates (not encodable as UTF-8) or a non-text object is a per-item error.
+- empty / whitespace-only text encodes the empty sequence ``[sot, eot]`` (what open_clip
+  gives), documented rather than refused: a caption may legitimately be empty.
+- longer than the context (77 tokens): truncated exactly like open_clip (first 76 ids +
+  eot); very long texts stop being processed once the 77 tokens are known.
+- images: paths, bytes or PIL images decoded by ``univl_fast.imageio.load_rgb`` (grayscale,
+  CMYK, RGBA, palette, 16-bit handled; zero-byte, corrupt, truncated and decompression bombs
+  refused with the reason).
+
+``on_error="raise"`` (default) raises :class:`EncodeError` listing every bad item (index +
+reason) and carrying the embeddings of the good ones; ``on_error="skip"`` returns an
+:class:`EncodeResult` with the good rows, their indices and the errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from univl_fast.imageio import ImageDecodeError, ImageSource, load_rgb
+from univl_fast.runtime.backends import (
+    BackendUnavailable,
+    ThreadSettings,
+    open_tower,
+    resolve_backend,
+)
+from univl_fast.runtime.manifest import (
+    EngineError,
+    load_manifest,
+    manifest_sha256,
+    verify_file,
+)
+from univl_fast.runtime.preprocess import ImagePreprocessor, PreprocessConfig
+from univl_fast.runtime.tokenizer import ClipTokenizer
+
+log = logging.getLogger(__name__)
+
+# fastest first, per backend family
+_SPEED_ORDER = {
+    "onnxruntime-cpu": ("int8", "fp32", "fp16"),
+    "gpu": ("fp16", "fp32", "int8"),
+}
+OnError = Literal["raise", "skip"]
+
+
+@dataclass
+class ItemError:
+    """One input that could not be encoded."""
+
+    index: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"item {self.index}: {self.reason}"
+
+
+@dataclass
+class EncodeResult:
+    """Embeddings of the good items (rows in input order) and what went wrong with the rest."""
+
+    embeddings: np.ndarray  # float32 (n_good, d), unit rows
+    indices: np.ndarray  # int64 (n_good,), the input position of each row
+    errors: list[ItemError] = field(default_factory=list)
+
+
+class EncodeError(ValueError):
+    """Some items could not be encoded. ``errors`` lists each (index + reason);
+    ``result`` holds the embeddings of the good ones."""
+
+    def __init__(self, what: str, errors: list[ItemError], result: EncodeResult):
+        shown = "; ".join(str(e) for e in errors[:10])
+        more = f" (+{len(errors) - 10} more)" if len(errors) > 10 else ""
+        super().__init__(f"{what}: {len(errors)} bad item(s): {shown}{more}")
+        self.errors = errors
+        self.result = result
+
+
+def _check_text(item: Any) -> str:
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        try:
+            return bytes(item).decode("utf-8", errors="strict")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"invalid UTF-8 at byte {exc.start}") from None
+    if not isinstance(item, str):
+        raise ValueError(f"expected str, got {type(item).__name__}")
+    try:
+        item.encode("utf-8", errors="strict")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"not valid Unicode text: lone surrogate U+{ord(item[exc.start]):04X} at "
+            f"position {exc.start}"
+        ) from None
+    return item
+
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+
+
+def _combine(image: np.ndarray, caption: np.ndarray) -> np.ndarray:
+    from univl_fast import ops
+
+    return ops.combine_image_docs(np.ascontiguousarray(image), np.ascontiguousarray(caption))
+
+
+class Encoder:
+    """Encode queries and documents with an exported engine, without torch.
+
+    engine_dir: the exporter's output. precision: "fp32" | "fp16" | "int8" (default: the
+    fastest whose parity passed for this backend: int8 on CPU). backend: see
+    ``univl_fast.runtime.backends`` (default: best available). batch_size: rows per graph run.
+    """
+
+    def __init__(
+        self,
+        engine_dir: str | os.PathLike,
+        precision: str | None = None,
+        backend: str | None = None,
+        batch_size: int = 64,
+        threads: ThreadSettings | None = None,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.engine_dir = Path(engine_dir)
+        self.manifest: dict[str, Any] = load_manifest(self.engine_dir)
+        self.manifest_sha256: str = manifest_sha256(self.engine_dir)
+        m = self.manifest
+        has_plans = bool(m.get("tensorrt_plans"))
+        self.backend: str = resolve_backend(backend, has_plans=has_plans)
+        self.precision: str = self._pick_precision(precision)
+        self.batch_size = int(batch_size)
+        self.dim: int = int(m["embed_dim"])
+        self.context_length: int = int(m["context_length"])
+
+        tok = m["tokenizer"]
+        vocab = verify_file(self.engine_dir, m, tok["vocab_file"])
+        self.tokenizer = ClipTokenizer(vocab, int(tok["context_length"]))
+        p = m["preprocess"]
+        self.preprocess = ImagePreprocessor(
+            PreprocessConfig(
+                image_size=p["image_size"],
+                mean=tuple(p["mean"]),
+                std=tuple(p["std"]),
+                interpolation=p.get("interpolation", "bicubic"),
+                resize_mode=p.get("resize_mode", "shortest"),
+            )
+        )
+        self._threads = threads
+        self._towers: dict[str, Any] = {}
+        for tower in ("text", "image"):
+            self._towers[tower] = self._open(tower)
+
+    # -- setup ---------------------------------------------------------------------------
+    def _pick_precision(self, precision: str | None) -> str:
+        m = self.manifest
+        if self.backend == "tensorrt":
+            if precision not in (None, "fp16"):
+                raise ValueError(f"backend 'tensorrt' runs the fp16 plans; precision {precision!r}")
+            return "fp16"
+        available = [
+            p
+            for p in ("fp32", "fp16", "int8")
+            if all(p in m["graphs"].get(t, {}) for t in ("text", "image"))
+        ]
+        if precision is not None:
+            if precision not in available:
+                raise EngineError(
+                    f"engine {self.engine_dir}: no {precision!r} graphs for both towers "
+                    f"(has {', '.join(available) or 'none'}); re-export with --precision "
+                    f"{precision}"
+                )
+            for tower in ("text", "image"):
+                par = m["parity"][tower].get(precision, {})
+                if par.get("measured") and not par.get("passed"):
+                    log.warning(
+                        "%s %s graph missed parity at export (%s)",
+                        tower,
+                        precision,
+                        par.get("reason"),
+                    )
+            return precision
+        order = _SPEED_ORDER["onnxruntime-cpu" if self.backend == "onnxruntime-cpu" else "gpu"]
+        for cand in order:
+            if cand not in available:
+                continue
+            if cand == "fp16" and self.backend == "onnxruntime-cpu":
+                continue  # fp16 graphs are for GPUs; on CPU they are slower than fp32
+            if all(m["parity"][t].get(cand, {}).get("passed") for t in ("text", "image")):
+                return cand
+        raise EngineError(f"engine {self.engine_dir}: no precision passed parity for both towers")
+
+    def _open(self, tower: str):
+        m = self.manifest
+        if self.backend == "tensorrt":
+            rel = m["tensorrt_plans"][tower]["fp16"]
+            entry = m["files"][rel]
+            path = verify_file(self.engine_dir, m, rel)
+            return open_tower(
+                path, "tensorrt", {"input": entry["input"], "output": entry["output"]}
+            )
+        rel = m["graphs"][tower][self.precision]
+        path = verify_file(self.engine_dir, m, rel)
+        try:
+            return open_tower(path, self.backend, threads=self._threads)
+        except BackendUnavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - name the file that ORT could not load
+            raise EngineError(f"engine {self.engine_dir}: cannot load {rel}: {exc}") from exc
+
+    # -- text ----------------------------------------------------------------------------
+    def _validate_texts(self, texts: Sequence[Any]) -> tuple[list[str], list[int], list[ItemError]]:
+        good, idx, errors = [], [], []
+        for i, t in enumerate(texts):
+            try:
+                good.append(_check_text(t))
+                idx.append(i)
+            except ValueError as exc:
+                errors.append(ItemError(i, f"text: {exc}"))
+        return good, idx, errors
+
+    def _text_raw(self, texts: list[str], bucket: bool) -> np.ndarray:
+        """Raw text-tower embeddings float32 (n, d), rows in input order."""
+        n = len(texts)
+        out = np.empty((n, self.dim), dtype=np.float32)
+        if n == 0:
+            return out
+        rows = [self.tokenizer.token_ids(t) for t in texts]
+        lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=n)
+        order = np.argsort(lengths, kind="stable") if bucket else np.arange(n)
+        tower = self._towers["text"]
+        for start in range(0, n, self.batch_size):
+            sel = order[start : start + self.batch_size]
+            width = int(lengths[sel].max())
+            ids = np.zeros((len(sel), width), dtype=np.int64)
+            for j, k in enumerate(sel):
+                ids[j, : lengths[k]] = rows[k]
+            out[sel] = tower.run(ids)
+        return out
+
+    def _finish(
+        self, what: str, emb: np.ndarray, idx: list[int], errors: list[ItemError], on_error: OnError
+    ):
+        result = EncodeResult(emb, np.asarray(idx, dtype=np.int64), errors)
+        if on_error == "skip":
+            return result
+        if on_error != "raise":
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        if errors:
+            raise EncodeError(what, errors, result)
+        return emb
+
+    def encode_queries(self, texts: Sequence[str], on_error: OnError = "raise"):
+        """Queries -> float32 (n, d) unit rows (in order, no length bucketing: a query batch
+        is usually small and already similar in length)."""
+        good, idx, errors = self._validate_texts(texts)
+        emb = _normalize(self._text_raw(good, bucket=len(good) > self.batch_size))
+        return self._finish("encode_queries", emb, idx, errors, on_error)
+
+    def encode_text_docs(self, texts: Sequence[str], on_error: OnError = "raise"):
+        """Text documents -> float32 (n, d) unit rows (length-bucketed batches)."""
+        good, idx, errors = self._validate_texts(texts)
+        emb = _normalize(self._text_raw(good, bucket=True))
+        return self._finish("encode_text_docs", emb, idx, errors, on_error)
+
+    # -- images ----------------------------------------------------------------------------
+    def encode_image_docs(
+        self,
+        images: Sequence[ImageSource],
+        captions: Sequence[str],
+        on_error: OnError = "raise",
+    ):
+        """Image documents (paths, bytes or PIL images + captions) -> float32 (n, d) unit
+        rows, Eq. 3: normalize(image_raw + caption_raw). Images are decoded, preprocessed and
+        run ``batch_size`` at a time (memory stays bounded for large inputs)."""
+        images, captions = list(images), list(captions)
+        if len(images) != len(captions):
+            raise ValueError(
+                f"encode_image_docs: {len(images)} images but {len(captions)} captions"
+            )
+        h, w = self.preprocess.config.size_hw
+        buf = np.empty((self.batch_size, 3, h, w), dtype=np.float32)
+        tower = self._towers["image"]
+        raw_parts: list[np.ndarray] = []
+        good_caps: list[str] = []
+        idx: list[int] = []
+        errors: list[ItemError] = []
+        filled = 0
+        for i, (img, cap) in enumerate(zip(images, captions, strict=True)):
+            try:
+                cap_text = _check_text(cap)
+            except ValueError as exc:
+                errors.append(ItemError(i, f"caption: {exc}"))
+                continue
+            name = str(img) if isinstance(img, (str, os.PathLike)) else f"#{i}"
+            try:
+                buf[filled] = self.preprocess.one(load_rgb(img, item=name))
+            except ImageDecodeError as exc:
+                errors.append(ItemError(i, str(exc)))
+                continue
+            except Exception as exc:  # noqa: BLE001 - any per-image failure stays per-item
+                errors.append(ItemError(i, f"image {name}: {type(exc).__name__}: {exc}"))
+                continue
+            good_caps.append(cap_text)
+            idx.append(i)
+            filled += 1
+            if filled == self.batch_size:
+                raw_parts.append(tower.run(buf))
+                filled = 0
+        if filled:
+            raw_parts.append(tower.run(buf[:filled]))
+        if idx:
+            image_raw = np.concatenate(raw_parts)
+            emb = _combine(image_raw, self._text_raw(good_caps, bucket=True))
+        else:
+            emb = np.zeros((0, self.dim), dtype=np.float32)
+        return self._finish("encode_image_docs", emb, idx, errors, on_error)
+
+    def __repr__(self) -> str:
+        return (
+            f"Encoder({str(self.engine_dir)!r}, precision={self.precision!r}, "
+            f"backend={self.backend!r}, dim={self.dim})"
+        )
