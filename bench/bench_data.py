@@ -93,3 +93,19 @@ def test_metrics_pytrec_eval_baseline(benchmark, metric_case):
         return pytrec_eval.RelevanceEvaluator(qrels, measures).evaluate(run)
 
     benchmark(ref)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_render_20k_pictures(benchmark, workers):
+    """The parallel part alone: draw + PNG-encode + base64 20,000 pictures (as the paper-scale
+    run does in its worker pool), in-process (1) vs a pool of 2 spawned processes (2)."""
+    from univl_fast.data.synth import _render_lines, _renderer
+
+    jobs = [(str(10_000_000 + i), "star", "red", 1 + i % 4, i % 4, i, 64) for i in range(20_000)]
+
+    def run():
+        with _renderer(jobs, workers) as chunks:
+            return sum(len(lines) for lines in chunks)
+
+    assert _render_lines(jobs[:1])
+    assert benchmark.pedantic(run, rounds=2, iterations=1) == 20_000

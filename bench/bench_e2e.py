@@ -66,13 +66,31 @@ def ensure_engine(root: Path = ROOT) -> Path:
         return engine
     ckpt = root / "ckpt_vitb32_random"
     if not (ckpt / "model.safetensors").is_file():
-        _run([sys.executable, "-c",
-              "import sys; from univl_fast.model import UniVLDR; "
-              f"UniVLDR.from_config({MODEL!r}, seed=0).save_pretrained(sys.argv[1], "
-              "train_config={'stage': 'random-init', 'seed': 0})", str(ckpt)],
-             "random ViT-B-32 checkpoint")
-    _run([sys.executable, "-m", "univl_fast.export", "--checkpoint", str(ckpt), "--out",
-          str(engine), "--precision", "fp32,int8"], "export")
+        _run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from univl_fast.model import UniVLDR; "
+                f"UniVLDR.from_config({MODEL!r}, seed=0).save_pretrained(sys.argv[1], "
+                "train_config={'stage': 'random-init', 'seed': 0})",
+                str(ckpt),
+            ],
+            "random ViT-B-32 checkpoint",
+        )
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "univl_fast.export",
+            "--checkpoint",
+            str(ckpt),
+            "--out",
+            str(engine),
+            "--precision",
+            "fp32,int8",
+        ],
+        "export",
+    )
     return engine
 
 
@@ -125,9 +143,16 @@ def ensure_index(engine: Path, n: int = N_DOCS, root: Path = ROOT) -> Path:
     vectors, codes, tune_q = synthetic_corpus(n)
     ids = [f"doc{i:07d}" for i in range(n)]
     t0 = time.perf_counter()
-    idx = build_index(vectors, ids, codes, factory=FACTORY, target_recall=0.95,
-                      tune_queries=tune_q,
-                      engine_sha256=sha, progress=True)
+    idx = build_index(
+        vectors,
+        ids,
+        codes,
+        factory=FACTORY,
+        target_recall=0.95,
+        tune_queries=tune_q,
+        engine_sha256=sha,
+        progress=True,
+    )
     idx.save(out)
     print(f"[setup] index {idx!r} built in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
     return out
@@ -145,8 +170,9 @@ def bench_queries(root: Path = ROOT) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- measurement
-def run_clients(engine, queries: list[str], clients: int, seconds: float, warmup: float = 1.0
-                ) -> dict:
+def run_clients(
+    engine, queries: list[str], clients: int, seconds: float, warmup: float = 1.0
+) -> dict:
     """``clients`` threads each loop search([q], k=10) for ``seconds``; latency per call."""
     lat: list[list[float]] = [[] for _ in range(clients)]
     errors: list[str] = []
@@ -179,8 +205,12 @@ def run_clients(engine, queries: list[str], clients: int, seconds: float, warmup
     t_measure[0] = now + warmup
     t_measure[1] = now + warmup + seconds
     start.wait()
+    time.sleep(max(0.0, t_measure[0] - time.perf_counter()))
+    cpu0 = os.times()
     for th in threads:
         th.join()
+    cpu1 = os.times()
+    cpu_s = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
     if errors:
         raise RuntimeError(f"{len(errors)} client errors, first: {errors[0]}")
     all_lat = np.array([x for per in lat for x in per]) * 1e3
@@ -192,20 +222,35 @@ def run_clients(engine, queries: list[str], clients: int, seconds: float, warmup
         "p50_ms": float(np.percentile(all_lat, 50)),
         "p99_ms": float(np.percentile(all_lat, 99)),
         "mean_ms": float(all_lat.mean()),
+        # process CPU time per query over the measured window: load-independent cost
+        "cpu_ms_per_query": float(cpu_s * 1e3 / max(1, all_lat.size)),
     }
 
 
-def measure(engine_dir: Path, index_dir: Path, queries: list[str], clients: list[int],
-            seconds: float, precision: str, max_batch: int, max_wait_us: int,
-            modes: tuple[str, ...] = ("plain", "batched")) -> list[dict]:
+def measure(
+    engine_dir: Path,
+    index_dir: Path,
+    queries: list[str],
+    clients: list[int],
+    seconds: float,
+    precision: str,
+    max_batch: int,
+    max_wait_us: int,
+    modes: tuple[str, ...] = ("plain", "batched"),
+) -> list[dict]:
     import univl_fast
 
     rows = []
     engines = {
-        "plain": univl_fast.load(engine_dir, index=index_dir, precision=precision,
-                                 batching=False),
-        "batched": univl_fast.load(engine_dir, index=index_dir, precision=precision,
-                                   batching=True, max_batch=max_batch, max_wait_us=max_wait_us),
+        "plain": univl_fast.load(engine_dir, index=index_dir, precision=precision, batching=False),
+        "batched": univl_fast.load(
+            engine_dir,
+            index=index_dir,
+            precision=precision,
+            batching=True,
+            max_batch=max_batch,
+            max_wait_us=max_wait_us,
+        ),
     }
     try:
         for eng in engines.values():
@@ -221,10 +266,13 @@ def measure(engine_dir: Path, index_dir: Path, queries: list[str], clients: list
                     nb = after["batches"] - before["batches"]
                     r["mean_batch"] = (after["items"] - before["items"]) / nb if nb else 0.0
                 rows.append(r)
-                print(f"  {mode:<8} clients={c:<3d} {r['qps']:8.1f} q/s  p50 {r['p50_ms']:7.2f} "
-                      f"ms  p99 {r['p99_ms']:7.2f} ms"
-                      + (f"  mean batch {r['mean_batch']:.1f}" if "mean_batch" in r else ""),
-                      file=sys.stderr, flush=True)
+                print(
+                    f"  {mode:<8} clients={c:<3d} {r['qps']:8.1f} q/s  p50 {r['p50_ms']:7.2f} "
+                    f"ms  p99 {r['p99_ms']:7.2f} ms  cpu {r['cpu_ms_per_query']:.2f} ms/q"
+                    + (f"  mean batch {r['mean_batch']:.1f}" if "mean_batch" in r else ""),
+                    file=sys.stderr,
+                    flush=True,
+                )
     finally:
         for eng in engines.values():
             eng.close()
@@ -235,8 +283,8 @@ def table(rows: list[dict]) -> str:
     by = {(r["mode"], r["clients"]): r for r in rows}
     lines = [
         "| clients | plain q/s | batched q/s | speed-up | plain p50 / p99 ms | "
-        "batched p50 / p99 ms | batched p99/p50 | mean batch |",
-        "|---|---|---|---|---|---|---|---|",
+        "batched p50 / p99 ms | batched p99/p50 | mean batch | CPU ms/query plain / batched |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for c in sorted({r["clients"] for r in rows}):
         p, b = by.get(("plain", c)), by.get(("batched", c))
@@ -245,7 +293,8 @@ def table(rows: list[dict]) -> str:
         lines.append(
             f"| {c} | {p['qps']:.1f} | {b['qps']:.1f} | {b['qps'] / p['qps']:.2f}x | "
             f"{p['p50_ms']:.2f} / {p['p99_ms']:.2f} | {b['p50_ms']:.2f} / {b['p99_ms']:.2f} | "
-            f"{b['p99_ms'] / b['p50_ms']:.2f} | {b.get('mean_batch', 0):.1f} |"
+            f"{b['p99_ms'] / b['p50_ms']:.2f} | {b.get('mean_batch', 0):.1f} | "
+            f"{p['cpu_ms_per_query']:.2f} / {b['cpu_ms_per_query']:.2f} |"
         )
     return "\n".join(lines)
 
@@ -253,8 +302,10 @@ def table(rows: list[dict]) -> str:
 def machine() -> str:
     import onnxruntime
 
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, no GPU; "
-            f"python {platform.python_version()}, onnxruntime {onnxruntime.__version__}")
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, no GPU; "
+        f"python {platform.python_version()}, onnxruntime {onnxruntime.__version__}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -267,8 +318,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH)
     p.add_argument("--max-wait-us", type=int, default=DEFAULT_MAX_WAIT_US)
     p.add_argument("--modes", default="plain,batched")
-    p.add_argument("--sweep", default=None,
-                   help="tune: comma list of max_batch:max_wait_us pairs, batched mode only")
+    p.add_argument(
+        "--sweep",
+        default=None,
+        help="tune: comma list of max_batch:max_wait_us pairs, batched mode only",
+    )
     p.add_argument("--out", default=str(ROOT / "results.json"))
     args = p.parse_args(argv)
 
@@ -277,30 +331,59 @@ def main(argv: list[str] | None = None) -> int:
     queries = bench_queries()
     clients = [int(x) for x in args.clients.split(",")]
     print(f"machine: {machine()}", file=sys.stderr)
-    print(f"engine {engine} ({args.precision}), index {index}, {len(queries)} distinct queries",
-          file=sys.stderr)
+    print(
+        f"engine {engine} ({args.precision}), index {index}, {len(queries)} distinct queries",
+        file=sys.stderr,
+    )
     if sys.modules.get("torch") is not None:
         print("warning: torch got imported in the measuring process", file=sys.stderr)
-    result: dict = {"machine": machine(), "argv": sys.argv, "n_docs": N_DOCS,
-                    "precision": args.precision}
+    result: dict = {
+        "machine": machine(),
+        "argv": sys.argv,
+        "n_docs": N_DOCS,
+        "precision": args.precision,
+    }
     if args.sweep:
         sweep = []
         for pair in args.sweep.split(","):
             mb, mw = (int(x) for x in pair.split(":"))
             print(f"max_batch={mb} max_wait_us={mw}", file=sys.stderr)
-            for r in measure(engine, index, queries, clients, args.seconds, args.precision,
-                             mb, mw, modes=("batched",)):
+            for r in measure(
+                engine,
+                index,
+                queries,
+                clients,
+                args.seconds,
+                args.precision,
+                mb,
+                mw,
+                modes=("batched",),
+            ):
                 r.update(max_batch=mb, max_wait_us=mw)
                 sweep.append(r)
         result["sweep"] = sweep
-        print("| max_batch | max_wait_us | clients | q/s | p50 ms | p99 ms | mean batch |")
-        print("|---|---|---|---|---|---|---|")
+        print(
+            "| max_batch | max_wait_us | clients | q/s | p50 ms | p99 ms | mean batch | CPU ms/q |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
         for r in sweep:
-            print(f"| {r['max_batch']} | {r['max_wait_us']} | {r['clients']} | {r['qps']:.1f} | "
-                  f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r.get('mean_batch', 0):.1f} |")
+            print(
+                f"| {r['max_batch']} | {r['max_wait_us']} | {r['clients']} | {r['qps']:.1f} | "
+                f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r.get('mean_batch', 0):.1f} | "
+                f"{r['cpu_ms_per_query']:.2f} |"
+            )
     else:
-        rows = measure(engine, index, queries, clients, args.seconds, args.precision,
-                       args.max_batch, args.max_wait_us, modes=tuple(args.modes.split(",")))
+        rows = measure(
+            engine,
+            index,
+            queries,
+            clients,
+            args.seconds,
+            args.precision,
+            args.max_batch,
+            args.max_wait_us,
+            modes=tuple(args.modes.split(",")),
+        )
         result.update(rows=rows, max_batch=args.max_batch, max_wait_us=args.max_wait_us)
         print(table(rows))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -327,8 +410,9 @@ try:
         import univl_fast
 
         engine_dir, index_dir, queries = e2e_setup
-        with univl_fast.load(engine_dir, index=index_dir, precision="int8",
-                             batching=batching) as eng:
+        with univl_fast.load(
+            engine_dir, index=index_dir, precision="int8", batching=batching
+        ) as eng:
             eng.search(queries[:8], k=K)
 
             def round_16() -> None:

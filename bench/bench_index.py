@@ -77,7 +77,7 @@ class Generator:
         t = rng.choice(self.topics, size=n, p=self.topic_p)
         s = rng.integers(0, self.sub, size=n)
         z = rng.standard_normal((n, self.d)).astype(np.float32) @ self.noise_map
-        z /= np.sqrt((self.noise_map**2).sum() / self.d)  # unit expected norm per row
+        z /= np.sqrt((self.noise_map**2).sum())  # unit expected norm per row
         x = 0.45 * self.mean + 0.25 * self.gap[modality] + 0.55 * self.topic[t]
         x += 0.45 * self.subtopic[t, s] + 0.40 * z
         return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
@@ -85,7 +85,7 @@ class Generator:
     def queries_near(self, positives: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         n = positives.shape[0]
         z = rng.standard_normal((n, self.d)).astype(np.float32) @ self.noise_map
-        z /= np.sqrt((self.noise_map**2).sum() / self.d)
+        z /= np.sqrt((self.noise_map**2).sum())
         q = positives + 0.25 * self.gap["query"] + 0.55 * z
         return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
 

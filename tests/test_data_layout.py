@@ -167,7 +167,7 @@ def test_qrels_ids_absent_from_corpus_are_reported(broken):
         fh.write("deadbeef\t12121212\t1\n")
     rep = DatasetDir(broken).validate(check_images="none")
     assert rep.ok  # readers skip and count these: a warning, not an error
-    msg = [w for w in rep.warnings if "test_qrels.txt" in w]
+    msg = [w for w in rep.warnings if "test_qrels.txt doc ids" in w]
     assert msg and "2 ids absent" in msg[0] and "not_a_doc_1" in msg[0]
 
 

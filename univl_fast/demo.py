@@ -33,11 +33,11 @@ from univl_fast.utils.io import atomic_write_json, atomic_write_text, read_json
 
 STAGES = ("data", "stage1", "mine", "stage2", "export", "index", "eval", "examples")
 MARKER = "univl-fast-demo.json"  # identifies a demo workdir (so --fresh never wipes another dir)
-# Training budget of the demo (optimizer steps, batch 64): chosen so the whole demo finishes
-# within 15 minutes on 2 cores (bench/results/e2e.md); the full schedules of
-# univl_fast.train.config run with 0.
-DEFAULT_STAGE1_STEPS = 150
-DEFAULT_STAGE2_STEPS = 60
+# Training budget: 0 = the schedule univl_fast.train.config sets for the model (for univl-tiny
+# its TINY_OVERRIDES, sized for the demo's 15-minute budget: bench/results/train.md); a
+# positive value caps the optimizer steps of that stage.
+DEFAULT_STAGE1_STEPS = 0
+DEFAULT_STAGE2_STEPS = 0
 TABLE_KEYS = ("MRR@10", "NDCG@10", "MRR@20", "NDCG@20", "Recall@20", "Recall@100", "image_share@10")
 
 
@@ -68,15 +68,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--stage1-steps",
         type=int,
         default=DEFAULT_STAGE1_STEPS,
-        help=f"optimizer steps of stage 1 (default {DEFAULT_STAGE1_STEPS}: fits the demo's "
-        "15-minute budget on 2 cores; 0 = the training config's epochs)",
+        help="cap on the optimizer steps of stage 1 (default 0: the training config's "
+        "schedule, sized for the demo's budget)",
     )
     p.add_argument(
         "--stage2-steps",
         type=int,
         default=DEFAULT_STAGE2_STEPS,
-        help=f"optimizer steps of stage 2 (default {DEFAULT_STAGE2_STEPS}; 0 = the training "
-        "config's epochs)",
+        help="cap on the optimizer steps of stage 2 (default 0: the training config's schedule)",
     )
     p.add_argument(
         "--threads",

@@ -174,7 +174,7 @@ class ImageStore:
                 f"{self.lineidx_path.name} says image {image_id} is at byte {offset}, but the line "
                 f"there starts with id {found[:40]!r}",
             )
-        payload = line[tab + 1 :].strip()
+        payload = line[tab + 1 :].split(b"\t", 1)[0].strip()  # field 2; extra fields ignored
         if not payload:
             raise ImageDecodeError(image_id, "empty base64 payload in imgs.tsv")
         try:

@@ -893,10 +893,13 @@ def generate(
 ) -> Path:
     """Write the synthetic benchmark at ``scale`` into ``out_dir``; returns its path.
 
-    Re-running with the same arguments on a complete output is a no-op. A non-empty directory
-    that is not this exact dataset is refused unless ``force`` (then the layout's files are
-    replaced and stale mined files removed; other files are left alone). ``workers`` render the
-    pictures in parallel processes (default: all cores for medium/paper, 1 otherwise).
+    Re-running with the same arguments on a complete output is a no-op; on the same scale and
+    seed made by another generator version (or an interrupted replace) it regenerates in place.
+    Any other non-empty directory is refused unless ``force``. Regenerating in place replaces the
+    layout's files and removes stale mined files (train_all.json, dev_all.json); other files are
+    left alone. ``workers`` draw the pictures in parallel processes (default: all cores, at most
+    8, for medium/paper; 1 otherwise). Writes ``synth_config.json`` (config, stats, sha256 of
+    every file) last. An interrupted run leaves no partial output under ``out_dir``.
     """
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {tuple(SCALES)}, got {scale!r}")
