@@ -119,13 +119,14 @@ def sample_images(n: int = 16) -> list:
 class Eager:
     """open_clip eager: what a user would run without this project."""
 
-    def __init__(self, ckpt: Path):
+    def __init__(self, ckpt: Path, threads: int = THREADS):
         import open_clip
         import torch
 
         from univl_fast.model import UniVLDR
 
-        torch.set_num_threads(THREADS)
+        self.threads = threads
+        torch.set_num_threads(threads)
         self.torch = torch
         model = UniVLDR.from_pretrained(ckpt)
         self.clip = model.clip.eval()
@@ -137,21 +138,23 @@ class Eager:
         return self.clip.encode_text(self.tokenizer(texts))
 
     def encode_queries(self, texts: list[str]) -> np.ndarray:
+        self.torch.set_num_threads(self.threads)
         with self.torch.no_grad():
             x = self._text(texts)
             return (x / x.norm(dim=-1, keepdim=True)).numpy()
 
     def encode_image_docs(self, images: list, captions: list[str]) -> np.ndarray:
+        self.torch.set_num_threads(self.threads)
         with self.torch.no_grad():
             px = self.torch.stack([self.preprocess(im) for im in images])
             x = self.clip.encode_image(px) + self._text(captions)
             return (x / x.norm(dim=-1, keepdim=True)).numpy()
 
 
-def engine_encoder(engine: Path, precision: str):
-    from univl_fast.runtime import Encoder
+def engine_encoder(engine: Path, precision: str, spin: bool = False):
+    from univl_fast.runtime import Encoder, ThreadSettings
 
-    return Encoder(engine, precision=precision, batch_size=64)
+    return Encoder(engine, precision=precision, batch_size=64, threads=ThreadSettings(spin=spin))
 
 
 # ---------------------------------------------------------------------------- table form
@@ -164,11 +167,17 @@ def _time(fn: Callable[[], object], reps: int) -> list[float]:
     return out
 
 
-def measure(model: str, rounds: int, q_reps: int, doc_batch: int) -> dict:
+def measure(model: str, rounds: int, q_reps: int, doc_batch: int, eager_1t: bool = True) -> dict:
     ckpt, engine = ensure_engine(model)
     paths = {"eager": Eager(ckpt)}
+    if eager_1t:
+        # open_clip with 1 torch thread: on a loaded box, 2 OpenMP threads fighting other jobs
+        # for 2 cores collapse far more than ONNX Runtime does; this is the conservative baseline
+        paths["eager-1thread"] = Eager(ckpt, threads=1)
     for p in ("fp32", "int8"):
         paths[p] = engine_encoder(engine, p)
+    # ONNX Runtime's own default (threads spin between ops): lower latency on an idle box
+    paths["int8-spin"] = engine_encoder(engine, "int8", spin=True)
     queries64 = [QUESTIONS[i % len(QUESTIONS)] + f" {i}" for i in range(64)]
     images = sample_images(doc_batch)
     caps = [CAPTIONS[i % len(CAPTIONS)] for i in range(doc_batch)]
@@ -189,8 +198,9 @@ def measure(model: str, rounds: int, q_reps: int, doc_batch: int) -> dict:
         loads.append(round(os.getloadavg()[0], 1))
         print(f"[round {r + 1}/{rounds}] load {loads[-1]}", file=sys.stderr)
     ntok = len(paths["int8"].tokenizer.token_ids(QUERY))
+    trained = os.environ.get("BENCH_ENCODE_CHECKPOINT")
     res = {
-        "model": model,
+        "model": f"{Path(trained).name} (trained checkpoint)" if trained else model,
         "engine": str(engine),
         "query_tokens": ntok,
         "doc_batch": doc_batch,
@@ -337,6 +347,9 @@ def main() -> None:
     ap.add_argument("--query-reps", type=int, default=15, help="single queries per round")
     ap.add_argument("--doc-batch", type=int, default=16)
     ap.add_argument(
+        "--no-eager-1thread", action="store_true", help="skip the 1-thread open_clip baseline"
+    )
+    ap.add_argument(
         "--quant-study",
         action="store_true",
         help="compare int8 quantization variants (cosine + speed) instead",
@@ -351,7 +364,9 @@ def main() -> None:
         f"load before {os.getloadavg()}",
         file=sys.stderr,
     )
-    res = measure(args.model, args.rounds, args.query_reps, args.doc_batch)
+    res = measure(
+        args.model, args.rounds, args.query_reps, args.doc_batch, not args.no_eager_1thread
+    )
     print(report(res))
     print(f"\nload after: {os.getloadavg()}")
 

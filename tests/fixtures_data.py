@@ -1,7 +1,7 @@
 """Session fixtures for the data stage.
 
 ``synth_tiny``: a ``tiny`` synthetic dataset (seed 0) generated once per test session; a
-``pathlib.Path`` to a directory in the UniVL-DR layout (~30 entities, 150 images, 250 texts,
+``pathlib.Path`` to a directory in the UniVL-DR layout (28 entities, 150 images, 250 texts,
 150/40/40 queries). Treat it as read-only: other tests share it.
 """
 

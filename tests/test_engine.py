@@ -140,9 +140,11 @@ def test_engine_index_mismatch_refused(tmp_path, tiny_engine, corpus):
         univl_fast.load(tiny_engine, index=other, precision=PRECISION)
 
 
-def test_concurrent_callers_with_different_k(tiny_engine, flat_index, queries, reference):
-    # max_batch = number of callers and a long wait: the 8 calls coalesce into one batch
+def test_concurrent_callers_with_different_k(tiny_engine, flat_index, queries, plain):
+    """8 callers with different k and modality restrictions coalesced into one batch (max_batch
+    = number of callers, long wait); each gets exactly its own unbatched answer."""
     n = 8
+    mods = [None, "text", "image"]
     with univl_fast.load(
         tiny_engine, index=flat_index, precision=PRECISION, max_batch=n, max_wait_us=5_000_000
     ) as eng:
@@ -153,7 +155,7 @@ def test_concurrent_callers_with_different_k(tiny_engine, flat_index, queries, r
         def call(i: int) -> None:
             try:
                 barrier.wait()
-                results[i] = eng.search([queries[i]], k=i + 1)
+                results[i] = eng.search([queries[i]], k=i + 1, modality=mods[i % 3])
             except BaseException as exc:  # noqa: BLE001
                 errors.append(exc)
 
@@ -166,7 +168,10 @@ def test_concurrent_callers_with_different_k(tiny_engine, flat_index, queries, r
         stats = eng.batcher_stats()
     for i in range(n):
         assert len(results[i]) == 1
-        assert_same_ranking(results[i][0], reference[queries[i]], i + 1, f"caller {i}")
+        ref = plain.search([queries[i]], k=40, modality=mods[i % 3])[0]
+        assert_same_ranking(results[i][0], ref, i + 1, f"caller {i}")
+        if mods[i % 3]:
+            assert {h.modality for h in results[i][0]} == {mods[i % 3]}
     assert stats["max_batch_size"] == n, stats  # really coalesced
 
 
@@ -265,8 +270,9 @@ def test_bad_query_fails_only_its_call(tiny_engine, flat_index, queries, referen
     from univl_fast.engine import SearchError
 
     bad = "tower \ud800 roof"
-    with univl_fast.load(tiny_engine, index=flat_index, precision=PRECISION, max_batch=5,
-                         max_wait_us=5_000_000) as eng:
+    with univl_fast.load(
+        tiny_engine, index=flat_index, precision=PRECISION, max_batch=5, max_wait_us=5_000_000
+    ) as eng:
         barrier = threading.Barrier(4)
         out: dict[int, object] = {}
 
@@ -293,8 +299,7 @@ def test_bad_query_fails_only_its_call(tiny_engine, flat_index, queries, referen
     for i in (0, 1, 3):
         assert isinstance(out[i], list), out[i]
         assert_same_ranking(out[i][0], reference[queries[i]], 3, f"caller {i}")
-    with univl_fast.load(tiny_engine, index=flat_index, precision=PRECISION,
-                         batching=False) as eng:
+    with univl_fast.load(tiny_engine, index=flat_index, precision=PRECISION, batching=False) as eng:
         with pytest.raises(SearchError, match="query 0"):
             eng.search([bad, queries[0]], k=3)
 

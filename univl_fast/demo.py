@@ -242,7 +242,8 @@ class Demo:
                 target_recall=self.args.target_recall,
                 cache=self.work / "vectors",
             )
-            out[precision] = {k: m.get(k) for k in ("factory", "search_params", "recall", "memory")}
+            out[precision] = {k: m.get(k) for k in ("factory", "search_params", "memory")}
+            out[precision]["recall_at_10"] = m.get("tuning", {}).get("recall_at_k")
         return out
 
     def evaluate(self) -> dict:

@@ -32,7 +32,14 @@ import numpy as np
 
 from univl_fast.types import MODALITIES, Hit
 
-__all__ = ["Engine", "EngineConfig", "SearchError", "load", "DEFAULT_MAX_BATCH", "DEFAULT_MAX_WAIT_US"]
+__all__ = [
+    "Engine",
+    "EngineConfig",
+    "SearchError",
+    "load",
+    "DEFAULT_MAX_BATCH",
+    "DEFAULT_MAX_WAIT_US",
+]
 
 # Tuned with bench/bench_e2e.py (bench/results/e2e.md). Closed-loop clients resubmit while the
 # previous batch runs, so by the time the worker is free they are all queued: any wait of
@@ -41,6 +48,7 @@ __all__ = ["Engine", "EngineConfig", "SearchError", "load", "DEFAULT_MAX_BATCH",
 # queued (1 client: up to max_wait_us per call). 64 covers the 64-client case in one batch.
 DEFAULT_MAX_BATCH = 64
 DEFAULT_MAX_WAIT_US = 500
+
 
 @dataclass
 class EngineConfig:

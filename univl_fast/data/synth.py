@@ -1,14 +1,24 @@
 """The built-in synthetic benchmark: WebQA's structure, drawn with Pillow (torch-free).
 
-Entities with made-up names ("Varnok Bridge") each have several **image documents**: small
-PNG pictures of 1-4 copies of one coloured shape. Shape, colour and count show only in the
-pixels; the caption names the entity only ("A view of the Varnok Bridge."). Each entity's
-images differ in their attributes, so the caption cannot tell them apart, and every attribute
-value appears across many entities, so the pixels cannot either. **Image queries** name the
-entity and one attribute and ask for another ("How many triangles are in the picture of the
-Varnok Bridge?"): only an image answers them, found by caption *and* pixels together.
-**Text documents** state non-visual facts ("The Varnok Bridge was built in 1873."); **text
-queries** ask for them. Distractors share the entity or the attribute / fact type.
+Entities with made-up names ("Varnok Bridge") each have 4-6 **image documents**: small PNG
+pictures of 1-4 copies of one coloured shape, on one background with a fixed layout per count
+(the picture is a function of shape, colour and count only). Within an entity the pictures have
+distinct shapes and distinct colours; the caption names the entity only ("A view of the Varnok
+Bridge."), and every shape / colour appears across many entities, so neither the caption nor
+the pixels alone single a picture out; both together do.
+
+Each entity also has two **decorations** (shape, colour, count) that only **text documents**
+state ("The stars at the Varnok Bridge are painted green.", "The Varnok Bridge has three stars
+carved on its walls."); their shapes and colours are never drawn in the entity's pictures. Text-
+and image-answerable **visual questions share templates** ("What colour are the stars at the
+Varnok Bridge?", "How many crosses does the Varnok Bridge show?", "Which shape is red at the
+Varnok Bridge?") and never say picture / image / photo, so the wording does not give the answer
+modality away: whether a picture or a text answers depends on the entity's documents. Text docs
+also state non-visual facts ("The Varnok Bridge was built in 1873."), asked by about 20% of the
+text-answerable dev / test queries. **Cross-modal distractors**: every entity has a banner text
+naming one of its pictures' shapes in a colour it has nowhere else ("A banner with blue stars
+hung on the Varnok Bridge in 1902.", answers nothing), and some captions share words with the
+decoration statements ("The painted walls of the Varnok Bridge.").
 
 ``all_imgs_exp.json`` holds caption + " [SEP] " + a description of the picture ("three red
 triangles", standing in for the paper's verbalized captions) and ``all_imgs_query.json``
@@ -42,14 +52,16 @@ from PIL import Image, ImageDraw
 
 from univl_fast.utils.io import atomic_write_json, sha256_file
 
-SYNTH_VERSION = 1
+SYNTH_VERSION = 2
 CONFIG_FILE = "synth_config.json"
 SEP = " [SEP] "
 
 # -- vocabulary ------------------------------------------------------------------------------
-SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond")
+SHAPES = (
+    "circle", "square", "triangle", "star", "cross", "diamond", "hexagon", "ring",
+)  # fmt: skip
 SHAPE_PLURAL = {s: ("crosses" if s == "cross" else s + "s") for s in SHAPES}
-COLOURS = {  # well separated in RGB, all far from the neutral backgrounds
+COLOURS = {  # well separated in RGB, all far from the neutral background
     "red": (220, 30, 30),
     "green": (30, 160, 50),
     "blue": (30, 70, 225),
@@ -57,13 +69,17 @@ COLOURS = {  # well separated in RGB, all far from the neutral backgrounds
     "purple": (140, 40, 185),
     "orange": (250, 125, 10),
     "black": (20, 20, 20),
+    "pink": (255, 120, 200),
+    "brown": (125, 75, 25),
+    "cyan": (0, 200, 215),
 }
 COLOUR_NAMES = tuple(COLOURS)
 COUNTS = (1, 2, 3, 4)
 COUNT_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
-TIMES_WORDS = {1: "once", 2: "twice", 3: "three times", 4: "four times"}
-BACKGROUNDS = ((238, 238, 238), (214, 214, 214), (200, 206, 214), (228, 218, 200))
+BACKGROUND = (235, 235, 235)  # one background: no per-image nuisance to memorise
 ATTRS = ("shape", "colour", "count")
+DECORATIONS_PER_ENTITY = 2  # visual facts stated only in text (see _World._make_images)
+DECORATION_SHARE = 0.8  # of the text-answerable dev/test queries, how many ask a decoration
 
 KINDS = {  # kind -> the size its "size" fact states
     "Bridge": "long",
@@ -80,49 +96,18 @@ KINDS = {  # kind -> the size its "size" fact states
     "Monastery": "tall",
 }
 ONSETS = (
-    "v",
-    "t",
-    "m",
-    "k",
-    "s",
-    "r",
-    "l",
-    "b",
-    "d",
-    "g",
-    "n",
-    "p",
-    "f",
-    "h",
-    "z",
-    "br",
-    "tr",
-    "gr",
-    "st",
-    "dr",
-    "c",
-    "th",
-    "j",
-    "w",
-)
+    "v", "t", "m", "k", "s", "r", "l", "b", "d", "g", "n", "p", "f", "h", "z", "br", "tr",
+    "gr", "st", "dr", "c", "th", "j", "w",
+)  # fmt: skip
 NUCLEI = ("a", "e", "i", "o", "u", "ai", "ei", "ou", "ar", "el", "an", "or")
 CODAS = ("", "", "n", "k", "r", "s", "th", "l", "x", "nd")
 MATERIALS = (
-    "granite",
-    "marble",
-    "limestone",
-    "sandstone",
-    "brick",
-    "oak",
-    "iron",
-    "bronze",
-    "concrete",
-    "basalt",
-    "slate",
-    "copper",
-)
+    "granite", "marble", "limestone", "sandstone", "brick", "oak", "iron", "bronze",
+    "concrete", "basalt", "slate", "copper",
+)  # fmt: skip
 ORG_KINDS = ("Trust", "Heritage Society", "Foundation", "City Council", "Guild", "Company")
 
+# captions name the entity only; some share words with the text docs' decoration statements
 CAPTIONS = (
     "A photo of the {e}.",
     "The {e} on a clear day.",
@@ -132,10 +117,12 @@ CAPTIONS = (
     "An old picture of the {e}.",
     "The {e} seen from a distance.",
     "{e}, a postcard view.",
+    "The painted walls of the {e}.",
+    "Carvings above the gate of the {e}.",
 )
 
-# fact type -> (question templates, statement templates); {e} entity, {v} value,
-# {dim} long|tall, {dimn} length|height
+# non-visual facts: fact type -> (question templates, statement templates); {e} entity,
+# {v} value, {dim} long|tall, {dimn} length|height
 FACTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "built": (
         ("In which year was the {e} built?", "When was the {e} constructed?"),
@@ -191,34 +178,47 @@ FILLERS = (
     "Guided tours of the {e} start every morning.",
 )
 
-# image question templates: (condition attr, asked attr) -> templates;
-# {e} entity, {shapes} plural shape, {colour}, {times} once/twice/..., {n} count word
-IMAGE_QUESTIONS: dict[tuple[str, str], tuple[str, ...]] = {
-    ("shape", "count"): (
-        "How many {shapes} are in the picture of the {e}?",
-        "How many {shapes} can be seen in the photo of the {e}?",
-    ),
+# Visual questions, shared by image- and text-answerable queries: (condition attr, asked
+# attr) -> templates; {e} entity, {shapes} plural shape, {colour}. None says picture / image /
+# photo, so the wording does not tell which modality answers. An image answers when the
+# entity's pictures show the condition; a text (a decoration statement) when the entity's
+# decoration has it; never both (decoration shapes and colours never appear in the entity's
+# pictures).
+VISUAL_QUESTIONS: dict[tuple[str, str], tuple[str, ...]] = {
     ("shape", "colour"): (
-        "What colour are the {shapes} in the photo of the {e}?",
+        "What colour are the {shapes} at the {e}?",
         "Which colour are the {shapes} shown at the {e}?",
+    ),
+    ("shape", "count"): (
+        "How many {shapes} does the {e} show?",
+        "How many {shapes} are there at the {e}?",
     ),
     ("colour", "shape"): (
         "What shape is drawn in {colour} at the {e}?",
-        "Which shape is {colour} in the image of the {e}?",
-    ),
-    ("colour", "count"): (
-        "How many {colour} shapes are in the picture of the {e}?",
-        "How many {colour} shapes does the photo of the {e} show?",
-    ),
-    ("count", "shape"): (
-        "Which shape appears {times} in the picture of the {e}?",
-        "What shape is shown {times} in the photo of the {e}?",
-    ),
-    ("count", "colour"): (
-        "What colour is the shape shown {times} at the {e}?",
-        "Which colour has the shape that appears {times} in the image of the {e}?",
+        "Which shape is {colour} at the {e}?",
     ),
 }
+IMAGE_QUESTIONS = VISUAL_QUESTIONS  # the name the v1 generator used
+# decoration statements: "colour" doc (answers shape->colour and colour->shape), "count" doc
+# (answers shape->count); {n} count phrase ("three stars"), {Shapes} capitalised plural
+DECORATION_DOCS: dict[str, tuple[str, ...]] = {
+    "colour": (
+        "The {shapes} at the {e} are painted {colour}.",
+        "{Colour} {shapes} are painted on the walls of the {e}.",
+    ),
+    "count": (
+        "There {are} {n} carved above the gate of the {e}.",
+        "The {e} has {n} carved on its walls.",
+    ),
+}
+DECORATION_QUESTIONS = {"colour": (("shape", "colour"), ("colour", "shape")),
+                        "count": (("shape", "count"),)}  # fmt: skip
+# cross-modal distractor: names the entity and one of its pictures' shapes, in a colour that
+# no document of the entity has, and answers nothing
+BANNERS = (
+    "A banner with {colour} {shapes} hung on the {e} in {year}.",
+    "In {year} a flag showing {colour} {shapes} was raised over the {e}.",
+)
 
 
 # -- scales ----------------------------------------------------------------------------------
@@ -238,9 +238,10 @@ class ScaleSpec:
 
 
 SCALES: dict[str, ScaleSpec] = {
-    "tiny": ScaleSpec(30, 150, 250, 150, 40, 40, 75, 20, 20),
-    "small": ScaleSpec(400, 2000, 3000, 3600, 300, 500, 1800, 150, 250),
-    "medium": ScaleSpec(4000, 20000, 30000, 36000, 3000, 5000, 18000, 1500, 2500),
+    "tiny": ScaleSpec(28, 150, 250, 150, 40, 40, 75, 20, 20),
+    # ~2.7 training questions per image (shape->colour, shape->count, colour->shape)
+    "small": ScaleSpec(300, 1500, 3000, 5400, 300, 500, 3000, 150, 250),
+    "medium": ScaleSpec(3000, 15000, 30000, 36000, 3000, 5000, 18000, 1500, 2500),
     # the paper's corpus (Table 5): 389,750 images, 787,697 texts; WebQA's query splits
     "paper": ScaleSpec(77950, 389750, 787697, 31766, 5000, 4966, 16400, 2554, 2511),
 }
@@ -280,10 +281,10 @@ def _unique(rng: random.Random, n: int, make) -> list[str]:
 
 # -- pictures --------------------------------------------------------------------------------
 _LAYOUTS = {
-    1: (((32, 32),), 18),
-    2: (((17, 32), (47, 32)), 13),
-    3: (((17, 18), (47, 18), (32, 46)), 12),
-    4: (((17, 17), (47, 17), (17, 47), (47, 47)), 12),
+    1: (((32, 32),), 20),
+    2: (((16, 32), (48, 32)), 14),
+    3: (((16, 18), (48, 18), (32, 47)), 13),
+    4: (((16, 16), (48, 16), (16, 48), (48, 48)), 13),
 }
 
 
@@ -297,6 +298,8 @@ def _draw_shape(
 ) -> None:
     if shape == "circle":
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
+    elif shape == "ring":
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), outline=fill, width=max(2, round(r * 0.4)))
     elif shape == "square":
         s = r * 0.85
         draw.rectangle((cx - s, cy - s, cx + s, cy + s), fill=fill)
@@ -310,48 +313,46 @@ def _draw_shape(
         t = r * 0.36
         draw.rectangle((cx - r, cy - t, cx + r, cy + t), fill=fill)
         draw.rectangle((cx - t, cy - r, cx + t, cy + r), fill=fill)
-    elif shape == "star":
+    elif shape in ("star", "hexagon"):
         pts = []
-        for k in range(10):
-            rad = r if k % 2 == 0 else r * 0.45
-            ang = -math.pi / 2 + k * math.pi / 5
+        n, inner = (10, 0.45) if shape == "star" else (6, 1.0)
+        for k in range(n):
+            rad = r if k % 2 == 0 else r * inner
+            ang = -math.pi / 2 + k * 2 * math.pi / n
             pts.append((cx + rad * math.cos(ang), cy + rad * math.sin(ang)))
         draw.polygon(pts, fill=fill)
     else:  # pragma: no cover - SHAPES is closed
         raise ValueError(f"unknown shape {shape!r}")
 
 
-def render_image(
-    shape: str, colour: str, count: int, background: int, seed: int, size: int = 64
-) -> bytes:
-    """Draw ``count`` copies of a ``colour`` ``shape`` on a neutral background; PNG bytes.
+def render_image(shape: str, colour: str, count: int, size: int = 64) -> bytes:
+    """Draw ``count`` copies of a ``colour`` ``shape`` on the neutral background; PNG bytes.
 
-    ``seed`` drives small position/size jitter (deterministic). Shapes are large (radius
-    12-18 px at 64 px) so a small ViT learns shape, colour and count quickly.
+    The picture is a function of (shape, colour, count) only: one background, a fixed layout
+    per count, no jitter, so nothing but the three attributes varies between pictures (no
+    per-image identity to memorise). Shapes are large (radius 13-20 px at 64 px) so a small
+    ViT trained from scratch learns shape, colour and count quickly.
     """
-    rng = random.Random(seed)
-    img = Image.new("RGB", (size, size), BACKGROUNDS[background % len(BACKGROUNDS)])
+    img = Image.new("RGB", (size, size), BACKGROUND)
     draw = ImageDraw.Draw(img)
     centres, radius = _LAYOUTS[count]
-    flip = rng.random() < 0.5  # transpose the layout half the time (2 side by side / stacked)
     scale = size / 64.0
     for cx, cy in centres:
-        if flip:
-            cx, cy = cy, cx
-        jx, jy = rng.uniform(-2, 2), rng.uniform(-2, 2)
-        r = radius + rng.uniform(-1, 1)
-        _draw_shape(draw, shape, (cx + jx) * scale, (cy + jy) * scale, r * scale, COLOURS[colour])
+        _draw_shape(draw, shape, cx * scale, cy * scale, radius * scale, COLOURS[colour])
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
 
 
 def _render_lines(chunk: list[tuple]) -> list[bytes]:
-    """Worker: ``(image_id, shape, colour, count, bg, seed, size)`` -> imgs.tsv lines."""
+    """Worker: ``(image_id, shape, colour, count, size)`` -> imgs.tsv lines."""
     out = []
-    for image_id, shape, colour, count, bg, seed, size in chunk:
-        png = render_image(shape, colour, count, bg, seed, size)
-        out.append(image_id.encode() + b"\t" + b64encode(png) + b"\n")
+    cache: dict[tuple, bytes] = {}
+    for image_id, shape, colour, count, size in chunk:
+        key = (shape, colour, count, size)
+        if key not in cache:
+            cache[key] = b64encode(render_image(shape, colour, count, size))
+        out.append(image_id.encode() + b"\t" + cache[key] + b"\n")
     return out
 
 
@@ -363,7 +364,6 @@ class _Image:
     shape: str
     colour: str
     count: int
-    bg: int
     caption: str
     exp: str
     vq: str
@@ -376,8 +376,13 @@ class _Image:
 class _Text:
     doc_id: str
     entity: int  # -1 for fillers not about an entity
-    fact: str  # fact type or "" for fillers
+    fact: str  # fact type, "decoration:colour|count", "banner", or "" for fillers
     text: str
+
+
+def _n_shapes(count: int, shape: str) -> str:
+    """'one star' / 'three stars'."""
+    return f"{COUNT_WORDS[count]} {shape if count == 1 else SHAPE_PLURAL[shape]}"
 
 
 def _describe(img: _Image) -> str:
@@ -426,8 +431,24 @@ def _hex(rng: random.Random) -> str:
     return f"{rng.getrandbits(128):032x}"
 
 
+def _visual_question(rng: random.Random, e: str, cond: str, asked: str, value) -> str:
+    fmt = {"e": e}
+    if cond == "shape":
+        fmt["shapes"] = SHAPE_PLURAL[value]
+    else:
+        fmt["colour"] = value
+    return rng.choice(VISUAL_QUESTIONS[(cond, asked)]).format(**fmt)
+
+
 class _World:
-    """Everything but the pixels, built in memory from one seeded RNG."""
+    """Everything but the pixels, built in memory from one seeded RNG.
+
+    Per entity: 4-6 pictures with distinct shapes and distinct colours (so "the stars at the
+    X" or "the green shape at the X" is exactly one picture, while the caption alone leaves
+    4-6 and the pixels alone hundreds of candidates); two *decorations* (shape, colour,
+    count) stated only in text docs, whose shapes and colours are never drawn in the
+    entity's pictures; 2-3 non-visual facts; one banner distractor text.
+    """
 
     def __init__(self, spec: ScaleSpec, seed: int):
         if not 4 * spec.entities <= spec.images <= 6 * spec.entities:
@@ -455,7 +476,7 @@ class _World:
             self._make_texts(self.rng)
             self._texts_made = True
 
-    # images: 4-6 per entity, distinct (shape, colour, count) within an entity
+    # images: 4-6 per entity, distinct shapes and distinct colours within an entity
     def _make_images(self, rng: random.Random) -> None:
         spec = self.spec
         per = [4] * spec.entities
@@ -467,42 +488,37 @@ class _World:
         ids = rng.sample(range(10_000_000, 100_000_000), spec.images)
         self.images: list[_Image] = []
         self.entity_images: list[list[int]] = []
+        self.decorations: list[list[tuple[str, str, int]]] = []
+        nd = DECORATIONS_PER_ENTITY
         for e, n in enumerate(per):
             name = self.entities[e]
-            seen: set[tuple] = set()
+            shapes = rng.sample(SHAPES, n + nd)
+            colours = rng.sample(COLOUR_NAMES, n + nd)
+            self.decorations.append(
+                [(shapes[n + i], colours[n + i], rng.choice(COUNTS)) for i in range(nd)]
+            )
             rows = []
-            while len(rows) < n:
-                key = (rng.choice(SHAPES), rng.choice(COLOUR_NAMES), rng.choice(COUNTS))
-                if key in seen:
-                    continue
-                seen.add(key)
+            for i in range(n):
+                key = (shapes[i], colours[i], rng.choice(COUNTS))
                 caption = rng.choice(CAPTIONS).format(e=name)
-                img = _Image(
-                    str(ids[len(self.images)]),
-                    e,
-                    *key,
-                    rng.randrange(len(BACKGROUNDS)),
-                    caption,
-                    "",
-                    "",
-                )
+                img = _Image(str(ids[len(self.images)]), e, *key, caption, "", "")
                 img.exp = caption + SEP + _describe(img)
                 img.vq = caption + SEP + _verbal_question(rng, *key)
                 rows.append(len(self.images))
                 self.images.append(img)
             self.entity_images.append(rows)
 
-    # texts: 4-7 fact types per entity, each stated once (sometimes twice), then fillers
     def _make_texts(self, rng: random.Random) -> None:
         spec = self.spec
         texts: list[_Text] = []
-        self.fact_docs: dict[tuple[int, str], list[int]] = {}
+        self.fact_docs: dict[tuple[int, str], list[int]] = {}  # (entity, fact) -> rows
+        self.deco_docs: dict[tuple[int, int, str], int] = {}  # (entity, deco, part) -> row
         self.entity_facts: list[dict[str, str]] = []
         budget = spec.texts
         para_p = 0.2
         for e, name in enumerate(self.entities):
             guid = _hex(rng)
-            kinds = rng.sample(FACT_TYPES, rng.randint(4, 7))
+            kinds = rng.sample(FACT_TYPES, rng.randint(2, 3))
             facts = {}
             dim = KINDS[name.rsplit(" ", 1)[1]]
             fmt = {"e": name, "dim": dim, "dimn": "length" if dim == "long" else "height"}
@@ -518,8 +534,37 @@ class _World:
                     texts.append(_Text(guid, e, fact, statements[k].format(v=value, **fmt)))
                 self.fact_docs[(e, fact)] = rows
             self.entity_facts.append(facts)
+            for d, (shape, colour, count) in enumerate(self.decorations[e]):
+                for part in ("colour", "count"):
+                    t = rng.choice(DECORATION_DOCS[part]).format(
+                        e=name,
+                        shapes=SHAPE_PLURAL[shape],
+                        Shapes=SHAPE_PLURAL[shape].capitalize(),
+                        colour=colour,
+                        Colour=colour.capitalize(),
+                        n=_n_shapes(count, shape),
+                        are="is" if count == 1 else "are",
+                    )
+                    self.deco_docs[(e, d, part)] = len(texts)
+                    texts.append(_Text(guid, e, f"decoration:{part}", t))
+            used = {self.images[r].colour for r in self.entity_images[e]}
+            used |= {c for _, c, _ in self.decorations[e]}
+            img = self.images[rng.choice(self.entity_images[e])]
+            texts.append(
+                _Text(
+                    guid,
+                    e,
+                    "banner",
+                    rng.choice(BANNERS).format(
+                        e=name,
+                        colour=rng.choice([c for c in COLOUR_NAMES if c not in used]),
+                        shapes=SHAPE_PLURAL[img.shape],
+                        year=rng.randint(1700, 2020),
+                    ),
+                )
+            )
         if len(texts) > budget:
-            raise ValueError(f"scale needs {len(texts)} fact documents but only {budget} texts")
+            raise ValueError(f"scale needs {len(texts)} entity documents but only {budget} texts")
         guid, n_in_guid = _hex(rng), 0
         while len(texts) < budget:
             if n_in_guid == 10:
@@ -544,32 +589,40 @@ class _World:
             counter[guid] += 1
         self.texts = texts
         self.entity_texts: list[list[int]] = [[] for _ in self.entities]
-        for i, t in enumerate(texts):
-            if t.fact:
-                self.entity_texts[t.entity].append(i)
         self.texts_by_fact: dict[str, list[int]] = defaultdict(list)
         for i, t in enumerate(texts):
             if t.fact:
+                self.entity_texts[t.entity].append(i)
                 self.texts_by_fact[t.fact].append(i)
 
     # -- queries ------------------------------------------------------------------------
     def image_groups(self) -> dict[tuple, list[tuple[str, str, object]]]:
         """positives (image rows) -> questions [(cond attr, asked attr, cond value)] that
-        exactly those images answer, all agreeing on the answer."""
+        exactly those images answer. Shapes and colours are distinct within an entity, so
+        every picture answers its own three questions alone."""
         groups: dict[tuple, list[tuple[str, str, object]]] = {}
         for rows in self.entity_images:
-            for cond in ATTRS:
-                by_value: dict[object, list[int]] = defaultdict(list)
-                for r in rows:
-                    by_value[self.images[r].attr(cond)].append(r)
-                for value, qual in sorted(by_value.items(), key=lambda kv: str(kv[0])):
-                    if len(qual) > 4:
-                        continue
-                    for asked in ATTRS:
-                        if asked == cond or len({self.images[r].attr(asked) for r in qual}) != 1:
-                            continue
-                        groups.setdefault(tuple(qual), []).append((cond, asked, value))
+            for r in rows:
+                img = self.images[r]
+                groups[(r,)] = [(c, a, img.attr(c)) for c, a in VISUAL_QUESTIONS]
         return groups
+
+    def text_groups(self) -> tuple[list[tuple], list[tuple]]:
+        """(decoration keys, non-visual fact keys): ("d", entity, deco, part) and
+        ("f", entity, fact); each key is one set of positives."""
+        deco = sorted(("d", e, d, p) for (e, d, p) in self.deco_docs)
+        facts = sorted(("f", e, f) for (e, f) in self.fact_docs)
+        return deco, facts
+
+    def _other_entity(self, rng: random.Random, pool: list[int], e: int, of, n: int) -> list:
+        out: list[int] = []
+        for _ in range(4 * n):
+            if len(out) == n or not pool:
+                break
+            x = pool[rng.randrange(len(pool))]
+            if of(x) != e and x not in out:
+                out.append(x)
+        return out
 
     def image_query(
         self, rng: random.Random, pos: tuple[int, ...], q: tuple[str, str, object]
@@ -577,25 +630,13 @@ class _World:
         cond, asked, value = q
         first = self.images[pos[0]]
         e = first.entity
-        fmt = {"e": self.entities[e]}
-        if cond == "shape":
-            fmt["shapes"] = SHAPE_PLURAL[value]
-        elif cond == "colour":
-            fmt["colour"] = value
-        else:
-            fmt["times"] = TIMES_WORDS[value]
-        text = rng.choice(IMAGE_QUESTIONS[(cond, asked)]).format(**fmt)
+        text = _visual_question(rng, self.entities[e], cond, asked, value)
         ans = first.attr(asked)
         answer = COUNT_WORDS[ans] if asked == "count" else str(ans)
         neg_same = [r for r in self.entity_images[e] if r not in pos]
-        pool = self._by_attr[(cond, value)]
-        neg_other: list[int] = []
-        for _ in range(20):
-            if len(neg_other) == 5:
-                break
-            r = pool[rng.randrange(len(pool))]
-            if self.images[r].entity != e and r not in neg_other:
-                neg_other.append(r)
+        neg_other = self._other_entity(
+            rng, self._by_attr[(cond, value)], e, lambda r: self.images[r].entity, 5
+        )
         txt = self.entity_texts[e]
         txt_neg = rng.sample(txt, min(3, len(txt)))
         return {
@@ -607,36 +648,47 @@ class _World:
             "txt_negFacts": [self.texts[t].doc_id for t in txt_neg],
         }
 
-    def text_query(self, rng: random.Random, key: tuple[int, str], template: int) -> dict:
-        e, fact = key
+    def text_query(self, rng: random.Random, key: tuple, q: int) -> dict:
+        """``key`` from :meth:`text_groups`; ``q`` picks the question (template / kind)."""
+        e = key[1]
         name = self.entities[e]
-        dim = KINDS[name.rsplit(" ", 1)[1]]
-        text = FACTS[fact][0][template].format(
-            e=name, dim=dim, dimn="length" if dim == "long" else "height"
-        )
-        pos = self.fact_docs[key]
+        if key[0] == "f":
+            fact = key[2]
+            dim = KINDS[name.rsplit(" ", 1)[1]]
+            text = FACTS[fact][0][q].format(
+                e=name, dim=dim, dimn="length" if dim == "long" else "height"
+            )
+            pos = self.fact_docs[(e, fact)]
+            answer = self.entity_facts[e][fact] + (" metres" if fact == "size" else "")
+            pool = self.texts_by_fact[fact]
+        else:
+            _, _, d, part = key
+            shape, colour, count = self.decorations[e][d]
+            cond, asked = DECORATION_QUESTIONS[part][q]
+            text = _visual_question(rng, name, cond, asked, shape if cond == "shape" else colour)
+            pos = [self.deco_docs[(e, d, part)]]
+            answer = {"shape": shape, "colour": colour, "count": COUNT_WORDS[count]}[asked]
+            pool = self.texts_by_fact[f"decoration:{part}"]
         neg_same = [t for t in self.entity_texts[e] if t not in pos]
-        pool = self.texts_by_fact[fact]
-        neg_other: list[int] = []
-        for _ in range(20):
-            if len(neg_other) == 5:
-                break
-            t = pool[rng.randrange(len(pool))]
-            if self.texts[t].entity != e and t not in neg_other:
-                neg_other.append(t)
+        neg_other = self._other_entity(rng, pool, e, lambda t: self.texts[t].entity, 5)
         imgs = self.entity_images[e]
         return {
             "Q": text,
-            "A": self.entity_facts[e][fact] + (" metres" if fact == "size" else ""),
+            "A": answer,
             "img_posFacts": [],
             "img_negFacts": [self.images[r].image_id for r in rng.sample(imgs, min(3, len(imgs)))],
             "txt_posFacts": [self.texts[t].doc_id for t in pos],
             "txt_negFacts": [self.texts[t].doc_id for t in neg_same + neg_other],
         }
 
+    def _text_questions(self, key: tuple) -> int:
+        return 2 if key[0] == "f" else len(DECORATION_QUESTIONS[key[3]])
+
     def make_queries(self) -> dict[str, list[dict]]:
         """Split question groups (same positives) over test, dev, train: a group's questions
-        all go to one split, so no test question's positives-and-condition is seen in train."""
+        all go to one split, so no test question's positives are seen in train. Text-answerable
+        dev/test queries ask a decoration (a visual-sounding fact) with probability
+        ``DECORATION_SHARE``, else a non-visual fact."""
         rng = random.Random(self.rng.random())
         self._by_attr: dict[tuple[str, object], list[int]] = defaultdict(list)
         for r, img in enumerate(self.images):
@@ -646,8 +698,20 @@ class _World:
         img_groups = self.image_groups()
         img_keys = sorted(img_groups)
         rng.shuffle(img_keys)
-        txt_keys = sorted(self.fact_docs)
-        rng.shuffle(txt_keys)
+        deco_keys, fact_keys = self.text_groups()
+        rng.shuffle(deco_keys)
+        rng.shuffle(fact_keys)
+        # one sequence of text keys mixing decorations and facts at DECORATION_SHARE
+        txt_keys: list[tuple] = []
+        i_d = i_f = 0
+        while i_d < len(deco_keys) or i_f < len(fact_keys):
+            use_deco = rng.random() < DECORATION_SHARE
+            if (use_deco and i_d < len(deco_keys)) or i_f >= len(fact_keys):
+                txt_keys.append(deco_keys[i_d])
+                i_d += 1
+            else:
+                txt_keys.append(fact_keys[i_f])
+                i_f += 1
         splits: dict[str, list[dict]] = {}
         qids: set[str] = set()
         i_img = i_txt = 0
@@ -666,19 +730,20 @@ class _World:
                 for k in take_i:
                     out.append(self.image_query(rng, k, rng.choice(img_groups[k])))
                 for k in take_t:
-                    out.append(self.text_query(rng, k, rng.randrange(2)))
+                    out.append(self.text_query(rng, k, rng.randrange(self._text_questions(k))))
             else:
-                # every remaining group once, then second questions, until the count is met
+                # every remaining group once, then its next questions, until the count is met
                 rest_i = img_keys[i_img:]
                 rest_t = txt_keys[i_txt:]
-                rounds = max((len(v) for v in img_groups.values()), default=0)
                 cand_i = (
                     (k, img_groups[k][rnd])
-                    for rnd in range(rounds)
+                    for rnd in range(len(VISUAL_QUESTIONS))
                     for k in rest_i
                     if rnd < len(img_groups[k])
                 )
-                cand_t = ((k, t) for t in range(2) for k in rest_t)
+                cand_t = (
+                    (k, rnd) for rnd in range(2) for k in rest_t if rnd < self._text_questions(k)
+                )
                 for k, q in islice(cand_i, n_img):
                     out.append(self.image_query(rng, k, q))
                 for k, t in islice(cand_t, n_txt):
@@ -723,11 +788,8 @@ def _chunks(items: list, n: int) -> Iterator[list]:
 
 
 def _image_jobs(world: _World, seed: int, size: int) -> list[tuple]:
-    return [
-        (img.image_id, img.shape, img.colour, img.count, img.bg,
-         (seed * 1_000_003 + i) & 0x7FFFFFFF, size)
-        for i, img in enumerate(world.images)
-    ]  # fmt: skip
+    del seed  # pictures depend on their attributes only
+    return [(img.image_id, img.shape, img.colour, img.count, size) for img in world.images]
 
 
 @contextmanager
