@@ -215,6 +215,14 @@ DECORATION_QUESTIONS = {"colour": (("shape", "colour"), ("colour", "shape")),
                         "count": (("shape", "count"),)}  # fmt: skip
 # cross-modal distractor: names the entity and one of its pictures' shapes, in a colour that
 # no document of the entity has, and answers nothing
+# grounding questions (train split only): no entity, all three attributes; answered by every
+# training picture that shows them. They stand in for the image-text pretraining the paper's
+# CLIP starts from: with entity questions alone, in-batch negatives almost never share the
+# positive's entity, the caption separates them, and a from-scratch image tower gets no signal.
+GROUNDING_QUESTIONS = (
+    "Where are {n} {colour} {shapes} shown?",
+    "Which place shows {n} {colour} {shapes}?",
+)
 BANNERS = (
     "A banner with {colour} {shapes} hung on the {e} in {year}.",
     "In {year} a flag showing {colour} {shapes} was raised over the {e}.",
@@ -235,15 +243,16 @@ class ScaleSpec:
     train_image: int
     dev_image: int
     test_image: int
+    train_grounding: int = 0  # of train_image: entity-free grounding questions (see below)
 
 
 SCALES: dict[str, ScaleSpec] = {
-    "tiny": ScaleSpec(28, 150, 250, 150, 40, 40, 75, 20, 20),
-    # ~2.7 training questions per image (shape->colour, shape->count, colour->shape)
-    "small": ScaleSpec(300, 1500, 3000, 5400, 300, 500, 3000, 150, 250),
-    "medium": ScaleSpec(3000, 15000, 30000, 36000, 3000, 5000, 18000, 1500, 2500),
+    "tiny": ScaleSpec(28, 150, 250, 150, 40, 40, 75, 20, 20, 15),
+    # ~2.5 entity questions per training image (shape->colour, shape->count, colour->shape)
+    "small": ScaleSpec(300, 1500, 3000, 6000, 300, 500, 3600, 150, 250, 900),
+    "medium": ScaleSpec(3000, 15000, 30000, 36000, 3000, 5000, 18000, 1500, 2500, 4000),
     # the paper's corpus (Table 5): 389,750 images, 787,697 texts; WebQA's query splits
-    "paper": ScaleSpec(77950, 389750, 787697, 31766, 5000, 4966, 16400, 2554, 2511),
+    "paper": ScaleSpec(77950, 389750, 787697, 31766, 5000, 4966, 16400, 2554, 2511, 3000),
 }
 
 
@@ -684,6 +693,30 @@ class _World:
     def _text_questions(self, key: tuple) -> int:
         return 2 if key[0] == "f" else len(DECORATION_QUESTIONS[key[3]])
 
+    def grounding_query(self, rng: random.Random, combo: tuple, rows: list[int]) -> dict:
+        shape, colour, count = combo
+        text = rng.choice(GROUNDING_QUESTIONS).format(
+            n=COUNT_WORDS[count], colour=colour, shapes=SHAPE_PLURAL[shape] if count > 1 else shape
+        )
+        pos = set(rows)
+        neg: list[int] = []
+        for a, v in (("shape", shape), ("colour", colour), ("count", count)):
+            pool = self._by_attr[(a, v)]
+            for _ in range(6):
+                r = pool[rng.randrange(len(pool))]
+                if r not in pos and r not in neg:
+                    neg.append(r)
+        t_pool = self.texts_by_fact["banner"]
+        return {
+            "Q": text,
+            "A": _n_shapes(count, shape),
+            "img_posFacts": [self.images[r].image_id for r in rows],
+            "img_negFacts": [self.images[r].image_id for r in neg[:5]],
+            "txt_posFacts": [],
+            "txt_negFacts": [self.texts[t_pool[rng.randrange(len(t_pool))]].doc_id
+                             for _ in range(2)],
+        }  # fmt: skip
+
     def make_queries(self) -> dict[str, list[dict]]:
         """Split question groups (same positives) over test, dev, train: a group's questions
         all go to one split, so no test question's positives are seen in train. Text-answerable
@@ -732,6 +765,16 @@ class _World:
                 for k in take_t:
                     out.append(self.text_query(rng, k, rng.randrange(self._text_questions(k))))
             else:
+                # grounding questions over the training pictures, one per combination shown
+                combos: dict[tuple, list[int]] = defaultdict(list)
+                for k in img_keys[i_img:]:
+                    im = self.images[k[0]]
+                    combos[(im.shape, im.colour, im.count)].append(k[0])
+                g_keys = sorted(combos)
+                rng.shuffle(g_keys)
+                for c in islice((c for _ in range(8) for c in g_keys), spec.train_grounding):
+                    out.append(self.grounding_query(rng, c, combos[c]))
+                n_img -= spec.train_grounding
                 # every remaining group once, then its next questions, until the count is met
                 rest_i = img_keys[i_img:]
                 rest_t = txt_keys[i_txt:]

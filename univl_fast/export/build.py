@@ -9,7 +9,6 @@ missing or partial file; re-running the export redoes it.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,12 +205,7 @@ def export_engine(
             plans.setdefault(tower, {})["fp16"] = rel
             bar.update(1)
 
-    umask = os.umask(0)
-    os.umask(umask)
     for rel in list(files):
-        # atomic writes create 0600 temp files: give the engine the usual umask permissions so
-        # a service running as another user can read it
-        os.chmod(root / rel, 0o666 & ~umask)
         files[rel] = file_entry(root, rel, **files[rel])
     body = {
         "model_name": spec.model_config.get("model_name"),

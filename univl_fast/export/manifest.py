@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib.metadata
-import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -57,7 +56,4 @@ def write_manifest(root: Path, body: dict[str, Any]) -> dict[str, Any]:
         **body,
     }
     atomic_write_json(root / MANIFEST_NAME, manifest)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(root / MANIFEST_NAME, 0o666 & ~umask)
     return manifest

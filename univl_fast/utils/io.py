@@ -29,6 +29,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()
+            # mkstemp creates 0600 files; give the result the permissions a plain open() would
+            os.fchmod(fh.fileno(), 0o666 & ~_UMASK)
             os.fsync(fh.fileno())
         os.replace(tmp, target)
     except BaseException:
@@ -37,6 +39,16 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         except FileNotFoundError:
             pass
         raise
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# Read once at import: os.umask can only be read by setting it, which is not thread-safe.
+_UMASK = _read_umask()
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
