@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from univl_fast.evaluation import format_result
 from univl_fast.types import IMAGE, TEXT
 
 # Depth of the ranking handed to the metrics (Recall@100 needs 100).
@@ -108,25 +109,6 @@ def evaluate_engine(
     return result
 
 
-def format_metrics(metrics: dict[str, Any], label: str = "engine") -> str:
-    """Markdown table of the metrics (x100): one row, or one per setting with by-modality."""
-    from univl_fast.evaluation import format_table
-
-    keys = (
-        "MRR@10",
-        "NDCG@10",
-        "MRR@20",
-        "NDCG@20",
-        "Recall@20",
-        "Recall@100",
-        "image_share@10",
-        "queries",
-    )
-    rows = {label: metrics}
-    rows.update({f"{label} ({m})": metrics[m] for m in ("text", "image", "multi") if m in metrics})
-    return format_table(rows, keys=keys, name="setting")
-
-
 def run_engine_eval(args: argparse.Namespace) -> int:
     """Entry point of ``univl-fast eval --engine E --index I --data D``."""
     from univl_fast.data import DatasetDir
@@ -148,7 +130,7 @@ def run_engine_eval(args: argparse.Namespace) -> int:
         metrics = evaluate_engine(
             engine, queries, qrels, by_modality=args.by_modality, batch_size=args.batch_size
         )
-    print(format_metrics(metrics, label=str(args.engine)))
+    print(format_result(metrics, label=str(args.engine)))
     print(
         f"[eval] engine={args.engine} index={args.index} split={args.split} "
         f"({time.perf_counter() - t0:.1f}s)",

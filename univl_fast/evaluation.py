@@ -151,6 +151,7 @@ def evaluate_embeddings(
 
 
 DEFAULT_TABLE_KEYS = ("MRR@10", "NDCG@10", "MRR@20", "NDCG@20", "Recall@20", "Recall@100")
+RESULT_TABLE_KEYS = (*DEFAULT_TABLE_KEYS, "image_share@10", "queries")
 
 
 def format_table(
@@ -173,3 +174,11 @@ def format_table(
                 cells.append(f"{100.0 * float(v):.2f}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def format_result(result: Mapping, label: str) -> str:
+    """One evaluation result (``univl-fast eval``'s JSON) as a table: its own row, plus one row
+    per paper setting (text / image / multi) when it was computed ``--by-modality``."""
+    rows = {label: result}
+    rows.update({f"{label} [{m}]": result[m] for m in ("text", "image", "multi") if m in result})
+    return format_table(rows, keys=RESULT_TABLE_KEYS, name="setting")

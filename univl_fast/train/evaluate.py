@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from univl_fast.data.layout import DatasetDir
+from univl_fast.evaluation import format_result
 from univl_fast.utils.io import atomic_write_json
 
 
@@ -66,26 +67,6 @@ def evaluate_checkpoint(
     return result
 
 
-def format_result(result: dict, label: str) -> str:
-    from univl_fast.evaluation import format_table
-
-    keys = (
-        "MRR@10",
-        "NDCG@10",
-        "MRR@20",
-        "NDCG@20",
-        "Recall@20",
-        "Recall@100",
-        "image_share@10",
-        "queries",
-    )
-    rows = {label: result}
-    for m in ("text", "image", "multi"):
-        if m in result:
-            rows[f"{label} [{m}]"] = result[m]
-    return format_table(rows, keys)
-
-
 def run_checkpoint_eval(args: argparse.Namespace) -> int:
     """Called by ``univl_fast.evaluate_cli`` for ``univl-fast eval --checkpoint``."""
     threads = getattr(args, "threads", None)
@@ -109,4 +90,4 @@ def run_checkpoint_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["evaluate_checkpoint", "run_checkpoint_eval", "format_result"]
+__all__ = ["evaluate_checkpoint", "run_checkpoint_eval"]
