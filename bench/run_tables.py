@@ -74,6 +74,9 @@ def main() -> int:
             print(f"[skip] {name}: {done} exists", flush=True)
             return
         timings[name] = round(sh(cmd, log), 1)
+        # merge with what other run_tables processes on the same WORK wrote meanwhile
+        if timings_path.is_file():
+            timings.update({**json.loads(timings_path.read_text()), name: timings[name]})
         timings_path.write_text(json.dumps(timings, indent=2) + "\n")
         if touch:
             done.touch()

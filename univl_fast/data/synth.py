@@ -710,7 +710,7 @@ class _World:
         return {
             "Q": text,
             "A": _n_shapes(count, shape),
-            "img_posFacts": [self.images[r].image_id for r in rows],
+            "img_posFacts": [self.images[r].image_id for r in rows[:4]],
             "img_negFacts": [self.images[r].image_id for r in neg[:5]],
             "txt_posFacts": [],
             "txt_negFacts": [self.texts[t_pool[rng.randrange(len(t_pool))]].doc_id
@@ -772,7 +772,8 @@ class _World:
                     combos[(im.shape, im.colour, im.count)].append(k[0])
                 g_keys = sorted(combos)
                 rng.shuffle(g_keys)
-                for c in islice((c for _ in range(8) for c in g_keys), spec.train_grounding):
+                rounds = -(-spec.train_grounding // max(1, len(g_keys)))
+                for c in islice((c for _ in range(rounds) for c in g_keys), spec.train_grounding):
                     out.append(self.grounding_query(rng, c, combos[c]))
                 n_img -= spec.train_grounding
                 # every remaining group once, then its next questions, until the count is met

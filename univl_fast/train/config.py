@@ -96,9 +96,9 @@ TINY_OVERRIDES: dict[str, dict[str, Any]] = {
     "inbatch": {
         "lr": 1e-3,
         "warmup_steps": 30,
-        "epochs": 3,
+        "epochs": 8,  # synth v2: the from-scratch image tower needs ~8 epochs to read colours
         "eval_every": 0,  # once per epoch
-        "patience": 2,
+        "patience": 3,
         "save_every": 50,
     },
     "hardneg": {
