@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from PIL import Image
 
@@ -60,6 +60,9 @@ CAPTION_FILES = {
     "query": "all_imgs_query.json",
     "exp": "all_imgs_exp.json",
 }
+
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -252,23 +255,27 @@ class DatasetDir:
         )
 
     # -- text corpus --------------------------------------------------------------------
-    def iter_text_docs(self, batch_size: int = 1024) -> Iterator[list[TextDoc]]:
-        """Stream ``all_docs.json`` as batches of TextDoc."""
+    def _iter_records(
+        self, path: Path, make: Callable[[str, str], T], id_key: str, text_key: str, batch_size: int
+    ) -> Iterator[list[T]]:
+        """Stream a JSON-lines corpus file as batches of ``make(id, text)``."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        p = self.path / "all_docs.json"
-        batch: list[TextDoc] = []
-        for lineno, obj in iter_jsonl(p):
-            batch.append(
-                TextDoc(
-                    str(_field(obj, "snippet_id", p, lineno)), str(_field(obj, "fact", p, lineno))
-                )
-            )
+        batch: list[T] = []
+        for lineno, obj in iter_jsonl(path):
+            doc_id = str(_field(obj, id_key, path, lineno))
+            batch.append(make(doc_id, str(_field(obj, text_key, path, lineno))))
             if len(batch) == batch_size:
                 yield batch
                 batch = []
         if batch:
             yield batch
+
+    def iter_text_docs(self, batch_size: int = 1024) -> Iterator[list[TextDoc]]:
+        """Stream ``all_docs.json`` as batches of TextDoc."""
+        return self._iter_records(
+            self.path / "all_docs.json", TextDoc, "snippet_id", "fact", batch_size
+        )
 
     def text_docs(self) -> list[TextDoc]:
         return [d for batch in self.iter_text_docs(8192) for d in batch]
@@ -293,21 +300,9 @@ class DatasetDir:
         self, batch_size: int = 1024, captions: str = "plain"
     ) -> Iterator[list[ImageDoc]]:
         """Stream the image captions file as batches of ImageDoc (ids as strings)."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        p = self.captions_file(captions)
-        batch: list[ImageDoc] = []
-        for lineno, obj in iter_jsonl(p):
-            batch.append(
-                ImageDoc(
-                    str(_field(obj, "image_id", p, lineno)), str(_field(obj, "caption", p, lineno))
-                )
-            )
-            if len(batch) == batch_size:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
+        return self._iter_records(
+            self.captions_file(captions), ImageDoc, "image_id", "caption", batch_size
+        )
 
     def image_docs(self, captions: str = "plain") -> list[ImageDoc]:
         return [d for batch in self.iter_image_docs(8192, captions) for d in batch]
