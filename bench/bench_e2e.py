@@ -32,13 +32,13 @@ import json
 import os
 import platform
 import random
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
+from engine_setup import exported_engine, random_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 ROOT = Path(os.environ.get("BENCH_E2E_DIR", REPO / "runs/bench/e2e"))
@@ -53,45 +53,9 @@ K = 10
 
 
 # ---------------------------------------------------------------------------- set-up (cached)
-def _run(cmd: list[str], what: str) -> None:
-    print(f"[setup] {what}: {' '.join(cmd)}", file=sys.stderr, flush=True)
-    proc = subprocess.run(cmd, cwd=REPO)
-    if proc.returncode != 0:
-        raise SystemExit(f"[setup] {what} failed (exit {proc.returncode})")
-
-
 def ensure_engine(root: Path = ROOT) -> Path:
-    engine = root / "engine_vitb32"
-    if (engine / "manifest.json").is_file():
-        return engine
-    ckpt = root / "ckpt_vitb32_random"
-    if not (ckpt / "model.safetensors").is_file():
-        _run(
-            [
-                sys.executable,
-                "-c",
-                "import sys; from univl_fast.model import UniVLDR; "
-                f"UniVLDR.from_config({MODEL!r}, seed=0).save_pretrained(sys.argv[1], "
-                "train_config={'stage': 'random-init', 'seed': 0})",
-                str(ckpt),
-            ],
-            "random ViT-B-32 checkpoint",
-        )
-    _run(
-        [
-            sys.executable,
-            "-m",
-            "univl_fast.export",
-            "--checkpoint",
-            str(ckpt),
-            "--out",
-            str(engine),
-            "--precision",
-            "fp32,int8",
-        ],
-        "export",
-    )
-    return engine
+    ckpt = random_checkpoint(MODEL, root / "ckpt_vitb32_random")
+    return exported_engine(ckpt, root / "engine_vitb32")
 
 
 def synthetic_corpus(n: int, d: int = DIM, n_tune: int = 1000, seed: int = 0):

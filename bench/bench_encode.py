@@ -32,13 +32,13 @@ import argparse
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from engine_setup import exported_engine, random_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 ROOT = Path(os.environ.get("BENCH_ENCODE_DIR", REPO / "runs/bench/encode"))
@@ -64,12 +64,6 @@ CAPTIONS = [
 
 
 # ---------------------------------------------------------------------------- set-up (cached)
-def _run(cmd: list[str], what: str) -> None:
-    print(f"[setup] {what}: {' '.join(cmd)}", file=sys.stderr, flush=True)
-    if subprocess.run(cmd, cwd=REPO).returncode != 0:
-        raise SystemExit(f"[setup] {what} failed")
-
-
 def ensure_engine(model: str, root: Path = ROOT) -> tuple[Path, Path]:
     """(checkpoint dir, engine dir) for ``model`` (or BENCH_ENCODE_CHECKPOINT)."""
     trained = os.environ.get("BENCH_ENCODE_CHECKPOINT")
@@ -77,36 +71,9 @@ def ensure_engine(model: str, root: Path = ROOT) -> tuple[Path, Path]:
         ckpt = Path(trained)
         engine = root / f"engine_{ckpt.name}"
     else:
-        ckpt = root / f"ckpt_{model}_random"
+        ckpt = random_checkpoint(model, root / f"ckpt_{model}_random")
         engine = root / f"engine_{model}"
-        if not (ckpt / "model.safetensors").is_file():
-            _run(
-                [
-                    sys.executable,
-                    "-c",
-                    "import sys; from univl_fast.model import UniVLDR; "
-                    "UniVLDR.from_config(sys.argv[1], seed=0).save_pretrained(sys.argv[2])",
-                    model,
-                    str(ckpt),
-                ],
-                f"random {model} checkpoint",
-            )
-    if not (engine / "manifest.json").is_file():
-        _run(
-            [
-                sys.executable,
-                "-m",
-                "univl_fast.export",
-                "--checkpoint",
-                str(ckpt),
-                "--out",
-                str(engine),
-                "--precision",
-                "fp32,int8",
-            ],
-            "export",
-        )
-    return ckpt, engine
+    return ckpt, exported_engine(ckpt, engine)
 
 
 def sample_images(n: int = 16) -> list:

@@ -1047,7 +1047,6 @@ def generate(
         atomic_write_json(
             tmp / CONFIG_FILE, {"config": asdict(cfg), "stats": stats, "files": files}
         )
-        os.chmod(tmp / CONFIG_FILE, 0o644)  # mkstemp made it 0600; the data files are 0644
         if not out.exists() or not nonempty:
             if out.exists():
                 out.rmdir()
