@@ -178,17 +178,60 @@ def run_clients(
     if errors:
         raise RuntimeError(f"{len(errors)} client errors, first: {errors[0]}")
     all_lat = np.array([x for per in lat for x in per]) * 1e3
-    # queries completed inside the window / window length (calls started in it, ended <= end+1)
+    return summarize(clients, [all_lat], seconds, cpu_s)
+
+
+def summarize(clients: int, lats: list[np.ndarray], seconds: float, cpu_s: float) -> dict:
+    """Throughput (queries completed in the measured windows / their total length), latency
+    percentiles over every call, and process CPU time per query (the load-independent cost)."""
+    all_lat = np.concatenate(lats)
     return {
         "clients": clients,
         "queries": int(all_lat.size),
+        "seconds": seconds,
+        "cpu_s": cpu_s,
+        "lat_ms": all_lat,
         "qps": float(all_lat.size / seconds),
         "p50_ms": float(np.percentile(all_lat, 50)),
         "p99_ms": float(np.percentile(all_lat, 99)),
         "mean_ms": float(all_lat.mean()),
-        # process CPU time per query over the measured window: load-independent cost
         "cpu_ms_per_query": float(cpu_s * 1e3 / max(1, all_lat.size)),
     }
+
+
+# The measured paths. plain: batching off, each call encodes and searches on its own thread (the
+# baseline), with the engine's default threads; plain-nospin: the same with ONNX Runtime's
+# threads blocking instead of spinning between ops; plain-1thread: one ONNX Runtime thread per
+# call (no thread pool at all: with many concurrent calls the cores are used anyway). The
+# speed-up is also reported against the best of the plain modes in the same run.
+# batched-1worker: the compiled
+# batcher with one worker (the design before multi-worker batching); batched: the default
+# Engine (one batch worker per core).
+MODES = ("plain", "plain-nospin", "plain-1thread", "batched-1worker", "batched")
+PLAIN_MODES = ("plain", "plain-nospin", "plain-1thread")
+
+
+def open_mode(mode: str, engine_dir, index_dir, precision: str, max_batch: int, max_wait_us: int):
+    import univl_fast
+    from univl_fast.runtime import ThreadSettings
+
+    if mode not in MODES:
+        raise SystemExit(f"unknown mode {mode!r} (one of {', '.join(MODES)})")
+    kw: dict = {"index": index_dir, "precision": precision}
+    if mode in PLAIN_MODES:
+        threads = {
+            "plain-nospin": ThreadSettings(spin=False),
+            "plain-1thread": ThreadSettings(intra_op=1),
+        }.get(mode)
+        return univl_fast.load(engine_dir, batching=False, threads=threads, **kw)
+    return univl_fast.load(
+        engine_dir,
+        batching=True,
+        max_batch=max_batch,
+        max_wait_us=max_wait_us,
+        workers=1 if mode == "batched-1worker" else None,
+        **kw,
+    )
 
 
 def measure(
@@ -200,40 +243,49 @@ def measure(
     precision: str,
     max_batch: int,
     max_wait_us: int,
-    modes: tuple[str, ...] = ("plain", "batched"),
+    modes: tuple[str, ...] = MODES,
+    rounds: int = 4,
 ) -> list[dict]:
-    import univl_fast
-
     rows = []
     engines = {
-        "plain": univl_fast.load(engine_dir, index=index_dir, precision=precision, batching=False),
-        "batched": univl_fast.load(
-            engine_dir,
-            index=index_dir,
-            precision=precision,
-            batching=True,
-            max_batch=max_batch,
-            max_wait_us=max_wait_us,
-        ),
+        m: open_mode(m, engine_dir, index_dir, precision, max_batch, max_wait_us) for m in modes
     }
     try:
         for eng in engines.values():
             eng.search(queries[:8], k=K)  # load / warm the sessions
         for c in clients:
+            # interleaved: `rounds` short windows per mode, alternating, so drift in the
+            # machine's speed (shared caches, neighbours) hits every mode alike
+            parts: dict[str, list[dict]] = {m: [] for m in modes}
+            batches = {m: [0, 0] for m in modes}
+            for _ in range(rounds):
+                for mode in modes:
+                    eng = engines[mode]
+                    before = eng.batcher_stats()
+                    parts[mode].append(run_clients(eng, queries, c, seconds / rounds, warmup=0.5))
+                    after = eng.batcher_stats()
+                    if after:
+                        batches[mode][0] += after["batches"] - before["batches"]
+                        batches[mode][1] += after["items"] - before["items"]
             for mode in modes:
-                eng = engines[mode]
-                before = eng.batcher_stats()
-                r = run_clients(eng, queries, c, seconds)
-                after = eng.batcher_stats()
+                ps = parts[mode]
+                r = summarize(
+                    c,
+                    [p["lat_ms"] for p in ps],
+                    sum(p["seconds"] for p in ps),
+                    sum(p["cpu_s"] for p in ps),
+                )
                 r["mode"] = mode
-                if after:
-                    nb = after["batches"] - before["batches"]
-                    r["mean_batch"] = (after["items"] - before["items"]) / nb if nb else 0.0
+                r["qps_per_round"] = [round(p["qps"], 1) for p in ps]
+                if batches[mode][0]:
+                    r["mean_batch"] = batches[mode][1] / batches[mode][0]
+                del r["lat_ms"]
                 rows.append(r)
                 print(
-                    f"  {mode:<8} clients={c:<3d} {r['qps']:8.1f} q/s  p50 {r['p50_ms']:7.2f} "
+                    f"  {mode:<15} clients={c:<3d} {r['qps']:8.1f} q/s  p50 {r['p50_ms']:7.2f} "
                     f"ms  p99 {r['p99_ms']:7.2f} ms  cpu {r['cpu_ms_per_query']:.2f} ms/q"
-                    + (f"  mean batch {r['mean_batch']:.1f}" if "mean_batch" in r else ""),
+                    + (f"  mean batch {r['mean_batch']:.1f}" if "mean_batch" in r else "")
+                    + f"  rounds {r['qps_per_round']}",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -243,23 +295,77 @@ def measure(
     return rows
 
 
+def serial_ceiling(
+    engine_dir: Path,
+    index_dir: Path,
+    queries: list[str],
+    precision: str,
+    batch: int = 16,
+    seconds: float = 4.0,
+    rounds: int = 3,
+) -> dict:
+    """What any batcher can buy here: one thread encoding + searching in a loop, one query per
+    call vs ``batch`` random queries per call (no concurrency, no batcher), interleaved.
+    The ratio of the two per-query costs bounds the batched/unbatched throughput ratio."""
+    import univl_fast
+
+    rng = random.Random(0)
+    out = {"batch": batch, "single_qps": [], "batched_qps": []}
+    with univl_fast.load(engine_dir, index=index_dir, precision=precision, batching=False) as eng:
+        enc, idx = eng.encoder, eng.index
+        for size in (1, batch):
+            idx.search(enc.encode_queries(queries[:size]), K)  # warm
+        for _ in range(rounds):
+            for size, key in ((1, "single_qps"), (batch, "batched_qps")):
+                n, t0 = 0, time.perf_counter()
+                while time.perf_counter() - t0 < seconds / rounds:
+                    qs = [queries[rng.randrange(len(queries))] for _ in range(size)]
+                    idx.search(enc.encode_queries(qs), K)
+                    n += size
+                out[key].append(n / (time.perf_counter() - t0))
+    out["single"] = float(np.median(out["single_qps"]))
+    out["batched"] = float(np.median(out["batched_qps"]))
+    out["ratio"] = out["batched"] / out["single"]
+    return out
+
+
 def table(rows: list[dict]) -> str:
+    """One line per client count: every mode's q/s and p50 / p99, then the default batched
+    Engine's speed-up over the plain path and over the best plain mode of the same run."""
     by = {(r["mode"], r["clients"]): r for r in rows}
-    lines = [
-        "| clients | plain q/s | batched q/s | speed-up | plain p50 / p99 ms | "
-        "batched p50 / p99 ms | batched p99/p50 | mean batch | CPU ms/query plain / batched |",
-        "|---|---|---|---|---|---|---|---|---|",
+    modes = [m for m in MODES if any(r["mode"] == m for r in rows)]
+    head = ["clients"] + [f"{m} q/s (p50 / p99 ms)" for m in modes]
+    head += [
+        "batched vs plain",
+        "batched vs best plain",
+        "batched p99/p50",
+        "mean batch",
+        "CPU ms/query " + " / ".join(modes),
     ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in sorted({r["clients"] for r in rows}):
-        p, b = by.get(("plain", c)), by.get(("batched", c))
-        if not p or not b:
-            continue
-        lines.append(
-            f"| {c} | {p['qps']:.1f} | {b['qps']:.1f} | {b['qps'] / p['qps']:.2f}x | "
-            f"{p['p50_ms']:.2f} / {p['p99_ms']:.2f} | {b['p50_ms']:.2f} / {b['p99_ms']:.2f} | "
-            f"{b['p99_ms'] / b['p50_ms']:.2f} | {b.get('mean_batch', 0):.1f} | "
-            f"{p['cpu_ms_per_query']:.2f} / {b['cpu_ms_per_query']:.2f} |"
+        got = {m: by[(m, c)] for m in modes if (m, c) in by}
+        cells = [str(c)]
+        for m in modes:
+            r = got.get(m)
+            cells.append(f"{r['qps']:.1f} ({r['p50_ms']:.2f} / {r['p99_ms']:.2f})" if r else "-")
+        b = got.get("batched")
+        plains = [got[m] for m in PLAIN_MODES if m in got]
+        if b and "plain" in got:
+            cells.append(f"{b['qps'] / got['plain']['qps']:.2f}x")
+        else:
+            cells.append("-")
+        if b and plains:
+            best = max(plains, key=lambda r: r["qps"])
+            cells.append(f"{b['qps'] / best['qps']:.2f}x ({best['mode']})")
+            cells.append(f"{b['p99_ms'] / b['p50_ms']:.2f}")
+            cells.append(f"{b.get('mean_batch', 0):.1f}")
+        else:
+            cells += ["-", "-", "-"]
+        cells.append(
+            " / ".join(f"{got[m]['cpu_ms_per_query']:.2f}" if m in got else "-" for m in modes)
         )
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -277,15 +383,24 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--clients", default="1,4,16,64")
-    p.add_argument("--seconds", type=float, default=8.0)
+    p.add_argument("--seconds", type=float, default=8.0, help="measured seconds per mode")
+    p.add_argument(
+        "--rounds", type=int, default=4, help="interleaved windows per mode (seconds split)"
+    )
     p.add_argument("--precision", default="int8")
     p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH)
     p.add_argument("--max-wait-us", type=int, default=DEFAULT_MAX_WAIT_US)
-    p.add_argument("--modes", default="plain,batched")
+    p.add_argument("--modes", default=",".join(MODES), help=f"comma list of {', '.join(MODES)}")
     p.add_argument(
         "--sweep",
         default=None,
         help="tune: comma list of max_batch:max_wait_us pairs, batched mode only",
+    )
+    p.add_argument(
+        "--no-ceiling",
+        dest="ceiling",
+        action="store_false",
+        help="skip the serial 1-query vs 16-query loop (what batching can buy at most)",
     )
     p.add_argument("--out", default=str(ROOT / "results.json"))
     args = p.parse_args(argv)
@@ -347,9 +462,18 @@ def main(argv: list[str] | None = None) -> int:
             args.max_batch,
             args.max_wait_us,
             modes=tuple(args.modes.split(",")),
+            rounds=args.rounds,
         )
         result.update(rows=rows, max_batch=args.max_batch, max_wait_us=args.max_wait_us)
         print(table(rows))
+        if args.ceiling:
+            ceil = serial_ceiling(engine, index, queries, args.precision)
+            result["serial_ceiling"] = ceil
+            print(
+                f"\nserial ceiling (one thread, encode + search per call, same run): "
+                f"1 query/call {ceil['single']:.1f} q/s, {ceil['batch']} queries/call "
+                f"{ceil['batched']:.1f} q/s: ratio {ceil['ratio']:.2f}x"
+            )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     return 0

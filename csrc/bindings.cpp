@@ -338,13 +338,13 @@ inf in a or b gives an all-NaN row. The GIL is released while computing.
   });
 
   py::class_<univl::QueryBatcher>(m, "QueryBatcher", gc_support, R"doc(
-QueryBatcher(fn, max_batch=64, max_wait_us=2000)
+QueryBatcher(fn, max_batch=64, max_wait_us=2000, num_workers=1)
 
 Coalesces concurrent submit() calls into batched calls fn(items) -> list (same length),
-run on one worker thread; every caller gets its own results, in order.
+run on num_workers worker threads; every caller gets its own results, in order.
 )doc")
-      .def(py::init<py::object, int64_t, int64_t>(), "fn"_a, "max_batch"_a = 64,
-           "max_wait_us"_a = 2000)
+      .def(py::init<py::object, int64_t, int64_t, int64_t>(), "fn"_a, "max_batch"_a = 64,
+           "max_wait_us"_a = 2000, "num_workers"_a = 1)
       .def("submit", &univl::QueryBatcher::submit, "items"_a,
            "Runs fn over these items (batched with concurrent calls); blocks with the GIL "
            "released. Returns a list of len(items) results, or raises what fn raised for them.")
@@ -352,10 +352,11 @@ run on one worker thread; every caller gets its own results, in order.
            "Stops accepting requests, finishes queued ones and joins the worker. Idempotent.")
       .def("stats", &univl::QueryBatcher::stats,
            "dict: batches, items, requests, mean_batch_size, max_batch_size, failed_batches, "
-           "retried_requests, queued_items, closed, max_batch, max_wait_us")
+           "retried_requests, queued_items, closed, max_batch, max_wait_us, num_workers")
       .def_property_readonly("closed", &univl::QueryBatcher::closed)
       .def_property_readonly("max_batch", &univl::QueryBatcher::max_batch)
       .def_property_readonly("max_wait_us", &univl::QueryBatcher::max_wait_us)
+      .def_property_readonly("num_workers", &univl::QueryBatcher::num_workers)
       .def("__enter__", [](py::object self) { return self; })
       .def("__exit__", [](univl::QueryBatcher& self, py::args) { self.close(); });
 

@@ -56,7 +56,8 @@ def test_empty_submit_returns_empty_list_without_calling_fn():
     assert calls == []
 
 
-def test_stress_many_threads_each_caller_gets_its_own_rows():
+@pytest.mark.parametrize("num_workers", [1, 3])
+def test_stress_many_threads_each_caller_gets_its_own_rows(num_workers):
     n_threads, requests_per_thread = 64, 40
     seen_batches = []
 
@@ -75,9 +76,10 @@ def test_stress_many_threads_each_caller_gets_its_own_rows():
             got_all.extend(got)
         return got_all
 
-    with QueryBatcher(fn, max_batch=32, max_wait_us=2000) as batcher:
+    with QueryBatcher(fn, max_batch=32, max_wait_us=2000, num_workers=num_workers) as batcher:
         results = run_threads(n_threads, caller)
         stats = batcher.stats()
+    assert stats["num_workers"] == num_workers
 
     total = 0
     for cid, got in results.items():
@@ -209,6 +211,52 @@ def test_close_flushes_without_waiting_for_max_wait():
     assert got == [[(0, 0, 10)]]
 
 
+def test_lone_caller_does_not_wait_for_max_wait():
+    """A caller whose previous batch was its own single request is run at once: max_wait_us
+    (here one minute) only applies when there is concurrency to wait for. The very first batch
+    still waits for company, so the first request fills max_batch and ends that wait."""
+    with QueryBatcher(square_items, max_batch=2, max_wait_us=60_000_000) as batcher:
+        done = threading.Event()
+        got = []
+
+        def lone() -> None:
+            got.append(batcher.submit([(0, 0, 5), (0, 1, 6)]))  # a full batch: no wait
+            for i in range(3):
+                got.append(batcher.submit([(0, i, i)]))  # one item: would wait a minute
+            done.set()
+
+        threading.Thread(target=lone, daemon=True).start()
+        assert done.wait(timeout=20), "a lone caller waited for max_wait_us"
+        assert got == [[(0, 0, 26), (0, 1, 37)]] + [[(0, i, i * i + 1)] for i in range(3)]
+        assert batcher.stats()["batches"] == 4
+
+
+def test_workers_run_batches_concurrently():
+    """With two workers, a second batch starts while the first is still inside fn."""
+    inside = threading.Semaphore(0)
+    release = threading.Event()
+
+    def fn(items):
+        inside.release()
+        release.wait(30)
+        return square_items(items)
+
+    with QueryBatcher(fn, max_batch=1, max_wait_us=0, num_workers=2) as batcher:
+        results = {}
+        threads = [
+            threading.Thread(target=lambda c=c: results.__setitem__(c, batcher.submit([(c, 0, c)])))
+            for c in range(2)
+        ]
+        for t in threads:
+            t.start()
+        both = inside.acquire(timeout=30) and inside.acquire(timeout=30)
+        release.set()
+        for t in threads:
+            t.join(30)
+    assert both, "the second batch did not start while the first was running"
+    assert results == {0: [(0, 0, 1)], 1: [(1, 0, 2)]}
+
+
 def test_submit_from_inside_fn_is_refused():
     def fn(items):
         try:
@@ -232,6 +280,9 @@ def test_stats_and_argument_checks():
         QueryBatcher(square_items, max_batch=0)
     with pytest.raises(ValueError, match="max_wait_us must be >= 0"):
         QueryBatcher(square_items, max_wait_us=-1)
+    assert stats["num_workers"] == 1
+    with pytest.raises(ValueError, match="num_workers must be in 1..256"):
+        QueryBatcher(square_items, num_workers=0)
     with pytest.raises(TypeError, match="callable"):
         _C.QueryBatcher(42, 4, 10)
 

@@ -106,6 +106,8 @@ def test_bad_arguments(plain, tiny_engine, queries):
         plain.search(["ok", None], k=3)
     with pytest.raises(ValueError, match="modality"):
         plain.search(queries[:1], k=3, modality="audio")
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        univl_fast.load(tiny_engine, precision=PRECISION, workers=0)
     with univl_fast.load(tiny_engine, precision=PRECISION) as no_index:
         with pytest.raises(RuntimeError, match="no index loaded"):
             no_index.search(queries[:1], k=3)
@@ -146,7 +148,12 @@ def test_concurrent_callers_with_different_k(tiny_engine, flat_index, queries, p
     n = 8
     mods = [None, "text", "image"]
     with univl_fast.load(
-        tiny_engine, index=flat_index, precision=PRECISION, max_batch=n, max_wait_us=5_000_000
+        tiny_engine,
+        index=flat_index,
+        precision=PRECISION,
+        max_batch=n,
+        max_wait_us=5_000_000,
+        workers=1,
     ) as eng:
         barrier = threading.Barrier(n)
         results: dict[int, list[list[Hit]]] = {}
@@ -175,12 +182,20 @@ def test_concurrent_callers_with_different_k(tiny_engine, flat_index, queries, p
     assert stats["max_batch_size"] == n, stats  # really coalesced
 
 
-def test_batcher_stress_64_threads(tiny_engine, flat_index, queries, reference):
-    """64 threads, thousands of queries, every result checked against an unbatched search."""
+@pytest.mark.parametrize("workers", [1, 2])
+def test_batcher_stress_64_threads(tiny_engine, flat_index, queries, reference, workers):
+    """64 threads, thousands of queries, every result checked against an unbatched search;
+    with one batch worker and with two (each its own text session, batches run concurrently)."""
     n_threads, calls_per_thread = 64, 30
     with univl_fast.load(
-        tiny_engine, index=flat_index, precision=PRECISION, max_batch=64, max_wait_us=500
+        tiny_engine,
+        index=flat_index,
+        precision=PRECISION,
+        max_batch=64,
+        max_wait_us=500,
+        workers=workers,
     ) as eng:
+        assert eng.workers == workers
         errors: list[str] = []
         counted = [0] * n_threads
         start = threading.Barrier(n_threads)
@@ -215,7 +230,7 @@ def test_batcher_stress_64_threads(tiny_engine, flat_index, queries, reference):
     assert not errors, errors[:5]
     total = sum(counted)
     assert total >= 2000
-    assert stats["failed_batches"] == 0
+    assert stats["failed_batches"] == 0 and stats["num_workers"] == workers
     assert stats["mean_batch_size"] > 1.0, stats  # 64 clients: batches did coalesce
 
 

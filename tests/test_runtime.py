@@ -62,6 +62,28 @@ def test_defaults(tiny_engine):
     assert enc.manifest["embed_dim"] == 128
 
 
+def test_thread_settings_spin_default_and_env(monkeypatch):
+    from univl_fast.runtime import ThreadSettings
+
+    monkeypatch.delenv("UNIVL_FAST_ORT_SPIN", raising=False)
+    assert ThreadSettings().resolved_spin() is True  # spin within a run, stop at its end
+    monkeypatch.setenv("UNIVL_FAST_ORT_SPIN", "0")
+    assert ThreadSettings().resolved_spin() is False
+    assert ThreadSettings(spin=True).resolved_spin() is True  # explicit beats the env
+
+
+def test_text_thread_view_gives_the_same_embeddings(tiny_engine, enc_fp32):
+    from univl_fast.runtime import ThreadSettings
+
+    texts = ["a red bus", "two cats on a sofa next to a window", ""]
+    view = enc_fp32.with_text_threads(ThreadSettings(intra_op=1))
+    assert view._towers["text"] is not enc_fp32._towers["text"]
+    assert view._towers["image"] is enc_fp32._towers["image"]
+    np.testing.assert_allclose(
+        view.encode_queries(texts), enc_fp32.encode_queries(texts), rtol=0, atol=1e-6
+    )
+
+
 @pytest.mark.parametrize("precision,threshold", [("fp32", 0.9999), ("int8", 0.99)])
 def test_parity_with_pytorch_on_real_data(tiny_engine, model, real, precision, threshold):
     texts, images, captions = real

@@ -1,4 +1,4 @@
-"""Query batching: many threads call ``submit``; one worker runs the batched function.
+"""Query batching: many threads call ``submit``; worker threads run the batched function.
 
 Thin wrapper over the compiled ``univl_fast._C.QueryBatcher`` (C++ worker thread, GIL released
 while callers wait). Typical use, coalescing concurrent searches into one encoder + index call::
@@ -40,6 +40,9 @@ class QueryBatcher(Generic[T, R]):
     max_batch: most items per call of fn (>= 1).
     max_wait_us: how long the oldest waiting request may wait for others to join its batch
         (microseconds, >= 0).
+    num_workers: worker threads taking batches from the one queue (>= 1). With more than one,
+        a batch is formed and run while another is still inside fn, so fn must be safe to call
+        concurrently (and should release the GIL for its heavy work).
 
     If fn raises (or returns the wrong number of results) for a batch coalesced from several
     requests, each request is re-run alone, so the exception reaches exactly the callers whose
@@ -47,9 +50,13 @@ class QueryBatcher(Generic[T, R]):
     """
 
     def __init__(
-        self, fn: Callable[[list[T]], Sequence[R]], max_batch: int = 64, max_wait_us: int = 2000
+        self,
+        fn: Callable[[list[T]], Sequence[R]],
+        max_batch: int = 64,
+        max_wait_us: int = 2000,
+        num_workers: int = 1,
     ) -> None:
-        self._impl = _core().QueryBatcher(fn, int(max_batch), int(max_wait_us))
+        self._impl = _core().QueryBatcher(fn, int(max_batch), int(max_wait_us), int(num_workers))
 
     def submit(self, items: Sequence[T]) -> list[R]:
         """Results of fn for ``items``, in order (blocks; the GIL is released while waiting).
@@ -75,9 +82,13 @@ class QueryBatcher(Generic[T, R]):
     def max_wait_us(self) -> int:
         return int(self._impl.max_wait_us)
 
+    @property
+    def num_workers(self) -> int:
+        return int(self._impl.num_workers)
+
     def stats(self) -> dict[str, Any]:
         """batches, items, requests, mean_batch_size, max_batch_size, failed_batches,
-        retried_requests, queued_items, closed, max_batch, max_wait_us."""
+        retried_requests, queued_items, closed, max_batch, max_wait_us, num_workers."""
         return dict(self._impl.stats())
 
     def __enter__(self) -> QueryBatcher[T, R]:

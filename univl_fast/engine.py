@@ -57,6 +57,8 @@ class EngineConfig:
     batching: bool = True  # coalesce concurrent search calls through the compiled batcher
     max_batch: int = DEFAULT_MAX_BATCH  # most queries in one coalesced encoder run / index search
     max_wait_us: int = DEFAULT_MAX_WAIT_US  # longest a query waits for others to join its batch
+    # batch workers: None = one per physical core on the CPU backend, 1 on a GPU backend
+    workers: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,15 +106,40 @@ class Engine:
             raise ValueError(f"max_batch must be >= 1, got {self.config.max_batch}")
         if self.config.max_wait_us < 0:
             raise ValueError(f"max_wait_us must be >= 0, got {self.config.max_wait_us}")
+        if self.config.workers is not None and self.config.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.config.workers}")
         self._closed = False
         self._close_lock = threading.Lock()
         self._batcher = None
+        self.workers = 1
+        self._narrow = None  # encoder view with a cores/workers-thread text session
+        self._busy = 0  # batches inside _run_worker_batch (guarded by _busy_lock)
+        self._busy_lock = threading.Lock()
         if self.config.batching and index is not None:
             from univl_fast.batching import QueryBatcher
 
+            self.workers = self._resolve_workers()
+            fn = self._run_batch
+            if self.workers > 1:
+                from univl_fast.runtime.backends import ThreadSettings, physical_cores
+
+                per_worker = max(1, physical_cores() // self.workers)
+                self._narrow = encoder.with_text_threads(ThreadSettings(intra_op=per_worker))
+                fn = self._run_worker_batch
             self._batcher = QueryBatcher(
-                self._run_batch, int(self.config.max_batch), int(self.config.max_wait_us)
+                fn, int(self.config.max_batch), int(self.config.max_wait_us), self.workers
             )
+
+    def _resolve_workers(self) -> int:
+        if self.config.workers is not None:
+            return int(self.config.workers)
+        if getattr(self.encoder, "backend", "onnxruntime-cpu") != "onnxruntime-cpu":
+            return 1  # one GPU stream: batches queue on the device anyway
+        if not hasattr(self.encoder, "with_text_threads"):
+            return 1
+        from univl_fast.runtime.backends import physical_cores
+
+        return max(1, physical_cores())
 
     # ------------------------------------------------------------------ encoding
     @property
@@ -199,7 +226,21 @@ class Engine:
             items.append((q, int(k), modality))
         return items
 
-    def _run_batch(self, items: list[_Item]) -> list[Any]:
+    def _run_worker_batch(self, items: list[_Item]) -> list[Any]:
+        """A batch on one of several workers. Alone, it encodes with the full thread count
+        (lowest latency under light load); while another batch is running it uses the
+        cores/workers-thread session, so concurrent batches do not fight over one thread pool.
+        """
+        with self._busy_lock:
+            self._busy += 1
+            alone = self._busy == 1
+        try:
+            return self._run_batch(items, self.encoder if alone else self._narrow)
+        finally:
+            with self._busy_lock:
+                self._busy -= 1
+
+    def _run_batch(self, items: list[_Item], encoder: Any = None) -> list[Any]:
         """Encode and search a batch of items -> per item a list of Hit, or ``_Failed`` for a
         query the encoder rejected (e.g. text with lone surrogates).
 
@@ -213,7 +254,8 @@ class Engine:
         live = [i for i, (text, _k, _m) in enumerate(items) if text.strip()]
         if not live:
             return results
-        enc = self.encoder.encode_queries([items[i][0] for i in live], on_error="skip")
+        encoder = encoder if encoder is not None else self.encoder
+        enc = encoder.encode_queries([items[i][0] for i in live], on_error="skip")
         for err in enc.errors:
             results[live[err.index]] = _Failed(err.reason)
         vectors = enc.embeddings  # (n_good, d) float32, rows for the positions enc.indices
@@ -267,7 +309,7 @@ class Engine:
         return (
             f"Engine(dim={getattr(self.encoder, 'dim', '?')}, index_docs={n}, "
             f"batching={self.config.batching}, max_batch={self.config.max_batch}, "
-            f"max_wait_us={self.config.max_wait_us})"
+            f"max_wait_us={self.config.max_wait_us}, workers={self.workers})"
         )
 
 
@@ -280,13 +322,15 @@ def load(
     batching: bool = True,
     max_batch: int = DEFAULT_MAX_BATCH,
     max_wait_us: int = DEFAULT_MAX_WAIT_US,
+    workers: int | None = None,
     **encoder_kwargs: Any,
 ) -> Engine:
     """Load an exported engine dir and, optionally, an index dir built from it.
 
     precision: "fp32" | "fp16" | "int8" (default: the fastest whose parity passed).
     backend: "onnxruntime" | "tensorrt" (default: the best available here).
-    batching / max_batch / max_wait_us: how concurrent ``search`` calls are coalesced.
+    batching / max_batch / max_wait_us / workers: how concurrent ``search`` calls are coalesced
+    (see :class:`EngineConfig`).
     Other keyword arguments go to ``univl_fast.runtime.Encoder``.
     Raises ValueError when the index was built from a different engine.
     """
@@ -299,5 +343,7 @@ def load(
         from univl_fast.index import load_index
 
         idx = load_index(index, engine_sha256=encoder.manifest_sha256)
-    config = EngineConfig(batching=batching, max_batch=max_batch, max_wait_us=max_wait_us)
+    config = EngineConfig(
+        batching=batching, max_batch=max_batch, max_wait_us=max_wait_us, workers=workers
+    )
     return Engine(encoder, idx, config)

@@ -64,20 +64,36 @@ auto without_gil(F&& f) -> decltype(f()) {
 
 }  // namespace
 
-QueryBatcher::QueryBatcher(py::object fn, int64_t max_batch, int64_t max_wait_us)
-    : fn_(std::move(fn)), max_batch_(max_batch), max_wait_us_(max_wait_us) {
+QueryBatcher::QueryBatcher(py::object fn, int64_t max_batch, int64_t max_wait_us,
+                           int64_t num_workers)
+    : fn_(std::move(fn)),
+      max_batch_(max_batch),
+      max_wait_us_(max_wait_us),
+      num_workers_(num_workers) {
   if (!PyCallable_Check(fn_.ptr())) throw py::type_error("QueryBatcher: fn must be callable");
   if (max_batch_ < 1)
     throw py::value_error("QueryBatcher: max_batch must be >= 1, got " + std::to_string(max_batch_));
   if (max_wait_us_ < 0)
     throw py::value_error("QueryBatcher: max_wait_us must be >= 0, got " +
                           std::to_string(max_wait_us_));
+  if (num_workers_ < 1 || num_workers_ > 256)
+    throw py::value_error("QueryBatcher: num_workers must be in 1..256, got " +
+                          std::to_string(num_workers_));
   {
     std::lock_guard<std::mutex> lk(registry_mutex());
     registry().insert(this);
   }
-  worker_ = std::thread([this] { worker_loop(); });
-  worker_id_ = worker_.get_id();
+  // Workers only read worker_ids_ inside fn, i.e. after taking a request from the queue under
+  // mu_, which happens after this constructor returned: the writes below are visible to them.
+  for (int64_t i = 0; i < num_workers_; ++i) {
+    workers_.emplace_back([this] { worker_loop(); });
+    worker_ids_.push_back(workers_.back().get_id());
+  }
+}
+
+bool QueryBatcher::on_worker_thread() const {
+  const auto me = std::this_thread::get_id();
+  return std::find(worker_ids_.begin(), worker_ids_.end(), me) != worker_ids_.end();
 }
 
 QueryBatcher::~QueryBatcher() {
@@ -85,14 +101,16 @@ QueryBatcher::~QueryBatcher() {
     std::lock_guard<std::mutex> lk(registry_mutex());
     registry().erase(this);
   }
-  if (std::this_thread::get_id() == worker_id_) {
+  if (on_worker_thread()) {
     // Unreachable in practice (run_batch holds a reference while fn runs); a thread cannot join
-    // itself, so leave it detached rather than abort.
+    // itself, so leave the workers detached rather than abort.
     {
       std::lock_guard<std::mutex> lk(mu_);
       closing_ = true;
     }
-    worker_.detach();
+    worker_cv_.notify_all();
+    for (auto& w : workers_)
+      if (w.joinable()) w.detach();
     return;
   }
   close();
@@ -105,11 +123,12 @@ void QueryBatcher::stop_and_join() {
   }
   worker_cv_.notify_all();
   std::lock_guard<std::mutex> join_lk(join_mu_);
-  if (worker_.joinable()) worker_.join();
+  for (auto& w : workers_)
+    if (w.joinable()) w.join();
 }
 
 void QueryBatcher::close() {
-  if (std::this_thread::get_id() == worker_id_) {
+  if (on_worker_thread()) {
     // Called from inside fn: stop accepting; the worker drains the queue and exits by itself.
     {
       std::lock_guard<std::mutex> lk(mu_);
@@ -144,7 +163,7 @@ bool QueryBatcher::closed() const {
 }
 
 py::list QueryBatcher::submit(const py::object& items) {
-  if (std::this_thread::get_id() == worker_id_)
+  if (on_worker_thread())
     throw std::runtime_error("QueryBatcher.submit called from inside the batch function "
                              "(it would wait for itself)");
   PyObject* copied = PySequence_List(items.ptr());  // our own list: callers may mutate theirs
@@ -208,12 +227,17 @@ void QueryBatcher::worker_loop() {
     worker_cv_.wait(lk, [&] { return closing_ || !queue_.empty(); });
     if (queue_.empty()) break;  // closing and drained
 
-    // Wait for a full batch, at most max_wait_us after the oldest request arrived; when closing,
-    // flush at once.
-    const auto deadline = queue_.front()->enqueued + std::chrono::microseconds(max_wait_us_);
-    worker_cv_.wait_until(lk, deadline, [&] {
-      return closing_ || queued_items_ >= static_cast<size_t>(max_batch_);
-    });
+    // Wait for a full batch, at most max_wait_us after the oldest request arrived, but only when
+    // there is concurrency to wait for: the previous batch was coalesced from several requests,
+    // or another worker is running one. A lone caller (the previous batch was its own single
+    // request) runs at once instead of paying max_wait_us per call. When closing, flush at once.
+    // (Another worker may take the waiting requests meanwhile.)
+    if (last_requests_ > 1 || busy_workers_ > 0) {
+      const auto deadline = queue_.front()->enqueued + std::chrono::microseconds(max_wait_us_);
+      worker_cv_.wait_until(lk, deadline, [&] {
+        return closing_ || queued_items_ >= static_cast<size_t>(max_batch_);
+      });
+    }
 
     // Take whole requests, oldest first, up to max_batch items; a request larger than max_batch
     // runs alone.
@@ -228,10 +252,15 @@ void QueryBatcher::worker_loop() {
       if (total >= static_cast<size_t>(max_batch_)) break;
     }
     queued_items_ -= total;
+    if (batch.empty()) continue;  // another worker took them
+    if (!queue_.empty()) worker_cv_.notify_one();  // more waiting: let an idle worker start
+    last_requests_ = batch.size();
+    ++busy_workers_;
 
     lk.unlock();
     run_batch(batch);
     lk.lock();
+    --busy_workers_;
   }
 }
 
@@ -361,6 +390,7 @@ py::dict QueryBatcher::stats() const {
   d["closed"] = closing;
   d["max_batch"] = max_batch_;
   d["max_wait_us"] = max_wait_us_;
+  d["num_workers"] = num_workers_;
   return d;
 }
 

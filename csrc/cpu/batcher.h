@@ -1,9 +1,12 @@
 // QueryBatcher: coalesces concurrent Python calls into batched calls of one Python function.
 //
-// Many threads call submit(items); each blocks (GIL released) while one worker std::thread
+// Many threads call submit(items); each blocks (GIL released) while a worker std::thread
 // gathers pending requests until max_batch items are waiting or max_wait_us has passed since the
-// oldest one arrived, then takes the GIL, calls fn(concatenated items) once and hands every
-// caller its own slice of the result, in order.
+// oldest one arrived (it waits only when there is concurrency to wait for: see worker_loop), then takes the GIL, calls fn(concatenated items) once and hands every
+// caller its own slice of the result, in order. With num_workers > 1, several workers take
+// batches from the one queue, so one batch can be formed and run while another is still in fn
+// (fn must then be safe to call from several threads at once; it should release the GIL for its
+// heavy work, as ONNX Runtime and FAISS do).
 //
 // Locking rule: the GIL is always taken before mu_, never while holding it. Python objects are
 // created, copied and dropped only while the GIL is held.
@@ -26,7 +29,7 @@ namespace py = pybind11;
 
 class QueryBatcher {
  public:
-  QueryBatcher(py::object fn, int64_t max_batch, int64_t max_wait_us);
+  QueryBatcher(py::object fn, int64_t max_batch, int64_t max_wait_us, int64_t num_workers = 1);
   ~QueryBatcher();
 
   QueryBatcher(const QueryBatcher&) = delete;
@@ -44,6 +47,7 @@ class QueryBatcher {
   bool closed() const;
   int64_t max_batch() const { return max_batch_; }
   int64_t max_wait_us() const { return max_wait_us_; }
+  int64_t num_workers() const { return num_workers_; }
 
   // Closes every live batcher; registered with Python's atexit so no worker is left waiting for
   // the GIL while the interpreter finalizes.
@@ -77,10 +81,12 @@ class QueryBatcher {
   bool run_once(std::vector<RequestPtr>& batch);  // GIL held; true on success
   void finish(std::vector<RequestPtr>& batch);    // GIL held; marks done and wakes callers
   void stop_and_join();
+  bool on_worker_thread() const;
 
   py::object fn_;
   const int64_t max_batch_;
   const int64_t max_wait_us_;
+  const int64_t num_workers_;
 
   mutable std::mutex mu_;
   std::condition_variable worker_cv_;
@@ -88,10 +94,14 @@ class QueryBatcher {
   std::deque<RequestPtr> queue_;
   size_t queued_items_ = 0;
   bool closing_ = false;
+  // Requests in the most recently started batch; starts at 2 ("assume company") so the first
+  // batch still coalesces callers that arrive together.
+  size_t last_requests_ = 2;
+  int busy_workers_ = 0;      // workers inside run_batch
 
   std::mutex join_mu_;
-  std::thread worker_;
-  std::thread::id worker_id_;
+  std::vector<std::thread> workers_;
+  std::vector<std::thread::id> worker_ids_;  // written before the constructor returns only
 
   // Statistics (guarded by mu_).
   uint64_t batches_ = 0;        // fn calls

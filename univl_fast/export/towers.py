@@ -81,6 +81,21 @@ class _Block(nn.Module):
         x = x + self.ls_1(self._attention(self.ln_1(x), mask))
         return x + self.ls_2(self.mlp(self.ln_2(x)))
 
+    def forward_rows(
+        self, x: torch.Tensor, mask: torch.Tensor | None, rows: torch.Tensor, cols: torch.Tensor
+    ) -> torch.Tensor:
+        """The block's output at one position per sequence, ``(batch, 1, d)``.
+
+        Attention runs over every position; the MLP is per-position, so only the rows
+        ``[rows, cols]`` go through it (exact, and it skips the MLP for every other
+        position). ``ln_2`` still runs on all positions (cheap) so the graph keeps the
+        residual-add -> LayerNorm shape ONNX Runtime's attention fusion anchors on, and the
+        gathered rows stay 3-D so the MLP exports as MatMul (quantizable), not Gemm.
+        """
+        x = x + self.ls_1(self._attention(self.ln_1(x), mask))
+        h = self.ln_2(x)[rows, cols].unsqueeze(1)
+        return x[rows, cols].unsqueeze(1) + self.ls_2(self.mlp(h))
+
 
 def _text_parts(clip: nn.Module) -> nn.Module:
     """The module holding the text transformer's parts (CLIP itself or CustomTextCLIP.text)."""
@@ -146,14 +161,16 @@ class TextTower(nn.Module):
         mask = torch.full((n, n), torch.finfo(x.dtype).min, dtype=x.dtype, device=x.device)
         mask = mask.masked_fill(r < (r + 1).view(n, 1), 0.0)
         mask = mask.unsqueeze(0).unsqueeze(1).expand(b, 1, n, n)
-        for blk in self.blocks:
-            x = blk(x, mask)
-        x = self.ln_final(x)
         if self.pool_type == "argmax":
             idx = input_ids.argmax(dim=-1)
         else:
             idx = (input_ids == self.eos_id).int().argmax(dim=-1)
-        x = x[torch.arange(x.shape[0]), idx]
+        for blk in self.blocks[:-1]:
+            x = blk(x, mask)
+        # Only the pooled position is read after the last block: its MLP, ln_final and the
+        # projection run on that row alone (all per-position, so exact).
+        x = self.blocks[-1].forward_rows(x, mask, torch.arange(b, device=x.device), idx)
+        x = self.ln_final(x[:, 0])
         if self.proj_linear is not None:
             return self.proj_linear(x)
         if self.proj is not None:

@@ -49,16 +49,19 @@ class ThreadSettings:
     intra_op: int | None = None
     inter_op: int = 1
     sequential: bool = True
-    # Busy-wait between ops (ORT's own default). Off by default: measured here it cuts a
-    # ViT-B-32 int8 query from 4.2 to 3.2 ms on an idle box but doubles it on a loaded one,
-    # and in the engine it would steal the cores FAISS searches on right after encoding.
-    # None = env UNIVL_FAST_ORT_SPIN ("1" on, else off).
+    # Busy-wait between the ops of one run (ORT's own default), stopped as soon as the run
+    # ends (``session.force_spinning_stop``). Measured on the 2-core box with a ViT-B-32 int8
+    # query (bench/results/encode.md): 2.5 ms with spinning vs 4.9 ms without (each of the
+    # ~100 parallel sections otherwise pays a thread wake-up); with one CPU hog beside it,
+    # 4.8 ms vs 5.0 ms, where spinning that went on after the run (ORT's default) took 7.2 ms.
+    # Stopping at the end of the run also leaves the cores to FAISS, which searches right
+    # after encoding. None = env UNIVL_FAST_ORT_SPIN ("0" off, anything else on).
     spin: bool | None = None
 
     def resolved_spin(self) -> bool:
         if self.spin is not None:
             return bool(self.spin)
-        return os.environ.get("UNIVL_FAST_ORT_SPIN", "0") == "1"
+        return os.environ.get("UNIVL_FAST_ORT_SPIN", "1") != "0"
 
     def resolved_intra_op(self) -> int:
         if self.intra_op:
@@ -180,9 +183,10 @@ class OrtTower:
             else ort.ExecutionMode.ORT_PARALLEL
         )
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.add_session_config_entry(
-            "session.intra_op.allow_spinning", "1" if threads.resolved_spin() else "0"
-        )
+        spin = threads.resolved_spin()
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        if spin:
+            so.add_session_config_entry("session.force_spinning_stop", "1")
         so.log_severity_level = 3
         providers = [_PROVIDER[backend]]
         if backend != "onnxruntime-cpu":

@@ -26,6 +26,7 @@ reason) and carrying the embeddings of the good ones; ``on_error="skip"`` return
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from collections.abc import Sequence
@@ -207,6 +208,17 @@ class Encoder:
             if all(m["parity"][t].get(cand, {}).get("passed") for t in ("text", "image")):
                 return cand
         raise EngineError(f"engine {self.engine_dir}: no precision passed parity for both towers")
+
+    def with_text_threads(self, threads: ThreadSettings) -> Encoder:
+        """A view of this encoder whose text tower is a second session opened with ``threads``
+        (tokenizer, manifest and image tower shared). The engine's batch workers use it: on a
+        CPU with W workers each runs its own batches on cores/W threads, with no thread-pool
+        hand-offs between the two runs (bench/results/e2e.md)."""
+        view = copy.copy(self)
+        view._threads = threads
+        view._towers = dict(self._towers)
+        view._towers["text"] = view._open("text")
+        return view
 
     def _open(self, tower: str):
         m = self.manifest
