@@ -57,7 +57,11 @@ class EngineConfig:
     batching: bool = True  # coalesce concurrent search calls through the compiled batcher
     max_batch: int = DEFAULT_MAX_BATCH  # most queries in one coalesced encoder run / index search
     max_wait_us: int = DEFAULT_MAX_WAIT_US  # longest a query waits for others to join its batch
-    # batch workers: None = one per physical core on the CPU backend, 1 on a GPU backend
+    # Batch workers taking batches from the one queue (None = 1). With W > 1 on the CPU backend
+    # each worker encodes on its own cores/W-thread text session while another batch runs.
+    # Measured on the 2-core box (bench/results/e2e.md): 2 workers gave no steady throughput
+    # gain over 1 (-8% to +8% by client count over two interleaved runs) and a worse p99, so
+    # the default stays 1.
     workers: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -133,13 +137,7 @@ class Engine:
     def _resolve_workers(self) -> int:
         if self.config.workers is not None:
             return int(self.config.workers)
-        if getattr(self.encoder, "backend", "onnxruntime-cpu") != "onnxruntime-cpu":
-            return 1  # one GPU stream: batches queue on the device anyway
-        if not hasattr(self.encoder, "with_text_threads"):
-            return 1
-        from univl_fast.runtime.backends import physical_cores
-
-        return max(1, physical_cores())
+        return 1
 
     # ------------------------------------------------------------------ encoding
     @property
