@@ -5,7 +5,8 @@ Used to choose the text-graph rewrites of the exporter (bench/results/encode.md)
     .venv/bin/python bench/ab_text_graph.py OLD/text_int8.onnx NEW/text_int8.onnx \
         --tokens 19 --rounds 20
 
-Each graph gets its own session (2 intra-op threads, spinning within a run, stopped at its
+``--batch N`` runs N queries of that length per call instead of one. Each graph gets its own
+session (2 intra-op threads, spinning within a run, stopped at its
 end, unless ``--no-spin``); rounds alternate between the sessions (10 warm-up runs, then 50
 timed runs per round), so drift in the machine's speed hits every graph alike. Prints p50 / p10
 per graph and the cosine of each graph's output to the first one's.
@@ -23,6 +24,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("graphs", nargs="+")
     ap.add_argument("--tokens", type=int, default=19, help="query length incl. SOT/EOT")
+    ap.add_argument("--batch", type=int, default=1, help="queries per run (same length)")
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-spin", action="store_true")
@@ -30,8 +32,9 @@ def main() -> None:
 
     import onnxruntime as ort
 
-    ids = np.random.RandomState(0).randint(1, 49000, size=(1, args.tokens)).astype(np.int64)
-    ids[0, 0], ids[0, -1] = 49406, 49407
+    ids = np.random.RandomState(0).randint(1, 49000, size=(args.batch, args.tokens))
+    ids = ids.astype(np.int64)
+    ids[:, 0], ids[:, -1] = 49406, 49407
     sessions = []
     for path in args.graphs:
         so = ort.SessionOptions()
