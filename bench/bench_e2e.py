@@ -229,7 +229,7 @@ def open_mode(mode: str, engine_dir, index_dir, precision: str, max_batch: int, 
         batching=True,
         max_batch=max_batch,
         max_wait_us=max_wait_us,
-        workers=2 if mode == "batched-2workers" else None,
+        workers=2 if mode == "batched-2workers" else 1,
         **kw,
     )
 
@@ -422,22 +422,27 @@ def main(argv: list[str] | None = None) -> int:
         "n_docs": N_DOCS,
         "precision": args.precision,
     }
+
+    def run(max_batch: int, max_wait_us: int, modes: tuple[str, ...]) -> list[dict]:
+        return measure(
+            engine,
+            index,
+            queries,
+            clients,
+            args.seconds,
+            args.precision,
+            max_batch,
+            max_wait_us,
+            modes=modes,
+            rounds=args.rounds,
+        )
+
     if args.sweep:
         sweep = []
         for pair in args.sweep.split(","):
             mb, mw = (int(x) for x in pair.split(":"))
             print(f"max_batch={mb} max_wait_us={mw}", file=sys.stderr)
-            for r in measure(
-                engine,
-                index,
-                queries,
-                clients,
-                args.seconds,
-                args.precision,
-                mb,
-                mw,
-                modes=("batched",),
-            ):
+            for r in run(mb, mw, ("batched",)):
                 r.update(max_batch=mb, max_wait_us=mw)
                 sweep.append(r)
         result["sweep"] = sweep
@@ -452,18 +457,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r['cpu_ms_per_query']:.2f} |"
             )
     else:
-        rows = measure(
-            engine,
-            index,
-            queries,
-            clients,
-            args.seconds,
-            args.precision,
-            args.max_batch,
-            args.max_wait_us,
-            modes=tuple(args.modes.split(",")),
-            rounds=args.rounds,
-        )
+        rows = run(args.max_batch, args.max_wait_us, tuple(args.modes.split(",")))
         result.update(rows=rows, max_batch=args.max_batch, max_wait_us=args.max_wait_us)
         print(table(rows))
         if args.ceiling:

@@ -47,18 +47,9 @@ def test_build_engine_index_matches_direct_encoding(tmp_path, tiny_engine, synth
 
 
 def test_results_table_and_example_format():
-    block = {
-        k: 0.5
-        for k in (
-            "MRR@10",
-            "MRR@20",
-            "NDCG@10",
-            "NDCG@20",
-            "Recall@20",
-            "Recall@100",
-            "image_share@10",
-        )
-    }
+    from univl_fast.metrics import KEYS
+
+    block = {k: 0.5 for k in KEYS}
     block["queries"] = 10
     rows = {
         "PyTorch": {

@@ -162,24 +162,8 @@ def test_tensorrt_flag_refuses_here_with_reason(tmp_path, random_tiny_checkpoint
 
 
 @pytest.mark.needs_tensorrt
-def test_tensorrt_plans_built_and_listed(tmp_path, random_tiny_checkpoint):
-    from univl_fast.export.cli import main
-
-    out = tmp_path / "trt"
-    assert (
-        main(
-            [
-                "--checkpoint",
-                str(random_tiny_checkpoint),
-                "--out",
-                str(out),
-                "--tensorrt",
-                "--quiet",
-            ]
-        )
-        == 0
-    )
-    m = load_manifest(out)
+def test_tensorrt_plans_built_and_listed(tiny_engine_trt):
+    m = load_manifest(tiny_engine_trt)
     assert set(m["tensorrt_plans"]) == {"text", "image"}
 
 

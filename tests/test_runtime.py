@@ -289,24 +289,8 @@ def test_cuda_backend_matches_cpu(tiny_engine, enc_fp32):
 
 
 @pytest.mark.needs_tensorrt
-def test_tensorrt_backend_matches_cpu(tmp_path, random_tiny_checkpoint, enc_fp32):
-    from univl_fast.export.cli import main
-
-    out = tmp_path / "trt"
-    assert (
-        main(
-            [
-                "--checkpoint",
-                str(random_tiny_checkpoint),
-                "--out",
-                str(out),
-                "--tensorrt",
-                "--quiet",
-            ]
-        )
-        == 0
-    )
-    enc = Encoder(out, backend="tensorrt")
+def test_tensorrt_backend_matches_cpu(tiny_engine_trt, enc_fp32):
+    enc = Encoder(tiny_engine_trt, backend="tensorrt")
     texts = ["a red car", "the eiffel tower at night"]
     assert cosines(enc.encode_queries(texts), enc_fp32.encode_queries(texts)).min() >= 0.99
 

@@ -57,12 +57,12 @@ class EngineConfig:
     batching: bool = True  # coalesce concurrent search calls through the compiled batcher
     max_batch: int = DEFAULT_MAX_BATCH  # most queries in one coalesced encoder run / index search
     max_wait_us: int = DEFAULT_MAX_WAIT_US  # longest a query waits for others to join its batch
-    # Batch workers taking batches from the one queue (None = 1). With W > 1 on the CPU backend
+    # Batch workers taking batches from the one queue. With W > 1 on the CPU backend
     # each worker encodes on its own cores/W-thread text session while another batch runs.
     # Measured on the 2-core box (bench/results/e2e.md): 2 workers gave no steady throughput
     # gain over 1 (-8% to +8% by client count over two interleaved runs) and a worse p99, so
     # the default stays 1.
-    workers: int | None = None
+    workers: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -110,7 +110,7 @@ class Engine:
             raise ValueError(f"max_batch must be >= 1, got {self.config.max_batch}")
         if self.config.max_wait_us < 0:
             raise ValueError(f"max_wait_us must be >= 0, got {self.config.max_wait_us}")
-        if self.config.workers is not None and self.config.workers < 1:
+        if self.config.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.config.workers}")
         self._closed = False
         self._close_lock = threading.Lock()
@@ -122,7 +122,7 @@ class Engine:
         if self.config.batching and index is not None:
             from univl_fast.batching import QueryBatcher
 
-            self.workers = self._resolve_workers()
+            self.workers = int(self.config.workers)
             fn = self._run_batch
             if self.workers > 1:
                 from univl_fast.runtime.backends import ThreadSettings, physical_cores
@@ -133,11 +133,6 @@ class Engine:
             self._batcher = QueryBatcher(
                 fn, int(self.config.max_batch), int(self.config.max_wait_us), self.workers
             )
-
-    def _resolve_workers(self) -> int:
-        if self.config.workers is not None:
-            return int(self.config.workers)
-        return 1
 
     # ------------------------------------------------------------------ encoding
     @property
@@ -320,7 +315,7 @@ def load(
     batching: bool = True,
     max_batch: int = DEFAULT_MAX_BATCH,
     max_wait_us: int = DEFAULT_MAX_WAIT_US,
-    workers: int | None = None,
+    workers: int = 1,
     **encoder_kwargs: Any,
 ) -> Engine:
     """Load an exported engine dir and, optionally, an index dir built from it.

@@ -2,8 +2,9 @@
 //
 // Many threads call submit(items); each blocks (GIL released) while a worker std::thread
 // gathers pending requests until max_batch items are waiting or max_wait_us has passed since the
-// oldest one arrived (it waits only when there is concurrency to wait for: see worker_loop), then takes the GIL, calls fn(concatenated items) once and hands every
-// caller its own slice of the result, in order. With num_workers > 1, several workers take
+// oldest one arrived (it waits only when there is concurrency to wait for: see worker_loop),
+// then takes the GIL, calls fn(concatenated items) once and hands every caller its own slice of
+// the result, in order. With num_workers > 1, several workers take
 // batches from the one queue, so one batch can be formed and run while another is still in fn
 // (fn must then be safe to call from several threads at once; it should release the GIL for its
 // heavy work, as ONNX Runtime and FAISS do).
