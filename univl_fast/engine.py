@@ -60,7 +60,7 @@ class EngineConfig:
     # Batch workers taking batches from the one queue. With W > 1 on the CPU backend
     # each worker encodes on its own cores/W-thread text session while another batch runs.
     # Measured on the 2-core box (bench/results/e2e.md): 2 workers gave no steady throughput
-    # gain over 1 (-8% to +8% by client count over two interleaved runs) and a worse p99, so
+    # gain over 1 (-8% to +11% by client count over three interleaved runs) and a worse p99, so
     # the default stays 1.
     workers: int = 1
 
