@@ -118,10 +118,18 @@ class Eager:
             return (x / x.norm(dim=-1, keepdim=True)).numpy()
 
 
-def engine_encoder(engine: Path, precision: str, spin: bool | None = None):
+def engine_encoder(
+    engine: Path, precision: str, spin: bool | None = None, text_runtime: str | None = None
+):
     from univl_fast.runtime import Encoder, ThreadSettings
 
-    return Encoder(engine, precision=precision, batch_size=64, threads=ThreadSettings(spin=spin))
+    return Encoder(
+        engine,
+        precision=precision,
+        batch_size=64,
+        threads=ThreadSettings(spin=spin),
+        text_runtime=text_runtime,
+    )
 
 
 # ---------------------------------------------------------------------------- table form
@@ -143,8 +151,13 @@ def measure(model: str, rounds: int, q_reps: int, doc_batch: int, eager_1t: bool
         paths["eager-1thread"] = Eager(ckpt, threads=1)
     for p in ("fp32", "int8"):
         paths[p] = engine_encoder(engine, p)
+    # int8 with the ONNX text graph instead of the native text tower (the default where the
+    # CPU has AVX-512 VNNI; paths["int8"].text_runtime says which ran)
+    paths["int8-onnxruntime"] = engine_encoder(engine, "int8", text_runtime="onnxruntime")
     # the engine's default spins between the ops of a run; this path blocks instead
-    paths["int8-nospin"] = engine_encoder(engine, "int8", spin=False)
+    paths["int8-onnxruntime-nospin"] = engine_encoder(
+        engine, "int8", spin=False, text_runtime="onnxruntime"
+    )
     queries64 = [QUESTIONS[i % len(QUESTIONS)] + f" {i}" for i in range(64)]
     images = sample_images(doc_batch)
     caps = [CAPTIONS[i % len(CAPTIONS)] for i in range(doc_batch)]
@@ -170,6 +183,7 @@ def measure(model: str, rounds: int, q_reps: int, doc_batch: int, eager_1t: bool
         "model": f"{Path(trained).name} (trained checkpoint)" if trained else model,
         "engine": str(engine),
         "query_tokens": ntok,
+        "int8_text_runtime": paths["int8"].text_runtime,
         "doc_batch": doc_batch,
         "loads": loads,
         "paths": {},
@@ -209,6 +223,7 @@ def report(res: dict) -> str:
             f"| {p['docs_best_per_s']:.1f} | {p['docs_best_per_s'] / e['docs_best_per_s']:.1f} |"
         )
     lines.append("")
+    lines.append(f"int8 text tower: {res['int8_text_runtime']}")
     lines.append(f"1-minute load average after each round: {res['loads']}")
     return "\n".join(lines)
 
@@ -346,7 +361,7 @@ except ImportError:  # pragma: no cover - table form only
 
 if pytest is not None:
     MODELS = os.environ.get("BENCH_ENCODE_MODELS", "ViT-B-32,univl-tiny").split(",")
-    PATHS = ["eager", "fp32", "int8"]
+    PATHS = ["eager", "fp32", "int8", "int8-onnxruntime"]
 
     @pytest.fixture(scope="module", params=MODELS)
     def setup(request):
@@ -354,6 +369,7 @@ if pytest is not None:
         paths = {"eager": Eager(ckpt)}
         for p in ("fp32", "int8"):
             paths[p] = engine_encoder(engine, p)
+        paths["int8-onnxruntime"] = engine_encoder(engine, "int8", text_runtime="onnxruntime")
         return request.param, paths
 
     @pytest.mark.parametrize("path", PATHS)

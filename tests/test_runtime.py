@@ -84,10 +84,16 @@ def test_text_thread_view_gives_the_same_embeddings(tiny_engine, enc_fp32):
     )
 
 
-@pytest.mark.parametrize("precision,threshold", [("fp32", 0.9999), ("int8", 0.99)])
-def test_parity_with_pytorch_on_real_data(tiny_engine, model, real, precision, threshold):
+@pytest.mark.parametrize(
+    "precision,text_runtime,threshold",
+    [("fp32", None, 0.9999), ("int8", "onnxruntime", 0.99), ("int8", "native", 0.99)],
+)
+def test_parity_with_pytorch_on_real_data(
+    tiny_engine, model, real, precision, text_runtime, threshold
+):
     texts, images, captions = real
-    enc = Encoder(tiny_engine, precision=precision)
+    enc = Encoder(tiny_engine, precision=precision, text_runtime=text_runtime)
+    assert enc.text_runtime == (text_runtime or "onnxruntime")
     q = enc.encode_queries(texts)
     assert q.dtype == np.float32 and q.shape == (len(texts), 128)
     assert np.allclose(np.linalg.norm(q, axis=1), 1, atol=1e-5)
@@ -259,7 +265,7 @@ def test_tampered_engine_refused(tmp_path, tiny_engine):
     data[len(data) // 2] ^= 0x01
     p.write_bytes(bytes(data))
     with pytest.raises(EngineError, match="text_int8.onnx was modified"):
-        Encoder(eng, precision="int8")
+        Encoder(eng, precision="int8", text_runtime="onnxruntime")
     Encoder(eng, precision="fp32")  # the untouched graphs still load
     (eng / "image_fp32.onnx").unlink()
     with pytest.raises(EngineError, match="image_fp32.onnx is listed in manifest.json but missing"):

@@ -104,6 +104,7 @@ def _core_line(core: dict[str, Any]) -> str:
     return (
         f"{core['compiler']} {core['cxx_standard']} {core['build_type']}; "
         f"SIMD {'/'.join(core['simd_compiled'])} (using {core['simd_selected']}); "
+        f"native text tower {core.get('text_tower_isas', ['?'])[-1]}; "
         f"{omp}, {core['threads']} threads; {cuda}"
     )
 

@@ -85,7 +85,8 @@ def export_engine(
     root.mkdir(parents=True, exist_ok=True)
     (root / MANIFEST_NAME).unlink(missing_ok=True)
 
-    steps = 1 + 2 * (1 + len(config.precisions)) + (2 if config.tensorrt else 0)
+    with_native = config.native_text and "int8" in config.precisions
+    steps = 1 + 2 * (1 + len(config.precisions)) + (2 if config.tensorrt else 0) + with_native
     bar = tqdm(total=steps, desc="export", file=sys.stderr, disable=not progress, unit="step")
 
     # tokenizer: the runtime needs neither torch nor open_clip
@@ -186,6 +187,12 @@ def export_engine(
             parity[tower][precision] = p.to_json()
             bar.update(1)
 
+    native: dict[str, Any] = {"text": {}}
+    if config.native_text and "int8" in config.precisions:
+        bar.set_description("export native text int8")
+        native = _export_native_text(clip, root, files, parity, tokenizer, texts, text_ref, config)
+        bar.update(1)
+
     plans: dict[str, dict[str, str]] = {}
     if config.tensorrt:
         from univl_fast.export import tensorrt as trt_build
@@ -234,6 +241,7 @@ def export_engine(
         "files": files,
         "graphs": graphs,
         "tensorrt_plans": plans,
+        "native": native,
         "parity": parity,
         "parity_sample": {
             "source": sample.source,
@@ -250,6 +258,49 @@ def export_engine(
     bar.set_description("export done")
     bar.close()
     return manifest
+
+
+def _export_native_text(
+    clip: nn.Module,
+    root: Path,
+    files: dict[str, dict],
+    parity: dict[str, dict[str, dict]],
+    tokenizer: ClipTokenizer,
+    texts: list[str],
+    text_ref,
+    config: ExportConfig,
+) -> dict[str, Any]:
+    """The native int8 text tower's weights, verified like a graph: ``{"text": {"int8": rel}}``,
+    or ``{"text": {}, "reason": ...}`` when this model's text tower is not supported natively
+    (the ONNX graphs are unaffected)."""
+    from univl_fast.export import native_text
+    from univl_fast.export.towers import UnsupportedTowerError
+
+    try:
+        meta, arrays = native_text.extract(clip)
+    except UnsupportedTowerError as exc:
+        log.warning("native text tower not written: %s", exc)
+        return {"text": {}, "reason": str(exc)}
+    data = native_text.to_npz_bytes(meta, arrays)
+    p = verify.check_native_text(
+        data, text_ref, config.lowp_min_cosine, tokenizer=tokenizer, texts=texts
+    )
+    if not p.passed:
+        log.warning(
+            "native int8 text tower misses parity (%s): written, marked failed in the manifest, "
+            "never picked by default",
+            p.reason,
+        )
+    rel = "text_int8.native.npz"
+    atomic_write_bytes(root / rel, data)
+    files[rel] = {
+        "kind": "native-text",
+        "tower": "text",
+        "precision": "int8",
+        "format": meta["format"],
+    }
+    parity["text"]["int8-native"] = p.to_json()
+    return {"text": {"int8": rel}}
 
 
 def summarize(manifest: dict[str, Any]) -> str:

@@ -41,6 +41,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-fuse", action="store_true", help="skip ONNX Runtime's transformer fusions"
     )
+    parser.add_argument(
+        "--no-native-text",
+        action="store_true",
+        help="do not write the native int8 text tower (written with int8 by default)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -51,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         opset=args.opset,
         tensorrt=args.tensorrt,
         fuse=not args.no_fuse,
+        native_text=not args.no_native_text,
         data=args.data,
     )
     try:

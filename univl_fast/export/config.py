@@ -30,6 +30,8 @@ class ExportConfig:
     # int8 image tower: same (the patch-embedding Conv stays fp32)
     image_int8_per_channel: bool = True
     image_int8_ops: list[str] = field(default_factory=lambda: ["MatMul", "Attention"])
+    # with int8: also write the native int8 text tower (univl_fast._C.TextTower weights)
+    native_text: bool = True
     # reduce_range: 7-bit weights for CPUs without VNNI (avoids u8s8 saturation there)
     int8_reduce_range: bool = False
     # parity thresholds (min per-row cosine vs PyTorch)

@@ -104,13 +104,18 @@ def image_reference(clip: nn.Module, pixels: np.ndarray) -> np.ndarray:
     return clip.encode_image(torch.from_numpy(pixels)).double().numpy()
 
 
-def run_text_graph(session, tokenizer: ClipTokenizer, texts: list[str]) -> np.ndarray:
-    """All texts in one batch, then each alone; returns float32 (2n, d)."""
-    name = session.get_inputs()[0].name
+def run_texts(run, tokenizer: ClipTokenizer, texts: list[str]) -> np.ndarray:
+    """``run(ids) -> raw`` on all texts in one batch, then on each alone: float32 (2n, d)."""
     ids, _ = tokenizer(texts)
-    together = session.run(None, {name: ids})[0]
-    alone = [session.run(None, {name: tokenizer([t])[0]})[0] for t in texts]
+    together = run(ids)
+    alone = [run(tokenizer([t])[0]) for t in texts]
     return np.concatenate([together, *alone]).astype(np.float32)
+
+
+def run_text_graph(session, tokenizer: ClipTokenizer, texts: list[str]) -> np.ndarray:
+    """An ONNX Runtime text session through :func:`run_texts`."""
+    name = session.get_inputs()[0].name
+    return run_texts(lambda ids: session.run(None, {name: ids})[0], tokenizer, texts)
 
 
 def run_image_graph(session, pixels: np.ndarray) -> np.ndarray:
@@ -119,6 +124,24 @@ def run_image_graph(session, pixels: np.ndarray) -> np.ndarray:
     together = session.run(None, {name: pixels})[0]
     alone = session.run(None, {name: pixels[:1]})[0]
     return np.concatenate([together, alone]).astype(np.float32)
+
+
+def check_native_text(
+    data: bytes,
+    reference: np.ndarray,
+    threshold: float,
+    *,
+    tokenizer: ClipTokenizer,
+    texts: list[str],
+) -> Parity:
+    """The native int8 text tower (weights file bytes ``data``) on the sample, like a text
+    graph: all texts in one batch, then each alone."""
+    from univl_fast.runtime.native_text import NativeTextTower
+
+    tower = NativeTextTower(data, threads=ThreadSettings().resolved_intra_op())
+    out = run_texts(tower.run, tokenizer, texts)
+    provider = f"univl_fast native ({tower.isa})"
+    return compare(out, np.concatenate([reference, reference]), threshold, provider)
 
 
 def check_graph(

@@ -129,6 +129,9 @@ class Encoder:
     engine_dir: the exporter's output. precision: "fp32" | "fp16" | "int8" (default: the
     fastest whose parity passed for this backend: int8 on CPU). backend: see
     ``univl_fast.runtime.backends`` (default: best available). batch_size: rows per graph run.
+    text_runtime: "auto" | "native" | "onnxruntime": who runs the text tower for int8 on the
+    CPU, our compiled native tower (``univl_fast.runtime.native_text``) or the ONNX graph;
+    auto picks native where it is fast (AVX-512 VNNI). ``self.text_runtime`` says which runs.
     """
 
     def __init__(
@@ -138,6 +141,7 @@ class Encoder:
         backend: str | None = None,
         batch_size: int = 64,
         threads: ThreadSettings | None = None,
+        text_runtime: str | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -166,6 +170,7 @@ class Encoder:
             )
         )
         self._threads = threads
+        self.text_runtime: str = self._pick_text_runtime(text_runtime)
         self._towers: dict[str, Any] = {}
         for tower in ("text", "image"):
             self._towers[tower] = self._open(tower)
@@ -209,6 +214,51 @@ class Encoder:
                 return cand
         raise EngineError(f"engine {self.engine_dir}: no precision passed parity for both towers")
 
+    def _native_text_problem(self) -> str | None:
+        """Why the native int8 text tower cannot serve this encoder (None: it can)."""
+        m = self.manifest
+        native = m.get("native", {})
+        if "int8" not in native.get("text", {}):
+            why = native.get("reason") or "not exported (re-export with int8 precision)"
+            return f"engine {self.engine_dir} has no native text tower: {why}"
+        if self.backend != "onnxruntime-cpu":
+            return f"the native text tower runs on the CPU; backend is {self.backend!r}"
+        if self.precision != "int8":
+            return f"the native text tower is int8; precision is {self.precision!r}"
+        return None
+
+    def _pick_text_runtime(self, want: str | None) -> str:
+        """ "native" (our compiled int8 text tower) or "onnxruntime"/"tensorrt" (the backend).
+
+        auto (default): native when the engine has it, its export parity passed, the encoder
+        runs int8 on the CPU and this CPU has AVX-512 VNNI; ``UNIVL_FAST_NATIVE_TEXT=0`` turns
+        auto off. "native" insists (also on CPUs without VNNI, where the portable build is
+        slow); "onnxruntime" never uses it.
+        """
+        from univl_fast.runtime.native_text import fast_native_available
+
+        key = (want or "auto").lower()
+        backend_runtime = "tensorrt" if self.backend == "tensorrt" else "onnxruntime"
+        if key == "onnxruntime":
+            return backend_runtime
+        if key not in ("auto", "native"):
+            raise ValueError(f"text_runtime {want!r}: choose auto, native or onnxruntime")
+        problem = self._native_text_problem()
+        if key == "native":
+            if problem:
+                raise EngineError(f"text_runtime='native': {problem}")
+            return "native"
+        if problem or os.environ.get("UNIVL_FAST_NATIVE_TEXT", "1") == "0":
+            return backend_runtime
+        if not self.manifest["parity"]["text"].get("int8-native", {}).get("passed"):
+            log.warning("native text tower missed parity at export: using %s", backend_runtime)
+            return backend_runtime
+        fast, why = fast_native_available()
+        if not fast:
+            log.info("native text tower not used: %s", why)
+            return backend_runtime
+        return "native"
+
     def with_text_threads(self, threads: ThreadSettings) -> Encoder:
         """A view of this encoder whose text tower is a second session opened with ``threads``
         (tokenizer, manifest and image tower shared). The engine's batch workers use it: on a
@@ -222,6 +272,16 @@ class Encoder:
 
     def _open(self, tower: str):
         m = self.manifest
+        if tower == "text" and self.text_runtime == "native":
+            from univl_fast.runtime.native_text import NativeTextTower
+
+            rel = m["native"]["text"]["int8"]
+            path = verify_file(self.engine_dir, m, rel)
+            threads = (self._threads or ThreadSettings()).resolved_intra_op()
+            try:
+                return NativeTextTower(path, threads=threads)
+            except ValueError as exc:
+                raise EngineError(f"engine {self.engine_dir}: cannot load {rel}: {exc}") from exc
         if self.backend == "tensorrt":
             rel = m["tensorrt_plans"][tower]["fp16"]
             entry = m["files"][rel]
@@ -349,5 +409,5 @@ class Encoder:
     def __repr__(self) -> str:
         return (
             f"Encoder({str(self.engine_dir)!r}, precision={self.precision!r}, "
-            f"backend={self.backend!r}, dim={self.dim})"
+            f"backend={self.backend!r}, text_runtime={self.text_runtime!r}, dim={self.dim})"
         )

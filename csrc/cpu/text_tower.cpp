@@ -1,0 +1,122 @@
+// Native text tower: weight packing, input checks and the choice of kernel (the forward passes
+// live in text_tower_impl.h, compiled once per instruction set).
+#include "cpu/text_tower.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <stdexcept>
+#include <string>
+
+namespace univl {
+
+template <typename T>
+void AlignedArray<T>::Free::operator()(T* p) const {
+  std::free(p);
+}
+
+template <typename T>
+void AlignedArray<T>::allocate(int64_t n) {
+  const size_t bytes = ((static_cast<size_t>(n) * sizeof(T) + 63) / 64) * 64;
+  void* p = std::aligned_alloc(64, bytes > 0 ? bytes : 64);
+  if (!p) throw std::bad_alloc();
+  ptr.reset(static_cast<T*>(p));
+  size = n;
+}
+
+template struct AlignedArray<int8_t>;
+
+void QLinear::pack(const int8_t* w, int64_t n_, int64_t k_, const float* scale_,
+                   const float* bias_) {
+  if (n_ <= 0 || k_ <= 0 || n_ % 32 != 0 || k_ % 4 != 0)
+    throw std::invalid_argument("linear layer " + std::to_string(n_) + "x" + std::to_string(k_) +
+                                ": the native kernels need out features % 32 == 0 and in "
+                                "features % 4 == 0");
+  n = n_;
+  k = k_;
+  packed.allocate(n * k);
+  int8_t* dst = packed.data();
+  const int64_t k4 = k / 4;
+  for (int64_t p = 0; p < n / 16; ++p)
+    for (int64_t q = 0; q < k4; ++q)
+      for (int64_t c = 0; c < 16; ++c)
+        std::memcpy(dst + ((p * k4 + q) * 16 + c) * 4, w + (p * 16 + c) * k + q * 4, 4);
+  scale.assign(scale_, scale_ + n);
+  bias.assign(n, 0.0f);
+  if (bias_) bias.assign(bias_, bias_ + n);
+  colsum.assign(n, 0.0f);
+  for (int64_t c = 0; c < n; ++c) {
+    int64_t s = 0;
+    for (int64_t i = 0; i < k; ++i) s += w[c * k + i];
+    colsum[c] = static_cast<float>(s);
+  }
+}
+
+namespace text_detail {
+
+void pooled_lengths(const TextTowerModel& m, const int64_t* ids, int64_t batch, int64_t seq,
+                    std::vector<int64_t>& len, std::vector<int64_t>& offset) {
+  if (seq < 1 || seq > m.context)
+    throw std::invalid_argument("ids has " + std::to_string(seq) +
+                                " columns; the text tower takes 1.." + std::to_string(m.context));
+  len.resize(batch);
+  offset.resize(batch + 1);
+  offset[0] = 0;
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t* row = ids + b * seq;
+    int64_t pos = 0;
+    for (int64_t t = 0; t < seq; ++t) {
+      if (row[t] < 0 || row[t] >= m.vocab)
+        throw std::invalid_argument("ids[" + std::to_string(b) + ", " + std::to_string(t) +
+                                    "] = " + std::to_string(row[t]) + " is outside the vocabulary "
+                                    "[0, " + std::to_string(m.vocab) + ")");
+    }
+    if (m.pool == TextPool::kArgmax) {
+      for (int64_t t = 1; t < seq; ++t)
+        if (row[t] > row[pos]) pos = t;  // first maximum, like argmax
+    } else {
+      for (int64_t t = 0; t < seq; ++t)
+        if (row[t] == m.eos_id) {
+          pos = t;
+          break;
+        }
+    }
+    len[b] = pos + 1;
+    offset[b + 1] = offset[b] + len[b];
+  }
+}
+
+}  // namespace text_detail
+
+namespace {
+
+bool cpu_has_avx512_vnni() {
+#if defined(__x86_64__) || defined(_M_X64)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+         __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("fma");
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+
+std::vector<std::string> text_tower_supported_isas() {
+  std::vector<std::string> out{"generic"};
+  if (text_forward_avx512_vnni() && cpu_has_avx512_vnni()) out.emplace_back("avx512_vnni");
+  return out;
+}
+
+std::string text_tower_best_isa() { return text_tower_supported_isas().back(); }
+
+TextForwardFn text_forward_for(const std::string& isa) {
+  for (const auto& s : text_tower_supported_isas()) {
+    if (s != isa) continue;
+    return isa == "generic" ? text_forward_generic() : text_forward_avx512_vnni();
+  }
+  return nullptr;
+}
+
+}  // namespace univl

@@ -1,0 +1,97 @@
+// Native int8 CLIP text tower (CPU): the query / caption / text-document encoder of an engine,
+// run by our own code instead of ONNX Runtime.
+//
+// Why: a query is ~10-30 tokens, so every linear layer is a small-M GEMM whose cost is reading
+// its int8 weights (ViT-B-32: 37.7 MB, more than the 32 MB L3 of the machines this project
+// targets). ORT's int8 GEMM streams those weights at well under memory speed at M ~ 20; the
+// AVX-512 VNNI kernel here prefetches the next weight panel while it computes the current one.
+//
+// Numerics (what the exporter verifies against PyTorch):
+//   * weights: int8, symmetric, one scale per output channel (quantized by the exporter);
+//   * activations: uint8, asymmetric, one scale + zero point per row (per token), computed on
+//     the fly before every linear layer; int32 accumulation (exact; VNNI does not saturate);
+//   * everything else (embeddings, LayerNorm, attention, GELU, residual stream) in float32.
+// Rows are packed: each sequence contributes only its tokens up to the pooled (end-of-text)
+// position, so padding costs nothing and batches of mixed lengths waste no work. This is exact
+// for CLIP: attention is causal and the output is read at the pooled position.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace univl {
+
+// 64-byte aligned, uninitialised storage.
+template <typename T>
+struct AlignedArray {
+  struct Free {
+    void operator()(T* p) const;
+  };
+  std::unique_ptr<T[], Free> ptr;
+  int64_t size = 0;
+  void allocate(int64_t n);
+  T* data() { return ptr.get(); }
+  const T* data() const { return ptr.get(); }
+};
+
+// One linear layer y = x W^T + b with int8 weights W (n x k), packed for the GEMM kernels:
+// panels of 16 output columns, 4 consecutive k per 32-bit lane: [n/16][k/4][16][4].
+struct QLinear {
+  int64_t n = 0, k = 0;
+  AlignedArray<int8_t> packed;
+  std::vector<float> scale;   // per output column
+  std::vector<float> bias;    // per output column (zeros when the layer has none)
+  std::vector<float> colsum;  // sum over k of W[col], for the activation zero point
+  // w: row-major int8 (n x k). Requires n % 32 == 0 and k % 4 == 0.
+  void pack(const int8_t* w, int64_t n_, int64_t k_, const float* scale_, const float* bias_);
+};
+
+struct LayerNormW {
+  std::vector<float> w, b;
+};
+
+struct TextBlockW {
+  LayerNormW ln_1, ln_2;
+  QLinear qkv, out, fc1, fc2;
+};
+
+enum class TextAct : int { kGelu = 0, kQuickGelu = 1 };
+enum class TextPool : int { kArgmax = 0, kEos = 1 };
+
+struct TextTowerModel {
+  int64_t vocab = 0, width = 0, heads = 0, hidden = 0, context = 0, embed_dim = 0;
+  float ln_eps = 1e-5f;
+  TextAct act = TextAct::kGelu;
+  TextPool pool = TextPool::kArgmax;
+  int64_t eos_id = 0;
+  std::vector<float> token_embedding;  // vocab x width
+  std::vector<float> positional;       // context x width
+  std::vector<TextBlockW> blocks;
+  LayerNormW ln_final;
+  QLinear proj;  // width -> embed_dim, no bias
+};
+
+// ids: int64 (batch x seq), row-major; out: float32 (batch x embed_dim), raw (unnormalized).
+// Throws std::invalid_argument for ids outside [0, vocab) or seq outside [1, context].
+using TextForwardFn = void (*)(const TextTowerModel& m, const int64_t* ids, int64_t batch,
+                               int64_t seq, float* out, int threads);
+
+// Per-ISA forward passes; nullptr when not compiled for this target.
+TextForwardFn text_forward_generic();
+TextForwardFn text_forward_avx512_vnni();
+
+// "avx512_vnni" when this CPU runs the VNNI kernel, else "generic" (portable, slow: ORT is the
+// better choice there).
+std::string text_tower_best_isa();
+std::vector<std::string> text_tower_supported_isas();
+TextForwardFn text_forward_for(const std::string& isa);  // nullptr if not supported here
+
+namespace text_detail {
+// Pooled position of each row (argmax of ids, or the first eos_id, else 0) -> row lengths.
+void pooled_lengths(const TextTowerModel& m, const int64_t* ids, int64_t batch, int64_t seq,
+                    std::vector<int64_t>& len, std::vector<int64_t>& offset);
+}  // namespace text_detail
+
+}  // namespace univl

@@ -1,0 +1,200 @@
+// pybind11 class univl_fast._C.TextTower: the native int8 text tower (csrc/cpu/text_tower.h).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <string>
+
+#include "cpu/text_tower.h"
+
+namespace py = pybind11;
+using namespace pybind11::literals;
+
+namespace {
+
+using univl::LayerNormW;
+using univl::QLinear;
+using univl::TextTowerModel;
+
+// The arrays the exporter writes (univl_fast/export/native_text.py); every lookup names the key.
+class ArraySource {
+ public:
+  explicit ArraySource(py::dict arrays) : arrays_(std::move(arrays)) {}
+
+  template <typename T>
+  py::array_t<T, py::array::c_style> get(const std::string& key, std::vector<int64_t> shape) {
+    if (!arrays_.contains(key)) throw py::key_error("native text weights: missing '" + key + "'");
+    py::array raw = py::reinterpret_borrow<py::array>(arrays_[key.c_str()]);
+    if (!raw.dtype().equal(py::dtype::of<T>()))
+      throw py::type_error("native text weights: '" + key + "' has dtype " +
+                           py::str(raw.dtype()).cast<std::string>() + ", expected " +
+                           py::str(py::dtype::of<T>()).cast<std::string>());
+    auto arr = py::array_t<T, py::array::c_style>::ensure(raw);
+    bool ok = arr && arr.ndim() == static_cast<py::ssize_t>(shape.size());
+    for (size_t i = 0; ok && i < shape.size(); ++i) ok = arr.shape(i) == shape[i];
+    if (!ok) {
+      std::string want;
+      for (auto s : shape) want += (want.empty() ? "" : ", ") + std::to_string(s);
+      std::string got;
+      for (py::ssize_t i = 0; i < raw.ndim(); ++i)
+        got += (i ? ", " : "") + std::to_string(raw.shape(i));
+      throw py::value_error("native text weights: '" + key + "' has shape (" + got +
+                            "), expected (" + want + ")");
+    }
+    return arr;
+  }
+
+  std::vector<float> floats(const std::string& key, std::vector<int64_t> shape) {
+    auto a = get<float>(key, shape);
+    return std::vector<float>(a.data(), a.data() + a.size());
+  }
+
+  LayerNormW layer_norm(const std::string& key, int64_t d) {
+    return LayerNormW{floats(key + ".w", {d}), floats(key + ".b", {d})};
+  }
+
+  void linear(QLinear& out, const std::string& key, int64_t n, int64_t k, bool has_bias) {
+    auto q = get<int8_t>(key + ".q", {n, k});
+    auto s = get<float>(key + ".s", {n});
+    std::vector<float> b;
+    if (has_bias) b = floats(key + ".b", {n});
+    try {
+      out.pack(q.data(), n, k, s.data(), has_bias ? b.data() : nullptr);
+    } catch (const std::invalid_argument& e) {
+      throw py::value_error("native text weights: '" + key + "': " + e.what());
+    }
+  }
+
+ private:
+  py::dict arrays_;
+};
+
+class PyTextTower {
+ public:
+  PyTextTower(py::dict arrays, int64_t vocab, int64_t width, int64_t heads, int64_t layers,
+              int64_t hidden, int64_t context, int64_t embed_dim, const std::string& act,
+              const std::string& pool, int64_t eos_id, double ln_eps, int threads,
+              const std::string& isa) {
+    if (vocab < 1 || width < 1 || heads < 1 || layers < 1 || hidden < 1 || context < 1 ||
+        embed_dim < 1)
+      throw py::value_error("TextTower: vocab, width, heads, layers, hidden, context and "
+                            "embed_dim must all be >= 1");
+    if (width % heads != 0)
+      throw py::value_error("TextTower: width " + std::to_string(width) +
+                            " is not divisible by heads " + std::to_string(heads));
+    if (act != "gelu" && act != "quick_gelu")
+      throw py::value_error("TextTower: act must be 'gelu' or 'quick_gelu', got '" + act + "'");
+    if (pool != "argmax" && pool != "eos")
+      throw py::value_error("TextTower: pool must be 'argmax' or 'eos', got '" + pool + "'");
+    if (threads < 1) throw py::value_error("TextTower: threads must be >= 1");
+    isa_ = isa == "auto" ? univl::text_tower_best_isa() : isa;
+    fn_ = univl::text_forward_for(isa_);
+    if (!fn_) {
+      std::string have;
+      for (const auto& s : univl::text_tower_supported_isas())
+        have += (have.empty() ? "" : ", ") + s;
+      throw py::value_error("TextTower: isa '" + isa + "' is not available on this CPU (have: " +
+                            have + ")");
+    }
+    threads_ = threads;
+    TextTowerModel& m = model_;
+    m.vocab = vocab;
+    m.width = width;
+    m.heads = heads;
+    m.hidden = hidden;
+    m.context = context;
+    m.embed_dim = embed_dim;
+    m.act = act == "gelu" ? univl::TextAct::kGelu : univl::TextAct::kQuickGelu;
+    m.pool = pool == "argmax" ? univl::TextPool::kArgmax : univl::TextPool::kEos;
+    m.eos_id = eos_id;
+    m.ln_eps = static_cast<float>(ln_eps);
+    ArraySource src(std::move(arrays));
+    m.token_embedding = src.floats("token_embedding", {vocab, width});
+    m.positional = src.floats("positional_embedding", {context, width});
+    m.blocks.resize(layers);
+    for (int64_t l = 0; l < layers; ++l) {
+      const std::string p = "b" + std::to_string(l) + ".";
+      auto& b = m.blocks[l];
+      b.ln_1 = src.layer_norm(p + "ln_1", width);
+      b.ln_2 = src.layer_norm(p + "ln_2", width);
+      src.linear(b.qkv, p + "qkv", 3 * width, width, true);
+      src.linear(b.out, p + "out", width, width, true);
+      src.linear(b.fc1, p + "fc1", hidden, width, true);
+      src.linear(b.fc2, p + "fc2", width, hidden, true);
+    }
+    m.ln_final = src.layer_norm("ln_final", width);
+    src.linear(m.proj, "proj", embed_dim, width, false);
+  }
+
+  py::array_t<float> run(const py::object& ids_obj) {
+    auto ids = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(ids_obj);
+    if (!ids) throw py::type_error("TextTower.run: ids must be an integer array (batch, seq)");
+    if (ids.ndim() != 2)
+      throw py::value_error("TextTower.run: ids must be 2-D (batch, seq), got ndim=" +
+                            std::to_string(ids.ndim()));
+    const int64_t batch = ids.shape(0), seq = ids.shape(1);
+    py::array_t<float> out({batch, model_.embed_dim});
+    if (batch == 0) return out;
+    const int64_t* p = ids.data();
+    float* o = out.mutable_data();
+    std::string err;
+    {
+      py::gil_scoped_release release;
+      try {
+        fn_(model_, p, batch, seq, o, threads_);
+      } catch (const std::invalid_argument& e) {
+        err = e.what();
+      }
+    }
+    if (!err.empty()) throw py::value_error("TextTower.run: " + err);
+    return out;
+  }
+
+  const std::string& isa() const { return isa_; }
+  int threads() const { return threads_; }
+  int64_t weight_bytes() const {
+    int64_t s = 0;
+    auto add = [&](const QLinear& q) { s += q.packed.size; };
+    for (const auto& b : model_.blocks) {
+      add(b.qkv);
+      add(b.out);
+      add(b.fc1);
+      add(b.fc2);
+    }
+    add(model_.proj);
+    return s;
+  }
+
+ private:
+  TextTowerModel model_;
+  univl::TextForwardFn fn_ = nullptr;
+  std::string isa_;
+  int threads_ = 1;
+};
+
+}  // namespace
+
+void bind_text_tower(py::module_& m) {
+  m.def("text_tower_isas", &univl::text_tower_supported_isas,
+        "Instruction-set builds of the native text tower this CPU runs, best last "
+        "('generic', 'avx512_vnni').");
+  py::class_<PyTextTower>(m, "TextTower", R"doc(
+TextTower(arrays, *, vocab, width, heads, layers, hidden, context, embed_dim, act, pool,
+          eos_id, ln_eps, threads=1, isa="auto")
+
+The native int8 CLIP text tower. arrays: the exporter's weights (dict of numpy arrays, see
+univl_fast/export/native_text.py). run(ids int64 (batch, seq)) -> float32 (batch, embed_dim)
+raw embeddings; the GIL is released while it runs.
+)doc")
+      .def(py::init<py::dict, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                    const std::string&, const std::string&, int64_t, double, int,
+                    const std::string&>(),
+           "arrays"_a, py::kw_only(), "vocab"_a, "width"_a, "heads"_a, "layers"_a, "hidden"_a,
+           "context"_a, "embed_dim"_a, "act"_a, "pool"_a, "eos_id"_a, "ln_eps"_a,
+           "threads"_a = 1, "isa"_a = "auto")
+      .def("run", &PyTextTower::run, "ids"_a)
+      .def_property_readonly("isa", &PyTextTower::isa)
+      .def_property_readonly("threads", &PyTextTower::threads)
+      .def_property_readonly("weight_bytes", &PyTextTower::weight_bytes,
+                             "Bytes of packed int8 weights.");
+}

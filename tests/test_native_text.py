@@ -1,0 +1,241 @@
+"""The native int8 text tower (csrc/cpu/text_tower*, univl_fast.runtime.native_text): exported
+weights, parity with PyTorch at every length and batch shape, both instruction-set builds,
+bad input, and how the Encoder picks it."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from univl_fast.runtime.manifest import EngineError, load_manifest
+from univl_fast.runtime.native_text import NativeTextTower, fast_native_available, native_isas
+from univl_fast.runtime.tokenizer import ClipTokenizer
+from univl_fast.utils.io import sha256_file
+
+FAST, FAST_WHY = fast_native_available()
+needs_vnni = pytest.mark.skipif(not FAST, reason=f"no fast native build here: {FAST_WHY}")
+ISAS = native_isas()
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+@pytest.fixture(scope="module")
+def native_path(tiny_engine) -> Path:
+    return Path(tiny_engine) / load_manifest(tiny_engine)["native"]["text"]["int8"]
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_engine) -> ClipTokenizer:
+    return ClipTokenizer(Path(tiny_engine) / "tokenizer/bpe_simple_vocab_16e6.txt.gz")
+
+
+@pytest.fixture(scope="module")
+def torch_text(random_tiny_checkpoint):
+    """open_clip's encode_text on ids padded to the context (the reference)."""
+    import torch
+
+    from univl_fast.model import UniVLDR
+
+    clip = UniVLDR.from_pretrained(random_tiny_checkpoint).clip.eval()
+
+    def run(padded: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return clip.encode_text(torch.from_numpy(padded)).numpy()
+
+    return run
+
+
+def test_exported_listed_hashed_and_verified(tiny_engine, native_path):
+    m = load_manifest(tiny_engine)
+    entry = m["files"][native_path.name]
+    assert entry["kind"] == "native-text" and entry["precision"] == "int8"
+    assert entry["sha256"] == sha256_file(native_path)
+    p = m["parity"]["text"]["int8-native"]
+    assert p["measured"] and p["passed"] and p["min_cosine"] >= 0.99, p
+    assert p["rows"] >= 20 and p["provider"].startswith("univl_fast native")
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_matches_torch_at_every_length(native_path, tok, torch_text, isa):
+    """Lengths 2, 3, 76, 77 and a text longer than 77 tokens (truncated like open_clip), each
+    alone (batch 1) and all in one mixed-length batch: the batch rows equal the lone runs
+    exactly (rows are packed, never padded), and every row is within the int8 contract."""
+    tower = NativeTextTower(native_path, threads=2, isa=isa)
+    assert tower.isa == isa
+    texts = ["", "x", " ".join(["x"] * 74), " ".join(["x"] * 75), " ".join(["x"] * 300)]
+    ids, lengths = tok(texts)
+    assert lengths.tolist() == [2, 3, 76, 77, 77]
+    ref = torch_text(tok.tokenize_padded(texts))
+    together = tower.run(ids)
+    alone = np.concatenate([tower.run(tok([t])[0]) for t in texts])
+    assert together.shape == (5, 128) and together.dtype == np.float32
+    np.testing.assert_array_equal(together, alone)
+    assert _cos(together, ref).min() >= 0.99
+    # one token only (no sot / eot), and padding after the end-of-text token is ignored
+    assert tower.run(np.array([[320]], np.int64)).shape == (1, 128)
+    padded = tok.tokenize_padded(texts[:2])
+    np.testing.assert_array_equal(tower.run(padded), together[:2])
+
+
+def test_batch_65_of_real_texts(native_path, tok, torch_text):
+    from univl_fast.export.samples import builtin_sample
+
+    base = builtin_sample().texts
+    texts = [base[i % len(base)] + f" number {i}" for i in range(65)]
+    tower = NativeTextTower(native_path, threads=2)
+    ids, _ = tok(texts)
+    out = tower.run(ids)
+    cos = _cos(out, torch_text(tok.tokenize_padded(texts)))
+    assert out.shape == (65, 128) and cos.min() >= 0.99, cos.min()
+    np.testing.assert_array_equal(out[17:18], tower.run(tok([texts[17]])[0]))
+
+
+@needs_vnni
+def test_vnni_and_generic_builds_agree(native_path, tok):
+    """Same quantization, exact int32 GEMMs: the builds differ only in float rounding."""
+    texts = ["a dog on the beach", "", "the tallest building in the world " * 4]
+    ids, _ = tok(texts)
+    fast = NativeTextTower(native_path, threads=2, isa="avx512_vnni").run(ids)
+    slow = NativeTextTower(native_path, threads=1, isa="generic").run(ids)
+    assert _cos(fast, slow).min() > 0.9999
+    assert np.abs(fast - slow).max() < 1e-2 * np.abs(slow).max()
+
+
+def test_thread_counts_and_concurrent_callers_agree(native_path, tok):
+    ids, _ = tok(["what colour is the roof of the station", "x"])
+    one = NativeTextTower(native_path, threads=1).run(ids)
+    tower = NativeTextTower(native_path, threads=2)
+    np.testing.assert_array_equal(tower.run(ids), one)
+    results, errors = [], []
+
+    def call() -> None:
+        try:
+            for _ in range(20):
+                results.append(tower.run(ids))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 80
+    for r in results:
+        np.testing.assert_array_equal(r, one)
+
+
+def test_bad_ids_and_files_are_refused(native_path, tmp_path):
+    tower = NativeTextTower(native_path)
+    with pytest.raises(ValueError, match=r"ids\[0, 1\] = 49408 is outside the vocabulary"):
+        tower.run(np.array([[49406, 49408]], np.int64))
+    with pytest.raises(ValueError, match=r"ids\[1, 0\] = -1"):
+        tower.run(np.array([[1, 2], [-1, 2]], np.int64))
+    with pytest.raises(ValueError, match="1..77"):
+        tower.run(np.zeros((1, 78), np.int64))
+    with pytest.raises(ValueError, match="1..77"):
+        tower.run(np.zeros((1, 0), np.int64))
+    with pytest.raises(ValueError, match="2-D"):
+        tower.run(np.zeros((1, 2, 3), np.int64))
+    assert tower.run(np.zeros((0, 5), np.int64)).shape == (0, 128)
+    with pytest.raises(ValueError, match="isa 'avx9000' is not available"):
+        NativeTextTower(native_path, isa="avx9000")
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a readable .npz"):
+        NativeTextTower(bad)
+    with np.load(native_path) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["b0.fc1.q"] = arrays["b0.fc1.q"][:, :-4]
+    np.savez(tmp_path / "cut.npz", **arrays)
+    with pytest.raises(ValueError, match=r"'b0.fc1.q' has shape \(512, 124\), expected"):
+        NativeTextTower(tmp_path / "cut.npz")
+
+
+def test_encoder_picks_native_where_fast_and_agrees_with_onnx(tiny_engine, monkeypatch):
+    from univl_fast.runtime import Encoder
+
+    auto = Encoder(tiny_engine)
+    assert auto.precision == "int8"
+    assert auto.text_runtime == ("native" if FAST else "onnxruntime")
+    ort_enc = Encoder(tiny_engine, text_runtime="onnxruntime")
+    native = Encoder(tiny_engine, text_runtime="native")
+    assert ort_enc.text_runtime == "onnxruntime" and native.text_runtime == "native"
+    assert "text_runtime='native'" in repr(native)
+    qs = ["what colour is the roof", "", "a long query " * 30]
+    assert _cos(native.encode_queries(qs), ort_enc.encode_queries(qs)).min() > 0.99
+    img = np.full((40, 60, 3), 90, np.uint8)
+    from PIL import Image
+
+    pics = [Image.fromarray(img), Image.fromarray(255 - img)]
+    a = native.encode_image_docs(pics, ["a grey square", "its negative"])
+    b = ort_enc.encode_image_docs(pics, ["a grey square", "its negative"])
+    assert _cos(a, b).min() > 0.99
+    assert Encoder(tiny_engine, precision="fp32").text_runtime == "onnxruntime"
+    with pytest.raises(EngineError, match="native text tower is int8; precision is 'fp32'"):
+        Encoder(tiny_engine, precision="fp32", text_runtime="native")
+    with pytest.raises(ValueError, match="choose auto, native or onnxruntime"):
+        Encoder(tiny_engine, text_runtime="tvm")
+    monkeypatch.setenv("UNIVL_FAST_NATIVE_TEXT", "0")
+    assert Encoder(tiny_engine).text_runtime == "onnxruntime"
+
+
+def test_tampered_native_weights_refused(tiny_engine, native_path, tmp_path):
+    from univl_fast.runtime import Encoder
+
+    copy = tmp_path / "engine"
+    shutil.copytree(tiny_engine, copy)
+    target = copy / native_path.name
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    target.write_bytes(bytes(data))
+    with pytest.raises(EngineError, match="sha256"):
+        Encoder(copy, text_runtime="native")
+
+
+def test_engine_without_native_weights(tmp_path, random_tiny_checkpoint):
+    from univl_fast.export.build import ModelSpec, export_engine
+    from univl_fast.export.config import ExportConfig
+    from univl_fast.model import UniVLDR
+    from univl_fast.runtime import Encoder
+
+    model = UniVLDR.from_pretrained(random_tiny_checkpoint)
+    spec = ModelSpec.from_model_config(model.config.to_json())
+    cfg = ExportConfig(precisions=["fp32", "int8"], native_text=False)
+    out = export_engine(model.clip, spec, tmp_path / "e", cfg, progress=False)
+    assert out["native"] == {"text": {}} and "int8-native" not in out["parity"]["text"]
+    assert Encoder(tmp_path / "e").text_runtime == "onnxruntime"
+    with pytest.raises(EngineError, match="has no native text tower"):
+        Encoder(tmp_path / "e", text_runtime="native")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ViT-B-32", "ViT-B-32-quickgelu"])
+def test_vit_b32_native_parity(name):
+    """The paper's backbone (random weights), GELU and QuickGELU variants."""
+    import open_clip as oc
+
+    from univl_fast.export import native_text, verify
+    from univl_fast.export.samples import builtin_sample
+
+    clip = oc.create_model(name).eval()
+    meta, arrays = native_text.extract(clip)
+    assert meta["act"] == ("quick_gelu" if "quickgelu" in name else "gelu")
+    assert meta["layers"] == 12 and meta["width"] == 512 and meta["hidden"] == 2048
+    tok = ClipTokenizer(oc.tokenizer.default_bpe())
+    texts = builtin_sample().texts
+    p = verify.check_native_text(
+        native_text.to_npz_bytes(meta, arrays),
+        verify.text_reference(clip, tok, texts),
+        0.99,
+        tokenizer=tok,
+        texts=texts,
+    )
+    assert p.passed and p.min_cosine >= 0.999, p

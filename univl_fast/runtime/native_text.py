@@ -1,0 +1,94 @@
+"""The native int8 text tower (torch-free): our own compiled CLIP text transformer.
+
+``NativeTextTower(path)`` loads the exporter's ``text_int8.native.npz`` into
+``univl_fast._C.TextTower`` (AVX-512 VNNI kernels where the CPU has them). It has the same
+``run(ids) -> raw embeddings`` as the ONNX Runtime towers, so the Encoder uses it in their
+place for queries, text documents and captions. Why it exists and how it computes:
+``csrc/cpu/text_tower.h``; measured speed: ``BENCHMARKS.md``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = "univl-native-text/1"
+# Keys of the constructor that come from the file's meta.
+_META_KEYS = (
+    "vocab",
+    "width",
+    "heads",
+    "layers",
+    "hidden",
+    "context",
+    "embed_dim",
+    "act",
+    "pool",
+    "eos_id",
+    "ln_eps",
+)
+
+
+class NativeTextUnavailable(RuntimeError):
+    """The native text tower cannot run here (the message says why)."""
+
+
+def native_isas() -> list[str]:
+    """Builds of the native text tower this CPU runs, best last ('generic', 'avx512_vnni')."""
+    from univl_fast import _C
+
+    return list(_C.text_tower_isas())
+
+
+def fast_native_available() -> tuple[bool, str]:
+    """(True, "") when this CPU runs the VNNI build; else (False, why). Without VNNI the
+    portable build works but ONNX Runtime is faster, so 'auto' does not pick it."""
+    if "avx512_vnni" in native_isas():
+        return True, ""
+    return False, "this CPU has no AVX-512 VNNI (the native text tower's fast kernel)"
+
+
+class NativeTextTower:
+    """``run(ids int64 (batch, seq)) -> float32 (batch, embed_dim)`` raw text embeddings."""
+
+    def __init__(self, path: str | os.PathLike | bytes, threads: int = 1, isa: str = "auto"):
+        """path: the weights file, or its bytes (the exporter verifies before writing)."""
+        from univl_fast import _C
+
+        in_memory = isinstance(path, (bytes, bytearray))
+        self.path = Path("<memory>") if in_memory else Path(path)
+        try:
+            with np.load(io.BytesIO(path) if in_memory else self.path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except (OSError, ValueError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"{self.path}: not a readable .npz file ({exc})") from exc
+        try:
+            meta = json.loads(str(arrays.pop("meta")))
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"{self.path}: not a native text-tower file (no valid meta)") from exc
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{self.path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+        self.meta = meta
+        try:
+            self._tower = _C.TextTower(
+                arrays, **{k: meta[k] for k in _META_KEYS}, threads=int(threads), isa=isa
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{self.path}: {exc}") from exc
+        self.isa: str = self._tower.isa
+        self.threads: int = self._tower.threads
+        self.embed_dim: int = int(meta["embed_dim"])
+
+    def run(self, ids: np.ndarray) -> np.ndarray:
+        return self._tower.run(np.ascontiguousarray(ids, dtype=np.int64))
+
+    def __repr__(self) -> str:
+        return f"NativeTextTower({str(self.path)!r}, isa={self.isa!r}, threads={self.threads})"
+
+
+__all__ = ["FORMAT", "NativeTextTower", "NativeTextUnavailable", "fast_native_available"]
