@@ -3,8 +3,10 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <memory>
 #include <string>
 
+#include "cpu/team.h"
 #include "cpu/text_tower.h"
 
 namespace py = pybind11;
@@ -86,7 +88,8 @@ class PyTextTower {
       throw py::value_error("TextTower: act must be 'gelu' or 'quick_gelu', got '" + act + "'");
     if (pool != "argmax" && pool != "eos")
       throw py::value_error("TextTower: pool must be 'argmax' or 'eos', got '" + pool + "'");
-    if (threads < 1) throw py::value_error("TextTower: threads must be >= 1");
+    if (threads < 1 || threads > 256)
+      throw py::value_error("TextTower: threads must be in 1..256, got " + std::to_string(threads));
     isa_ = isa == "auto" ? univl::text_tower_best_isa() : isa;
     fn_ = univl::text_forward_for(isa_);
     if (!fn_) {
@@ -97,7 +100,9 @@ class PyTextTower {
                             have + ")");
     }
     threads_ = threads;
-    TextTowerModel& m = model_;
+    if (threads > 1) team_ = std::make_shared<univl::Team>(threads);
+    auto model = std::make_shared<TextTowerModel>();
+    TextTowerModel& m = *model;
     m.vocab = vocab;
     m.width = width;
     m.heads = heads;
@@ -124,6 +129,17 @@ class PyTextTower {
     }
     m.ln_final = src.layer_norm("ln_final", width);
     src.linear(m.proj, "proj", embed_dim, width, false);
+    model_ = std::move(model);
+  }
+
+  // The same weights (shared, read-only) run with another thread count.
+  PyTextTower with_threads(int threads) const {
+    if (threads < 1 || threads > 256)
+      throw py::value_error("TextTower: threads must be in 1..256, got " + std::to_string(threads));
+    PyTextTower t(*this);
+    t.threads_ = threads;
+    t.team_ = threads > 1 ? std::make_shared<univl::Team>(threads) : nullptr;
+    return t;
   }
 
   py::array_t<float> run(const py::object& ids_obj) {
@@ -133,7 +149,7 @@ class PyTextTower {
       throw py::value_error("TextTower.run: ids must be 2-D (batch, seq), got ndim=" +
                             std::to_string(ids.ndim()));
     const int64_t batch = ids.shape(0), seq = ids.shape(1);
-    py::array_t<float> out({batch, model_.embed_dim});
+    py::array_t<float> out({batch, model_->embed_dim});
     if (batch == 0) return out;
     const int64_t* p = ids.data();
     float* o = out.mutable_data();
@@ -141,7 +157,7 @@ class PyTextTower {
     {
       py::gil_scoped_release release;
       try {
-        fn_(model_, p, batch, seq, o, threads_);
+        fn_(*model_, p, batch, seq, o, team_.get());
       } catch (const std::invalid_argument& e) {
         err = e.what();
       }
@@ -155,18 +171,19 @@ class PyTextTower {
   int64_t weight_bytes() const {
     int64_t s = 0;
     auto add = [&](const QLinear& q) { s += q.packed.size; };
-    for (const auto& b : model_.blocks) {
+    for (const auto& b : model_->blocks) {
       add(b.qkv);
       add(b.out);
       add(b.fc1);
       add(b.fc2);
     }
-    add(model_.proj);
+    add(model_->proj);
     return s;
   }
 
  private:
-  TextTowerModel model_;
+  std::shared_ptr<const TextTowerModel> model_;
+  std::shared_ptr<univl::Team> team_;  // threads_ - 1 workers; nullptr when threads_ == 1
   univl::TextForwardFn fn_ = nullptr;
   std::string isa_;
   int threads_ = 1;
@@ -193,6 +210,8 @@ raw embeddings; the GIL is released while it runs.
            "context"_a, "embed_dim"_a, "act"_a, "pool"_a, "eos_id"_a, "ln_eps"_a,
            "threads"_a = 1, "isa"_a = "auto")
       .def("run", &PyTextTower::run, "ids"_a)
+      .def("with_threads", &PyTextTower::with_threads, "threads"_a,
+           "A tower sharing these weights that runs with another thread count.")
       .def_property_readonly("isa", &PyTextTower::isa)
       .def_property_readonly("threads", &PyTextTower::threads)
       .def_property_readonly("weight_bytes", &PyTextTower::weight_bytes,

@@ -113,6 +113,9 @@ def test_thread_counts_and_concurrent_callers_agree(native_path, tok):
     one = NativeTextTower(native_path, threads=1).run(ids)
     tower = NativeTextTower(native_path, threads=2)
     np.testing.assert_array_equal(tower.run(ids), one)
+    narrow = tower.with_threads(1)  # shares the weights
+    assert narrow.threads == 1 and tower.threads == 2
+    np.testing.assert_array_equal(narrow.run(ids), one)
     results, errors = [], []
 
     def call() -> None:

@@ -73,10 +73,14 @@ struct TextTowerModel {
   QLinear proj;  // width -> embed_dim, no bias
 };
 
+class Team;  // cpu/team.h
+
 // ids: int64 (batch x seq), row-major; out: float32 (batch x embed_dim), raw (unnormalized).
-// Throws std::invalid_argument for ids outside [0, vocab) or seq outside [1, context].
+// team: the threads to run on (nullptr: the calling thread alone; a team busy with another
+// call is not waited for: the call then runs alone). Throws std::invalid_argument for ids
+// outside [0, vocab) or seq outside [1, context].
 using TextForwardFn = void (*)(const TextTowerModel& m, const int64_t* ids, int64_t batch,
-                               int64_t seq, float* out, int threads);
+                               int64_t seq, float* out, Team* team);
 
 // Per-ISA forward passes; nullptr when not compiled for this target.
 TextForwardFn text_forward_generic();

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <vector>
@@ -18,9 +19,7 @@
 #if UNIVL_TT_VNNI
 #include <immintrin.h>
 #endif
-#ifdef UNIVL_WITH_OPENMP
-#include <omp.h>
-#endif
+#include "cpu/team.h"
 
 namespace univl {
 namespace UNIVL_TT_NS {
@@ -175,26 +174,43 @@ struct QRows {
   int64_t width;
 };
 
-// All functions below contain an `omp for` (with its barrier): every thread of the team calls
-// them, in the same order.
-void ln_quant_rows(const float* x, int64_t rows, int64_t d, const LayerNormW& ln, float eps,
-                   QRows a, float* scratch) {
-#pragma omp for schedule(static)
-  for (int64_t r = 0; r < rows; ++r) {
+// Which member of the team runs this code. Every member calls every function below, in the
+// same order; each takes its share of the work (contiguous, static) and ends at a barrier.
+struct Ctx {
+  Team* team;  // nullptr: running alone
+  int tid, nt;
+  void range(int64_t n, int64_t& begin, int64_t& end) const {
+    begin = n * tid / nt;
+    end = n * (tid + 1) / nt;
+  }
+  void sync() const {
+    if (nt > 1) team->barrier();
+  }
+};
+
+void ln_quant_rows(const Ctx& c, const float* x, int64_t rows, int64_t d, const LayerNormW& ln,
+                   float eps, QRows a, float* scratch) {
+  int64_t r0, r1;
+  c.range(rows, r0, r1);
+  for (int64_t r = r0; r < r1; ++r) {
     layer_norm_row(x + r * d, d, ln, eps, scratch);
     quantize_row(scratch, d, a.q + r * a.width, a.scale + r, a.zero + r);
   }
+  c.sync();
 }
 
-void quant_rows(const float* x, int64_t rows, int64_t d, QRows a) {
-#pragma omp for schedule(static)
-  for (int64_t r = 0; r < rows; ++r)
+void quant_rows(const Ctx& c, const float* x, int64_t rows, int64_t d, QRows a) {
+  int64_t r0, r1;
+  c.range(rows, r0, r1);
+  for (int64_t r = r0; r < r1; ++r)
     quantize_row(x + r * d, d, a.q + r * a.width, a.scale + r, a.zero + r);
+  c.sync();
 }
 
-void act_quant_rows(float* x, int64_t rows, int64_t d, TextAct act, QRows a) {
-#pragma omp for schedule(static)
-  for (int64_t r = 0; r < rows; ++r) {
+void act_quant_rows(const Ctx& c, float* x, int64_t rows, int64_t d, TextAct act, QRows a) {
+  int64_t r0, r1;
+  c.range(rows, r0, r1);
+  for (int64_t r = r0; r < r1; ++r) {
     float* row = x + r * d;
     if (act == TextAct::kGelu) {
 #pragma omp simd
@@ -205,6 +221,7 @@ void act_quant_rows(float* x, int64_t rows, int64_t d, TextAct act, QRows a) {
     }
     quantize_row(row, d, a.q + r * a.width, a.scale + r, a.zero + r);
   }
+  c.sync();
 }
 
 // ------------------------------------------------------------------ int8 GEMM
@@ -314,15 +331,16 @@ void panel_rows(const uint8_t* a, int64_t lda, const float* sa, const float* za,
 }
 #endif
 
-// Called by every thread of the team. Panel pairs are split over threads; each thread streams
-// its own contiguous range of the packed weights, prefetching the next pair while it computes.
-void qgemm(const QLinear& w, const QRows& a, int64_t rows, GemmOut o) {
+// Panel pairs are split over the team; each thread streams its own contiguous range of the
+// packed weights, prefetching the next pair while it computes (rows in chunks of kMC).
+void qgemm(const Ctx& c, const QLinear& w, const QRows& a, int64_t rows, GemmOut o) {
   const int64_t k4 = w.k / 4, pairs = w.n / 32;
   const int8_t* packed = w.packed.data();
+  int64_t p0, p1;
+  c.range(pairs, p0, p1);
   for (int64_t m0 = 0; m0 < rows; m0 += kMC) {
     const int64_t mc = std::min(kMC, rows - m0);
-#pragma omp for schedule(static)
-    for (int64_t p = 0; p < pairs; ++p) {
+    for (int64_t p = p0; p < p1; ++p) {
       const int8_t* b0 = packed + p * k4 * 128;
       const int8_t* pf = (m0 == 0 && p + 1 < pairs) ? b0 + k4 * 128 : nullptr;
       for (int64_t r = 0; r < mc; r += kMR) {
@@ -333,17 +351,20 @@ void qgemm(const QLinear& w, const QRows& a, int64_t rows, GemmOut o) {
       }
     }
   }
+  c.sync();
 }
 
 // ------------------------------------------------------------------ attention
 // Causal multi-head attention over packed rows. qkv: rows x 3d (q | k | v). pooled_only: only
 // the last row of each sequence is a query (the last block); out then has one row per sequence.
-void attention(const float* qkv, int64_t d, int64_t heads, const std::vector<int64_t>& len,
-               const std::vector<int64_t>& off, bool pooled_only, float* out, float* scores) {
+void attention(const Ctx& c, const float* qkv, int64_t d, int64_t heads,
+               const std::vector<int64_t>& len, const std::vector<int64_t>& off, bool pooled_only,
+               float* out, float* scores) {
   const int64_t hd = d / heads, batch = static_cast<int64_t>(len.size());
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-#pragma omp for schedule(static)
-  for (int64_t job = 0; job < batch * heads; ++job) {
+  int64_t j0, j1;
+  c.range(batch * heads, j0, j1);
+  for (int64_t job = j0; job < j1; ++job) {
     const int64_t b = job / heads, h = job % heads, n = len[b], base = off[b];
     for (int64_t i = pooled_only ? n - 1 : 0; i < n; ++i) {
       const float* q = qkv + (base + i) * 3 * d + h * hd;
@@ -369,6 +390,7 @@ void attention(const float* qkv, int64_t d, int64_t heads, const std::vector<int
       }
     }
   }
+  c.sync();
 }
 
 // Scratch memory of one calling thread, kept between calls (fresh large allocations would be
@@ -388,25 +410,26 @@ struct Workspace {
 };
 
 void forward(const TextTowerModel& m, const int64_t* ids, int64_t batch, int64_t seq, float* out,
-             int threads) {
+             Team* team) {
   if (batch <= 0) return;
   std::vector<int64_t> len, off;
   text_detail::pooled_lengths(m, ids, batch, seq, len, off);
   const int64_t rows = off[batch], d = m.width, hidden = m.hidden;
   const int64_t widest = std::max(d, hidden);
   const int64_t layers = static_cast<int64_t>(m.blocks.size());
-  threads = std::max(1, threads);
+  const int threads = team ? team->size() : 1;
   const int64_t scratch_len = std::max(widest, m.context) + 16;
 
-  // All buffers from one per-thread workspace: no allocation inside the parallel region.
+  // All buffers from one per-thread workspace: no allocation while the team runs.
   static thread_local Workspace ws;
   const int64_t sizes[] = {
-      rows * d,                         // x: residual stream, packed rows
-      rows * std::max(3 * d, hidden),   // q | k | v, then the MLP's hidden layer
-      rows * d,                         // attention output
-      batch * d,                        // pooled rows after the last attention
-      rows, rows,                       // activation scale / zero point per row
-      threads * scratch_len};           // per-thread scratch row
+      rows * d,                        // x: residual stream, packed rows
+      rows * std::max(3 * d, hidden),  // q | k | v, then the MLP's hidden layer
+      rows * d,                        // attention output
+      batch * d,                       // pooled rows after the last attention
+      rows,                            // activation scale per row
+      rows,                            // activation zero point per row
+      threads * scratch_len};          // per-thread scratch row
   size_t total = 0;
   for (int64_t n : sizes) total += static_cast<size_t>(n) + 16;
   if (ws.f.size() < total) ws.f.resize(total);
@@ -422,53 +445,54 @@ void forward(const TextTowerModel& m, const int64_t* ids, int64_t batch, int64_t
   float* const mlp = parts[1];  // q|k|v is dead once the attention output exists
   float* const att = parts[2];
   float* const xl = parts[3];
-  const QRows a8{ws.u.data(), parts[4], parts[5], 0};
-  auto qr = [&](int64_t width) { return QRows{a8.q, a8.scale, a8.zero, width}; };
+  // Plain pointers: `ws` is thread-local, and the team's other threads run `body` too.
+  uint8_t* const q8 = ws.u.data();
   float* const scratch_all = parts[6];
+  auto qr = [&](int64_t width) { return QRows{q8, parts[4], parts[5], width}; };
 
-#pragma omp parallel num_threads(threads)
-  {
-#ifdef UNIVL_WITH_OPENMP
-    float* scratch = scratch_all + omp_get_thread_num() * scratch_len;
-#else
-    float* scratch = scratch_all;
-#endif
-#pragma omp for schedule(static)
-    for (int64_t b = 0; b < batch; ++b)
+  auto body = [&](const Ctx& c) {
+    float* scratch = scratch_all + c.tid * scratch_len;
+    int64_t b0, b1;
+    c.range(batch, b0, b1);
+    for (int64_t b = b0; b < b1; ++b)
       for (int64_t t = 0; t < len[b]; ++t) {
         const float* e = m.token_embedding.data() + ids[b * seq + t] * d;
-        const float* p = m.positional.data() + t * d;
+        const float* pe = m.positional.data() + t * d;
         float* dst = x + (off[b] + t) * d;
 #pragma omp simd
-        for (int64_t i = 0; i < d; ++i) dst[i] = e[i] + p[i];
+        for (int64_t i = 0; i < d; ++i) dst[i] = e[i] + pe[i];
       }
+    c.sync();
     for (int64_t l = 0; l < layers; ++l) {
       const TextBlockW& bw = m.blocks[l];
       const bool last = l == layers - 1;
-      ln_quant_rows(x, rows, d, bw.ln_1, m.ln_eps, qr(d), scratch);
-      qgemm(bw.qkv, qr(d), rows, {qkv, 3 * d, false});
-      attention(qkv, d, m.heads, len, off, last, att, scratch);
+      ln_quant_rows(c, x, rows, d, bw.ln_1, m.ln_eps, qr(d), scratch);
+      qgemm(c, bw.qkv, qr(d), rows, {qkv, 3 * d, false});
+      attention(c, qkv, d, m.heads, len, off, last, att, scratch);
       // After the last attention only the pooled row of each sequence is read: its residual
       // row moves to xl and the rest of the block runs on one row per sequence.
       float* res = x;
       int64_t n = rows;
       if (last) {
-#pragma omp for schedule(static)
-        for (int64_t b = 0; b < batch; ++b)
+        for (int64_t b = b0; b < b1; ++b)
           std::memcpy(xl + b * d, x + (off[b + 1] - 1) * d, sizeof(float) * d);
+        c.sync();
         res = xl;
         n = batch;
       }
-      quant_rows(att, n, d, qr(d));
-      qgemm(bw.out, qr(d), n, {res, d, true});
-      ln_quant_rows(res, n, d, bw.ln_2, m.ln_eps, qr(d), scratch);
-      qgemm(bw.fc1, qr(d), n, {mlp, hidden, false});
-      act_quant_rows(mlp, n, hidden, m.act, qr(hidden));
-      qgemm(bw.fc2, qr(hidden), n, {res, d, true});
+      quant_rows(c, att, n, d, qr(d));
+      qgemm(c, bw.out, qr(d), n, {res, d, true});
+      ln_quant_rows(c, res, n, d, bw.ln_2, m.ln_eps, qr(d), scratch);
+      qgemm(c, bw.fc1, qr(d), n, {mlp, hidden, false});
+      act_quant_rows(c, mlp, n, hidden, m.act, qr(hidden));
+      qgemm(c, bw.fc2, qr(hidden), n, {res, d, true});
     }
-    ln_quant_rows(xl, batch, d, m.ln_final, m.ln_eps, qr(d), scratch);
-    qgemm(m.proj, qr(d), batch, {out, m.embed_dim, false});
-  }
+    ln_quant_rows(c, xl, batch, d, m.ln_final, m.ln_eps, qr(d), scratch);
+    qgemm(c, m.proj, qr(d), batch, {out, m.embed_dim, false});
+  };
+  const std::function<void(int)> member = [&](int tid) { body(Ctx{team, tid, threads}); };
+  // The team is busy with another caller's batch: run this one alone rather than wait.
+  if (threads == 1 || !team->try_run(member)) body(Ctx{nullptr, 0, 1});
   ws.trim();
 }
 

@@ -267,7 +267,10 @@ class Encoder:
         view = copy.copy(self)
         view._threads = threads
         view._towers = dict(self._towers)
-        view._towers["text"] = view._open("text")
+        if self.text_runtime == "native":  # same weights, other thread count
+            view._towers["text"] = self._towers["text"].with_threads(threads.resolved_intra_op())
+        else:
+            view._towers["text"] = view._open("text")
         return view
 
     def _open(self, tower: str):

@@ -9,6 +9,7 @@ place for queries, text documents and captions. Why it exists and how it compute
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import os
@@ -83,6 +84,13 @@ class NativeTextTower:
         self.isa: str = self._tower.isa
         self.threads: int = self._tower.threads
         self.embed_dim: int = int(meta["embed_dim"])
+
+    def with_threads(self, threads: int) -> NativeTextTower:
+        """The same weights (shared, not copied) run with ``threads`` threads."""
+        view = copy.copy(self)
+        view._tower = self._tower.with_threads(int(threads))
+        view.threads = view._tower.threads
+        return view
 
     def run(self, ids: np.ndarray) -> np.ndarray:
         return self._tower.run(np.ascontiguousarray(ids, dtype=np.int64))
