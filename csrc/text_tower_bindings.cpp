@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <atomic>
 #include <memory>
 #include <string>
 
@@ -156,11 +157,16 @@ class PyTextTower {
     std::string err;
     {
       py::gil_scoped_release release;
+      // The team only serves a caller that is alone: with other calls in flight (a service
+      // without the batcher) each runs on its own thread, so the cores are not oversubscribed
+      // by a team whose barriers would then wait on preempted members.
+      const bool alone = active_->fetch_add(1) == 0;
       try {
-        fn_(*model_, p, batch, seq, o, team_.get());
+        fn_(*model_, p, batch, seq, o, alone ? team_.get() : nullptr);
       } catch (const std::invalid_argument& e) {
         err = e.what();
       }
+      active_->fetch_sub(1);
     }
     if (!err.empty()) throw py::value_error("TextTower.run: " + err);
     return out;
@@ -184,6 +190,8 @@ class PyTextTower {
  private:
   std::shared_ptr<const TextTowerModel> model_;
   std::shared_ptr<univl::Team> team_;  // threads_ - 1 workers; nullptr when threads_ == 1
+  // calls in flight on this tower and the towers sharing its weights (with_threads)
+  std::shared_ptr<std::atomic<int>> active_ = std::make_shared<std::atomic<int>>(0);
   univl::TextForwardFn fn_ = nullptr;
   std::string isa_;
   int threads_ = 1;

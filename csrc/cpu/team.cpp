@@ -22,7 +22,7 @@ inline void cpu_relax() {
 // the next stage of a request (index search, image tower).
 constexpr auto kIdleSpin = std::chrono::microseconds(50);
 // Busy-wait rounds before a waiting thread starts yielding its core (oversubscribed machine).
-constexpr int kSpinsBeforeYield = 20000;
+constexpr int kSpinsBeforeYield = 2000;
 
 inline void spin_wait_step(int& spins) {
   if (++spins < kSpinsBeforeYield)
