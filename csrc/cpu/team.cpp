@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
@@ -17,10 +18,19 @@ inline void cpu_relax() {
 #endif
 }
 
-// How long an idle worker keeps polling for the next run before it sleeps: long enough to
-// catch back-to-back calls (a batch of documents), short enough not to hold a core away from
-// the next stage of a request (index search, image tower).
-constexpr auto kIdleSpin = std::chrono::microseconds(50);
+// How long an idle worker keeps polling for the next run before it sleeps (default below,
+// UNIVL_FAST_TEAM_SPIN_US overrides): long enough to catch back-to-back calls, short enough
+// not to hold a core away from the next stage of a request (index search, image tower).
+constexpr int64_t kDefaultIdleSpinUs = 50;
+
+std::chrono::microseconds idle_spin_from_env() {
+  if (const char* env = std::getenv("UNIVL_FAST_TEAM_SPIN_US")) {
+    char* end = nullptr;
+    const long long v = std::strtoll(env, &end, 10);
+    if (end != env && *end == '\0' && v >= 0 && v <= 1000000) return std::chrono::microseconds(v);
+  }
+  return std::chrono::microseconds(kDefaultIdleSpinUs);
+}
 // Busy-wait rounds before a waiting thread starts yielding its core (oversubscribed machine).
 constexpr int kSpinsBeforeYield = 2000;
 
@@ -33,7 +43,7 @@ inline void spin_wait_step(int& spins) {
 
 }  // namespace
 
-Team::Team(int size) : size_(std::max(1, size)) {
+Team::Team(int size) : size_(std::max(1, size)), idle_spin_(idle_spin_from_env()) {
   workers_.reserve(size_ - 1);
   for (int i = 1; i < size_; ++i) workers_.emplace_back(&Team::worker, this, i);
 }
@@ -86,7 +96,7 @@ void Team::worker(int index) {
     int polls = 0;
     while (epoch_.load() == seen && !stop_.load()) {
       cpu_relax();
-      if ((++polls & 63) != 0 || std::chrono::steady_clock::now() - t0 < kIdleSpin) continue;
+      if ((++polls & 63) != 0 || std::chrono::steady_clock::now() - t0 < idle_spin_) continue;
       std::unique_lock<std::mutex> lk(sleep_mutex_);
       sleepers_.fetch_add(1);
       wake_.wait(lk, [&] { return epoch_.load() != seen || stop_.load(); });

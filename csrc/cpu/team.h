@@ -9,6 +9,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -39,6 +40,7 @@ class Team {
   void worker(int index);
 
   const int size_;
+  std::chrono::microseconds idle_spin_;
   std::vector<std::thread> workers_;
   std::mutex run_mutex_;  // one run at a time
   const std::function<void(int)>* job_ = nullptr;
