@@ -4,7 +4,10 @@ bad input, and how the Encoder picks it."""
 
 from __future__ import annotations
 
+import os
+import select
 import shutil
+import signal
 import threading
 from pathlib import Path
 
@@ -135,6 +138,34 @@ def test_thread_counts_and_concurrent_callers_agree(native_path, tok):
         np.testing.assert_array_equal(r, one)
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_runs_alone(native_path, tok):
+    """A process forked after the tower's thread team exists (a pre-forking server) has no
+    team workers: it must run on its own thread, not wait for them."""
+    tower = NativeTextTower(native_path, threads=2)
+    ids, _ = tok(["a query before the fork", "x"])
+    want = tower.run(ids)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: report, never return into pytest
+        code = 1
+        try:
+            code = 0 if np.array_equal(tower.run(ids), want) else 2
+        finally:
+            os.write(w, bytes([code]))
+            os._exit(0)
+    os.close(w)
+    ready, _, _ = select.select([r], [], [], 60)
+    if not ready:  # the child hangs waiting for team workers that do not exist in it
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child did not finish one query within 60 s")
+    got = os.read(r, 1)
+    os.waitpid(pid, 0)
+    assert got == b"\x00", got
+    np.testing.assert_array_equal(tower.run(ids), want)  # the parent's team still works
+
+
 def test_bad_ids_and_files_are_refused(native_path, tmp_path):
     tower = NativeTextTower(native_path)
     with pytest.raises(ValueError, match=r"ids\[0, 1\] = 49408 is outside the vocabulary"):
@@ -156,6 +187,7 @@ def test_bad_ids_and_files_are_refused(native_path, tmp_path):
         NativeTextTower(bad)
     with np.load(native_path) as z:
         arrays = {k: z[k] for k in z.files}
+    assert tower.weight_bytes == sum(a.size for k, a in arrays.items() if k.endswith(".q"))
     arrays["b0.fc1.q"] = arrays["b0.fc1.q"][:, :-4]
     np.savez(tmp_path / "cut.npz", **arrays)
     with pytest.raises(ValueError, match=r"'b0.fc1.q' has shape \(512, 124\), expected"):

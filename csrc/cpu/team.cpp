@@ -5,6 +5,8 @@
 #include <chrono>
 #include <cstdlib>
 
+#include <unistd.h>
+
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 #endif
@@ -43,12 +45,19 @@ inline void spin_wait_step(int& spins) {
 
 }  // namespace
 
-Team::Team(int size) : size_(std::max(1, size)), idle_spin_(idle_spin_from_env()) {
+Team::Team(int size)
+    : size_(std::max(1, size)), idle_spin_(idle_spin_from_env()), owner_pid_(getpid()) {
   workers_.reserve(size_ - 1);
   for (int i = 1; i < size_; ++i) workers_.emplace_back(&Team::worker, this, i);
 }
 
 Team::~Team() {
+  if (getpid() != owner_pid_) {
+    // A forked child: the workers exist only in the parent. Their std::thread objects are
+    // left alive (destroying a joinable std::thread would terminate the process).
+    new std::vector<std::thread>(std::move(workers_));
+    return;
+  }
   {
     std::lock_guard<std::mutex> g(sleep_mutex_);
     stop_.store(true);
@@ -58,6 +67,7 @@ Team::~Team() {
 }
 
 bool Team::try_run(const std::function<void(int)>& fn) {
+  if (getpid() != owner_pid_) return false;  // forked child: no workers here, run alone
   std::unique_lock<std::mutex> lock(run_mutex_, std::try_to_lock);
   if (!lock.owns_lock()) return false;
   if (size_ == 1) {

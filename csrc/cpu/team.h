@@ -29,8 +29,9 @@ class Team {
   int size() const { return size_; }
 
   // Runs fn(thread_index) on every member (the caller is index 0) and returns when all are
-  // done. Returns false without running anything when another call is using the team (the
-  // caller should then run alone). fn must not throw.
+  // done. Returns false without running anything when another call is using the team, or in
+  // a child process forked after the team was made (the caller should then run alone).
+  // fn must not throw.
   bool try_run(const std::function<void(int)>& fn);
 
   // Inside fn: waits until every member has reached the same barrier.
@@ -41,6 +42,7 @@ class Team {
 
   const int size_;
   std::chrono::microseconds idle_spin_;
+  const long owner_pid_;  // after a fork() the child has no workers: it runs alone
   std::vector<std::thread> workers_;
   std::mutex run_mutex_;  // one run at a time
   const std::function<void(int)>* job_ = nullptr;

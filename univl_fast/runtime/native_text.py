@@ -35,10 +35,6 @@ _META_KEYS = (
 )
 
 
-class NativeTextUnavailable(RuntimeError):
-    """The native text tower cannot run here (the message says why)."""
-
-
 def native_isas() -> list[str]:
     """Builds of the native text tower this CPU runs, best last ('generic', 'avx512_vnni')."""
     from univl_fast import _C
@@ -84,6 +80,7 @@ class NativeTextTower:
         self.isa: str = self._tower.isa
         self.threads: int = self._tower.threads
         self.embed_dim: int = int(meta["embed_dim"])
+        self.weight_bytes: int = self._tower.weight_bytes  # packed int8 weights
 
     def with_threads(self, threads: int) -> NativeTextTower:
         """The same weights (shared, not copied) run with ``threads`` threads."""
@@ -99,4 +96,4 @@ class NativeTextTower:
         return f"NativeTextTower({str(self.path)!r}, isa={self.isa!r}, threads={self.threads})"
 
 
-__all__ = ["FORMAT", "NativeTextTower", "NativeTextUnavailable", "fast_native_available"]
+__all__ = ["FORMAT", "NativeTextTower", "fast_native_available", "native_isas"]
