@@ -4,6 +4,7 @@ subprocess, so the measuring process never imports torch."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -31,8 +32,10 @@ def random_checkpoint(model: str, ckpt: Path) -> Path:
 
 
 def exported_engine(ckpt: Path, engine: Path, precision: str = "fp32,int8") -> Path:
-    """``python -m univl_fast.export`` of ``ckpt`` into ``engine``, unless already there."""
-    if not (engine / "manifest.json").is_file():
+    """``python -m univl_fast.export`` of ``ckpt`` into ``engine``, unless already there (an
+    engine from an exporter older than the native text tower is exported again)."""
+    manifest = engine / "manifest.json"
+    if not manifest.is_file() or "native" not in json.loads(manifest.read_text()):
         cmd = [sys.executable, "-m", "univl_fast.export", "--checkpoint", str(ckpt)]
         run_step([*cmd, "--out", str(engine), "--precision", precision], "export")
     return engine
