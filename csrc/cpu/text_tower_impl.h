@@ -3,15 +3,15 @@
 // GEMM, whole file built for AVX-512). Not a normal header: the including file defines
 //   UNIVL_TT_NS    the namespace the code goes into
 //   UNIVL_TT_VNNI  1 for the VNNI GEMM kernel, 0 for the portable one
-// The element-wise code (LayerNorm, softmax, GELU, quantization) is written as plain loops the
-// compiler vectorises for the target it is built for (no calls, no data-dependent branches).
+// LayerNorm, softmax and GELU are plain loops the compiler vectorises for the target it is built
+// for; the GEMM, dot products and activation quantization have AVX-512 intrinsics in the VNNI
+// build and plain loops in the portable one.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <functional>
 #include <limits>
-#include <memory>
 #include <vector>
 
 #include "cpu/text_tower.h"

@@ -50,11 +50,13 @@ def _activation(mlp: nn.Module, where: str) -> str:
     raise UnsupportedTowerError(f"{where}: MLP activation {name} is not supported natively")
 
 
-def _linear(out: dict[str, np.ndarray], key: str, weight: torch.Tensor, bias) -> None:
+def _linear(out: dict[str, np.ndarray], key: str, weight: torch.Tensor, bias, has_bias=True):
+    """``key.q`` / ``key.s`` and, for layers the native tower gives a bias, ``key.b`` (zeros
+    when the torch layer has none)."""
     q, s = quantize_rows(_np(weight))
     out[f"{key}.q"], out[f"{key}.s"] = q, s
-    if bias is not None:
-        out[f"{key}.b"] = _np(bias)
+    if has_bias:
+        out[f"{key}.b"] = _np(bias) if bias is not None else np.zeros(len(q), np.float32)
 
 
 @torch.no_grad()
@@ -87,10 +89,7 @@ def extract(clip: nn.Module) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         qkv_w = torch.cat([blk.q.weight, blk.k.weight, blk.v.weight])
         qkv_b = torch.cat([blk.q.bias, blk.k.bias, blk.v.bias])
         _linear(arrays, p + "qkv", qkv_w, qkv_b)
-        out_b = blk.out_proj.bias
-        _linear(arrays, p + "out", blk.out_proj.weight, out_b if out_b is not None else None)
-        if out_b is None:
-            arrays[p + "out.b"] = np.zeros(width, np.float32)
+        _linear(arrays, p + "out", blk.out_proj.weight, blk.out_proj.bias)
         _linear(arrays, p + "fc1", mlp.c_fc.weight, mlp.c_fc.bias)
         _linear(arrays, p + "fc2", mlp.c_proj.weight, mlp.c_proj.bias)
     eps.add(float(tower.ln_final.eps))
@@ -106,7 +105,7 @@ def extract(clip: nn.Module) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         proj_w = tower.proj.t()
     else:
         raise UnsupportedTowerError("text tower without a projection is not supported natively")
-    _linear(arrays, "proj", proj_w, None)
+    _linear(arrays, "proj", proj_w, None, has_bias=False)
     if len(eps) != 1 or len(acts) != 1:
         raise UnsupportedTowerError(
             f"text tower mixes LayerNorm eps {sorted(eps)} / activations {sorted(acts)}"

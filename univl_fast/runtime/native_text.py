@@ -90,7 +90,7 @@ class NativeTextTower:
         return view
 
     def run(self, ids: np.ndarray) -> np.ndarray:
-        return self._tower.run(np.ascontiguousarray(ids, dtype=np.int64))
+        return self._tower.run(ids)  # converted to C-contiguous int64 by the binding
 
     def __repr__(self) -> str:
         return f"NativeTextTower({str(self.path)!r}, isa={self.isa!r}, threads={self.threads})"
