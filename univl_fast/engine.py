@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from univl_fast.errors import UnivlFastError
 from univl_fast.types import MODALITIES, Hit
 
 __all__ = [
@@ -68,7 +69,7 @@ class EngineConfig:
         return asdict(self)
 
 
-class SearchError(ValueError):
+class SearchError(UnivlFastError, ValueError):
     """Some queries of a ``search`` call could not be encoded (e.g. text that is not valid
     Unicode). ``errors``: [(position in the call, reason)]; ``results``: the hits of the other
     queries (None at the failed positions), so one bad query never loses the others."""

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from univl_fast.errors import UnivlFastError
+
 # Refuse images with more pixels than this (a 8k x 8k photo is 67M). Pillow's own default
 # only warns below 2x its limit; we make the limit hard and explicit.
 MAX_IMAGE_PIXELS = 89_478_485
@@ -23,7 +25,7 @@ MAX_IMAGE_PIXELS = 89_478_485
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview | Image.Image
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(UnivlFastError, ValueError):
     """An image could not be decoded. ``item`` names it (id, path or position)."""
 
     def __init__(self, item: str, reason: str):

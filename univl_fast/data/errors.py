@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from univl_fast.errors import UnivlFastError
 
-class DataFormatError(ValueError):
+
+class DataFormatError(UnivlFastError, ValueError):
     """A dataset file is missing or malformed. The message names the file and, where there is
     one, the 1-based line number."""
 

@@ -17,6 +17,7 @@ from typing import Any
 from torch import nn
 from tqdm import tqdm
 
+from univl_fast.errors import UnivlFastError
 from univl_fast.export import onnx_export, optimize, quantize, verify
 from univl_fast.export.config import ExportConfig
 from univl_fast.export.manifest import MANIFEST_NAME, file_entry, tool_versions, write_manifest
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 TOKENIZER_DIR = "tokenizer"
 
 
-class ExportError(RuntimeError):
+class ExportError(UnivlFastError, RuntimeError):
     """The export could not produce a verified engine; the message says which graph and why."""
 
 

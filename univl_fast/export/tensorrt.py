@@ -9,10 +9,11 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from univl_fast.errors import UnivlFastError
 from univl_fast.runtime.backends import GPU_EXTRA, _cuda_devices
 
 
-class TensorRTUnavailable(RuntimeError):
+class TensorRTUnavailable(UnivlFastError, RuntimeError):
     """TensorRT plans cannot be built here; the message says why."""
 
 

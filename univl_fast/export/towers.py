@@ -24,8 +24,10 @@ import math
 import torch
 from torch import nn
 
+from univl_fast.errors import UnivlFastError
 
-class UnsupportedTowerError(ValueError):
+
+class UnsupportedTowerError(UnivlFastError, ValueError):
     """The open_clip model uses a feature these wrappers do not reproduce exactly."""
 
 

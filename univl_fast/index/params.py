@@ -10,8 +10,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from univl_fast.errors import UnivlFastError
 
-class IndexError_(ValueError):  # noqa: N801 - avoid shadowing the builtin IndexError
+
+class IndexError_(UnivlFastError, ValueError):  # noqa: N801 - avoid shadowing the builtin IndexError
     """Base class for index errors that name the offending input."""
 
 

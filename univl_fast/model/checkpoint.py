@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from univl_fast.errors import UnivlFastError
+
 # buffers that OpenAI's JIT archives and state dicts carry but the module does not have
 _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
@@ -35,7 +37,7 @@ _TEXT_KEYS = (
 )
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UnivlFastError, ValueError):
     """A checkpoint file is missing, corrupt or does not fit the model."""
 
 

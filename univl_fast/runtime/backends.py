@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from univl_fast.errors import UnivlFastError
+
 GPU_EXTRA = "pip install univl-fast[gpu]"
 BACKENDS = ("onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")
 ALIASES = {"onnxruntime": None, "ort": None, "cpu": "onnxruntime-cpu", "cuda": "onnxruntime-cuda"}
@@ -33,7 +35,7 @@ _PROVIDER = {
 }
 
 
-class BackendUnavailable(RuntimeError):
+class BackendUnavailable(UnivlFastError, RuntimeError):
     """The requested backend cannot run on this machine; the message says what is missing."""
 
 

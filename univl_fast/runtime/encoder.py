@@ -36,6 +36,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from univl_fast.errors import UnivlFastError
 from univl_fast.imageio import ImageDecodeError, ImageSource, load_rgb
 from univl_fast.runtime.backends import (
     BackendUnavailable,
@@ -82,7 +83,7 @@ class EncodeResult:
     errors: list[ItemError] = field(default_factory=list)
 
 
-class EncodeError(ValueError):
+class EncodeError(UnivlFastError, ValueError):
     """Some items could not be encoded. ``errors`` lists each (index + reason);
     ``result`` holds the embeddings of the good ones."""
 

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from univl_fast.errors import UnivlFastError
 from univl_fast.utils.io import read_json, sha256_file
 
 MANIFEST_NAME = "manifest.json"
@@ -19,7 +20,7 @@ FORMAT = "univl-fast-engine"
 FORMAT_VERSION = 1
 
 
-class EngineError(ValueError):
+class EngineError(UnivlFastError, ValueError):
     """The engine directory is missing, incomplete, of another format or was modified."""
 
 
