@@ -3,9 +3,11 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <atomic>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "cpu/team.h"
 #include "cpu/text_tower.h"
@@ -16,6 +18,32 @@ using namespace pybind11::literals;
 namespace {
 
 using univl::LayerNormW;
+
+const univl::TextKernels* kernels_for(const std::string& isa) {
+  const univl::TextKernels* k = univl::text_kernels_for(isa);
+  if (!k) {
+    std::string have;
+    for (const auto& s : univl::text_tower_supported_isas()) have += (have.empty() ? "" : ", ") + s;
+    throw py::value_error("TextTower: isa '" + isa + "' is not available on this CPU (have: " +
+                          have + ")");
+  }
+  return k;
+}
+
+// Counts a call in flight for as long as it lives, whatever ends the call (an exception
+// included): a count left behind would keep the tower off its team for good.
+class InFlight {
+ public:
+  explicit InFlight(std::atomic<int>& n) : n_(n), alone_(n.fetch_add(1) == 0) {}
+  ~InFlight() { n_.fetch_sub(1); }
+  InFlight(const InFlight&) = delete;
+  InFlight& operator=(const InFlight&) = delete;
+  bool alone() const { return alone_; }
+
+ private:
+  std::atomic<int>& n_;
+  const bool alone_;
+};
 using univl::QLinear;
 using univl::TextTowerModel;
 
@@ -92,14 +120,7 @@ class PyTextTower {
     if (threads < 1 || threads > 256)
       throw py::value_error("TextTower: threads must be in 1..256, got " + std::to_string(threads));
     isa_ = isa == "auto" ? univl::text_tower_best_isa() : isa;
-    fn_ = univl::text_forward_for(isa_);
-    if (!fn_) {
-      std::string have;
-      for (const auto& s : univl::text_tower_supported_isas())
-        have += (have.empty() ? "" : ", ") + s;
-      throw py::value_error("TextTower: isa '" + isa + "' is not available on this CPU (have: " +
-                            have + ")");
-    }
+    kernels_ = kernels_for(isa_);
     threads_ = threads;
     if (threads > 1) team_ = std::make_shared<univl::Team>(threads);
     auto model = std::make_shared<TextTowerModel>();
@@ -152,7 +173,10 @@ class PyTextTower {
     const int64_t batch = ids.shape(0), seq = ids.shape(1);
     py::array_t<float> out({batch, model_->embed_dim});
     if (batch == 0) return out;
-    const int64_t* p = ids.data();
+    // A private copy, taken while the GIL is held: the ids are validated and then read again
+    // (embedding rows) with the GIL released, when another Python thread could change the
+    // caller's array between the two (an out-of-bounds read).
+    const std::vector<int64_t> own(ids.data(), ids.data() + batch * seq);
     float* o = out.mutable_data();
     std::string err;
     {
@@ -160,19 +184,20 @@ class PyTextTower {
       // The team only serves a caller that is alone: with other calls in flight (a service
       // without the batcher) each runs on its own thread, so the cores are not oversubscribed
       // by a team whose barriers would then wait on preempted members.
-      const bool alone = active_->fetch_add(1) == 0;
+      const InFlight call(*active_);
       try {
-        fn_(*model_, p, batch, seq, o, alone ? team_.get() : nullptr);
+        univl::text_forward(*kernels_, *model_, own.data(), batch, seq, o,
+                            call.alone() ? team_.get() : nullptr);
       } catch (const std::invalid_argument& e) {
         err = e.what();
       }
-      active_->fetch_sub(1);
     }
     if (!err.empty()) throw py::value_error("TextTower.run: " + err);
     return out;
   }
 
   const std::string& isa() const { return isa_; }
+  int in_flight() const { return active_->load(); }
   int threads() const { return threads_; }
   int64_t weight_bytes() const {
     int64_t s = 0;
@@ -192,14 +217,55 @@ class PyTextTower {
   std::shared_ptr<univl::Team> team_;  // threads_ - 1 workers; nullptr when threads_ == 1
   // calls in flight on this tower and the towers sharing its weights (with_threads)
   std::shared_ptr<std::atomic<int>> active_ = std::make_shared<std::atomic<int>>(0);
-  univl::TextForwardFn fn_ = nullptr;
+  const univl::TextKernels* kernels_ = nullptr;
   std::string isa_;
   int threads_ = 1;
 };
 
+// Test hooks (tests/test_native_text.py): one kernel of one ISA build on caller data.
+using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
+
+FloatArray native_activation(const std::string& act, const FloatArray& x,
+                             const std::string& isa) {
+  if (act != "gelu" && act != "quick_gelu")
+    throw py::value_error("_native_activation: act must be 'gelu' or 'quick_gelu', got '" + act +
+                          "'");
+  const univl::TextKernels* k = kernels_for(isa);
+  FloatArray y(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
+  std::copy(x.data(), x.data() + x.size(), y.mutable_data());
+  k->activation(act == "gelu" ? univl::TextAct::kGelu : univl::TextAct::kQuickGelu,
+                y.mutable_data(), static_cast<int64_t>(y.size()));
+  return y;
+}
+
+// x (rows, k) float32 -> per-row uint8 quantization and the int8 linear layer (q (n, k) int8,
+// scale (n,), bias (n,)): returns (y (rows, n), q_x (rows, k) uint8, scale_x, zero_x int32).
+py::tuple native_linear(const FloatArray& x, const py::array_t<int8_t, py::array::c_style>& q,
+                        const FloatArray& scale, const FloatArray& bias, const std::string& isa) {
+  const univl::TextKernels* k = kernels_for(isa);
+  if (x.ndim() != 2 || q.ndim() != 2 || x.shape(1) != q.shape(1) || scale.size() != q.shape(0) ||
+      bias.size() != q.shape(0))
+    throw py::value_error("_native_linear: need x (rows, k), q (n, k), scale (n,), bias (n,)");
+  const int64_t rows = x.shape(0), kk = x.shape(1), n = q.shape(0);
+  QLinear w;
+  w.pack(q.data(), n, kk, scale.data(), bias.data());
+  py::array_t<float> y({rows, n});
+  py::array_t<uint8_t> qx({rows, kk});
+  py::array_t<float> sx(rows);
+  py::array_t<int32_t> zx(rows);
+  const univl::QRows a{qx.mutable_data(), sx.mutable_data(), zx.mutable_data(), kk};
+  k->quant_rows(x.data(), 0, rows, kk, a);
+  k->qgemm(w.view(), 0, n / 32, a, rows, {y.mutable_data(), n, false});
+  return py::make_tuple(y, qx, sx, zx);
+}
+
 }  // namespace
 
 void bind_text_tower(py::module_& m) {
+  m.def("_native_activation", &native_activation, "act"_a, "x"_a, "isa"_a = "generic",
+        "Test hook: the text tower's activation ('gelu' | 'quick_gelu') of one ISA build on x.");
+  m.def("_native_linear", &native_linear, "x"_a, "q"_a, "scale"_a, "bias"_a, "isa"_a = "generic",
+        "Test hook: per-row activation quantization + int8 linear layer of one ISA build.");
   m.def("text_tower_isas", &univl::text_tower_supported_isas,
         "Instruction-set builds of the native text tower this CPU runs, best last "
         "('generic', 'avx512_vnni').");
@@ -222,6 +288,8 @@ raw embeddings; the GIL is released while it runs.
            "A tower sharing these weights that runs with another thread count.")
       .def_property_readonly("isa", &PyTextTower::isa)
       .def_property_readonly("threads", &PyTextTower::threads)
+      .def_property_readonly("in_flight", &PyTextTower::in_flight,
+                             "Calls running now on this tower and those sharing its weights.")
       .def_property_readonly("weight_bytes", &PyTextTower::weight_bytes,
                              "Bytes of packed int8 weights.");
 }

@@ -274,3 +274,202 @@ def test_vit_b32_native_parity(name):
         texts=texts,
     )
     assert p.passed and p.min_cosine >= 0.999, p
+
+
+# ------------------------------------------------------------------ kernels, numerics, safety
+
+
+def _activation_reference(act: str, x: np.ndarray) -> np.ndarray:
+    """float64 formulas as open_clip writes them (torch's float32 kernels agree to rounding;
+    its vectorised float32 GELU alone returns NaN at +inf, unlike its scalar path and float64)."""
+    import torch
+
+    t = torch.from_numpy(x.astype(np.float64))
+    if act == "gelu":
+        return (0.5 * t * (1.0 + torch.special.erf(t / np.sqrt(2.0)))).numpy()
+    return (t * torch.sigmoid(1.702 * t)).numpy()
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("act", ["gelu", "quick_gelu"])
+def test_activation_exact_for_every_float(act, isa):
+    """Every finite input, [-1000, 1000] densely plus the float32 extremes, within 1e-6 of the
+    float64 formula (relative to 1 + |y|); +-inf and NaN as the formula gives them. The old
+    exp() overflowed int32 for QuickGELU inputs below about -52 (it returned about x)."""
+    from univl_fast import _C
+
+    fmax = np.finfo(np.float32).max
+    x = np.concatenate(
+        [
+            np.linspace(-1000, 1000, 200001, dtype=np.float32),
+            np.linspace(-60, -40, 20001, dtype=np.float32),
+            np.array([fmax, -fmax, 1e-38, -1e-38, 0.0, -0.0, 88.0, -88.0], np.float32),
+        ]
+    )
+    y = _C._native_activation(act, x, isa)
+    assert y.dtype == np.float32 and y.shape == x.shape
+    ref = _activation_reference(act, x)
+    err = np.abs(y.astype(np.float64) - ref) / (1.0 + np.abs(ref))
+    assert err.max() <= 1e-6, (err.max(), x[err.argmax()], y[err.argmax()], ref[err.argmax()])
+    special = np.array([np.inf, -np.inf, np.nan], np.float32)
+    got = _C._native_activation(act, special, isa)
+    assert got[0] == np.inf and np.isnan(got[1]) and np.isnan(got[2]), got  # like the formula
+    np.testing.assert_array_equal(np.isnan(_activation_reference(act, special)), np.isnan(got))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_zero_point_correction_is_exact(isa):
+    """acc - zero * colsum in int32: with k = 2048 the accumulator reaches ~6.6e7 (> 2^24), where
+    float32 steps by 4; here the exact result is -255 * W[col, 0] (small), so a float correction
+    is visibly off. The reference is computed in int64 from the kernel's own quantization."""
+    from univl_fast import _C
+
+    k, n = 2048, 64
+    w = np.full((n, k), 127, np.int8)
+    w[:, 0] = np.arange(1, n + 1)  # sums not multiples of 4
+    x = np.zeros((3, k), np.float32)
+    x[:, 0] = [-1.0, -2.0, -0.5]  # zero point 255, every other activation at 255
+    scale = np.linspace(0.01, 0.02, n).astype(np.float32)
+    bias = np.zeros(n, np.float32)
+    y, qx, sx, zx = _C._native_linear(x, w, scale, bias, isa)
+    assert (zx == 255).all() and (qx[:, 1:] == 255).all()
+    exact = qx.astype(np.int64) @ w.T.astype(np.int64) - zx[:, None] * w.sum(1, dtype=np.int64)
+    assert exact.max() >= -255 * n and (qx.astype(np.int64) @ w.T.astype(np.int64)).min() > 2**25
+    ref = exact * (sx[:, None].astype(np.float64) * scale[None, :])
+    np.testing.assert_allclose(y, ref, rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match="at most 32768"):
+        _C._native_linear(
+            np.zeros((1, 32772), np.float32),
+            np.zeros((32, 32772), np.int8),
+            scale[:32],
+            bias[:32],
+            isa,
+        )
+
+
+_RACE_SCRIPT = r"""
+import sys, threading, time
+import numpy as np
+from univl_fast.runtime.native_text import NativeTextTower
+
+tower = NativeTextTower(sys.argv[1], threads=2)
+ids = np.full((64, 77), 320, np.int64)
+ids[:, 76] = 49407
+want = tower.run(ids)
+stop = False
+
+def flip():
+    while not stop:  # another Python thread rewrites the caller's array during runs
+        ids[:, 5] = 1 << 40
+        ids[:, 5] = 320
+
+t = threading.Thread(target=flip)
+t.start()
+refused = runs = 0
+end = time.monotonic() + 8
+try:
+    while runs < 200 and time.monotonic() < end:
+        runs += 1
+        try:
+            got = tower.run(ids)
+        except ValueError:
+            refused += 1
+            continue
+        assert np.array_equal(got, want), "a run mixed two versions of the ids"
+finally:
+    stop = True
+    t.join()
+print("ok", runs, refused)
+"""
+
+
+def test_ids_changed_by_another_thread_during_a_run(native_path):
+    """The ids are copied while the GIL is held, then validated and read from the copy: a
+    concurrent writer can only make a call see all-valid ids (same result) or invalid ones
+    (ValueError). Reading the caller's array again after validation read 2^40 as a token id
+    (an out-of-bounds read: a crash). In a subprocess, so a crash fails only this test."""
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-c", _RACE_SCRIPT, str(native_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0 and r.stdout.startswith("ok"), (r.returncode, r.stderr[-2000:])
+
+
+_BAD_ALLOC_SCRIPT = r"""
+import resource, sys
+import numpy as np
+from univl_fast.runtime.native_text import NativeTextTower
+
+tower = NativeTextTower(sys.argv[1], threads=2)
+small = np.full((2, 8), 320, np.int64)
+want = tower.run(small)
+big = np.full((4000, 77), 320, np.int64)
+big[:, -1] = 49407  # end of text last: 308k rows, ~1 GB of workspace
+soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+with open("/proc/self/statm") as f:
+    used = int(f.read().split()[0]) * resource.getpagesize()
+resource.setrlimit(resource.RLIMIT_AS, (used + (256 << 20), hard))
+try:
+    tower.run(big)
+    raise SystemExit("the run did not fail under the memory limit")
+except MemoryError:
+    pass
+finally:
+    resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+assert tower.in_flight == 0, tower.in_flight
+assert np.array_equal(tower.run(small), want)
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs RLIMIT_AS (POSIX)")
+def test_failed_allocation_leaves_no_call_in_flight(native_path):
+    """A run that fails with std::bad_alloc (MemoryError: a real allocation failure, under an
+    address-space limit) must not stay counted as in flight: a leaked count kept the tower off
+    its thread team for good."""
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-c", _BAD_ALLOC_SCRIPT, str(native_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0 and r.stdout.strip() == "ok", (r.returncode, r.stderr[-2000:])
+
+
+@pytest.mark.slow
+def test_quickgelu_tower_with_large_pre_activations():
+    """ViT-B-32-quickgelu (random weights) with one block's c_fc scaled so the MLP's
+    pre-activations reach beyond +-100 (QuickGELU of about -180 returned about -180 before: the
+    exponent of exp() overflowed int32; min cosine 0.75). The native tower must match PyTorch."""
+    import open_clip as oc
+    import torch
+
+    from univl_fast.export import native_text, verify
+    from univl_fast.export.samples import builtin_sample
+    from univl_fast.model import UniVLDR
+
+    clip = UniVLDR.from_config("ViT-B-32-quickgelu").clip.eval()
+    fc = clip.transformer.resblocks[6].mlp.c_fc
+    with torch.no_grad():
+        fc.weight.mul_(60.0)
+        fc.bias.mul_(60.0)
+    seen: list[tuple[float, float]] = []
+    hook = fc.register_forward_hook(lambda m, i, o: seen.append((o.min().item(), o.max().item())))
+    tok = ClipTokenizer(oc.tokenizer.default_bpe())
+    texts = builtin_sample().texts
+    ref = verify.text_reference(clip, tok, texts)
+    hook.remove()
+    assert min(s[0] for s in seen) < -150 and max(s[1] for s in seen) > 100, seen
+    meta, arrays = native_text.extract(clip)
+    assert meta["act"] == "quick_gelu"
+    data = native_text.to_npz_bytes(meta, arrays)
+    p = verify.check_native_text(data, ref, 0.99, tokenizer=tok, texts=texts)
+    assert p.passed and p.min_cosine >= 0.999, p

@@ -21,6 +21,8 @@
 #include <string>
 #include <vector>
 
+#include "cpu/text_tower_kernels.h"
+
 namespace univl {
 
 // 64-byte aligned, uninitialised storage.
@@ -43,9 +45,15 @@ struct QLinear {
   AlignedArray<int8_t> packed;
   std::vector<float> scale;   // per output column
   std::vector<float> bias;    // per output column (zeros when the layer has none)
-  std::vector<float> colsum;  // sum over k of W[col], for the activation zero point
-  // w: row-major int8 (n x k). Requires n % 32 == 0 and k % 4 == 0.
+  std::vector<int32_t> colsum;  // sum over k of W[col] (exact), for the activation zero point
+  // w: row-major int8 (n x k). Requires n % 32 == 0, k % 4 == 0 and k <= kMaxK.
   void pack(const int8_t* w, int64_t n_, int64_t k_, const float* scale_, const float* bias_);
+  QLinearView view() const {
+    return {n, k, packed.data(), scale.data(), bias.data(), colsum.data()};
+  }
+  // Largest k whose int32 accumulator and zero-point correction cannot overflow:
+  // |acc - zero * colsum| <= 2 * 255 * 127 * k < 2^31.
+  static constexpr int64_t kMaxK = 32768;
 };
 
 struct LayerNormW {
@@ -57,7 +65,6 @@ struct TextBlockW {
   QLinear qkv, out, fc1, fc2;
 };
 
-enum class TextAct : int { kGelu = 0, kQuickGelu = 1 };
 enum class TextPool : int { kArgmax = 0, kEos = 1 };
 
 struct TextTowerModel {
@@ -76,21 +83,17 @@ struct TextTowerModel {
 class Team;  // cpu/team.h
 
 // ids: int64 (batch x seq), row-major; out: float32 (batch x embed_dim), raw (unnormalized).
-// team: the threads to run on (nullptr: the calling thread alone; a team busy with another
-// call is not waited for: the call then runs alone). Throws std::invalid_argument for ids
-// outside [0, vocab) or seq outside [1, context].
-using TextForwardFn = void (*)(const TextTowerModel& m, const int64_t* ids, int64_t batch,
-                               int64_t seq, float* out, Team* team);
+// kernels: one ISA's kernels (text_kernels_for). team: the threads to run on (nullptr: the
+// calling thread alone; a team busy with another call is not waited for: the call then runs
+// alone). Throws std::invalid_argument for ids outside [0, vocab) or seq outside [1, context].
+void text_forward(const TextKernels& kernels, const TextTowerModel& m, const int64_t* ids,
+                  int64_t batch, int64_t seq, float* out, Team* team);
 
-// Per-ISA forward passes; nullptr when not compiled for this target.
-TextForwardFn text_forward_generic();
-TextForwardFn text_forward_avx512_vnni();
-
-// "avx512_vnni" when this CPU runs the VNNI kernel, else "generic" (portable, slow: ORT is the
+// "avx512_vnni" when this CPU runs the VNNI kernels, else "generic" (portable, slow: ORT is the
 // better choice there).
 std::string text_tower_best_isa();
 std::vector<std::string> text_tower_supported_isas();
-TextForwardFn text_forward_for(const std::string& isa);  // nullptr if not supported here
+const TextKernels* text_kernels_for(const std::string& isa);  // nullptr if not supported here
 
 namespace text_detail {
 // Pooled position of each row (argmax of ids, or the first eos_id, else 0) -> row lengths.

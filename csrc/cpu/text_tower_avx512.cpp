@@ -1,29 +1,23 @@
-// Native text tower, AVX-512 VNNI build: the whole file is compiled for AVX-512 (F/BW/VL/DQ/
-// VNNI), so the element-wise loops vectorise to 512-bit too. text_tower.cpp only hands it out
-// after checking the CPU.
-#if defined(__x86_64__) || defined(_M_X64)
-// Standard headers first, under the module's baseline target; then everything after the
-// pragma (our code and the intrinsics) is built for AVX-512.
-#include <algorithm>
-#include <cmath>
-#include <cstdint>
-#include <cstring>
-#include <limits>
-#include <vector>
+// Native text tower kernels, AVX-512 VNNI build. CMakeLists.txt compiles this whole file with
+// the AVX-512 flags (UNIVL_AVX512_FLAGS: F/BW/VL/DQ/VNNI), so the element-wise loops vectorise
+// to 512-bit too; text_tower.cpp only hands the kernels out after checking the CPU. What this
+// file may contain (internal-linkage code, no std inline code): text_tower_kernels.h.
+#include "cpu/text_tower_kernels.h"
 
-#include "cpu/text_tower.h"
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c", \
-                   "prefer-vector-width=512")
+#if defined(__x86_64__) || defined(_M_X64)
+#if !(defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && \
+      defined(__AVX512DQ__) && defined(__AVX512VNNI__) && defined(__FMA__))
+#error "text_tower_avx512.cpp must be compiled with UNIVL_AVX512_FLAGS (see CMakeLists.txt)"
+#endif
 #define UNIVL_TT_NS isa_avx512_vnni
 #define UNIVL_TT_VNNI 1
 #include "cpu/text_tower_impl.h"
 
 namespace univl {
-TextForwardFn text_forward_avx512_vnni() { return &isa_avx512_vnni::forward; }
+const TextKernels* text_kernels_avx512_vnni() { return &isa_avx512_vnni::kTextKernels; }
 }  // namespace univl
 #else
-#include "cpu/text_tower.h"
 namespace univl {
-TextForwardFn text_forward_avx512_vnni() { return nullptr; }
+const TextKernels* text_kernels_avx512_vnni() { return nullptr; }
 }  // namespace univl
 #endif

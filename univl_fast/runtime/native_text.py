@@ -89,6 +89,11 @@ class NativeTextTower:
         view.threads = view._tower.threads
         return view
 
+    @property
+    def in_flight(self) -> int:
+        """Calls running now on this tower and the views sharing its weights."""
+        return self._tower.in_flight
+
     def run(self, ids: np.ndarray) -> np.ndarray:
         return self._tower.run(ids)  # converted to C-contiguous int64 by the binding
 
