@@ -52,15 +52,18 @@ class ArraySource {
  public:
   explicit ArraySource(py::dict arrays) : arrays_(std::move(arrays)) {}
 
+  // dtype: what the array must hold (default: T's own); T: how its elements are read
   template <typename T>
-  py::array_t<T, py::array::c_style> get(const std::string& key, std::vector<int64_t> shape) {
+  py::array_t<T, py::array::c_style> get(const std::string& key, std::vector<int64_t> shape,
+                                         const py::dtype& dtype = py::dtype::of<T>()) {
     if (!arrays_.contains(key)) throw py::key_error("native text weights: missing '" + key + "'");
     py::array raw = py::reinterpret_borrow<py::array>(arrays_[key.c_str()]);
-    if (!raw.dtype().equal(py::dtype::of<T>()))
+    if (!raw.dtype().equal(dtype))
       throw py::type_error("native text weights: '" + key + "' has dtype " +
                            py::str(raw.dtype()).cast<std::string>() + ", expected " +
-                           py::str(py::dtype::of<T>()).cast<std::string>());
-    auto arr = py::array_t<T, py::array::c_style>::ensure(raw);
+                           py::str(dtype).cast<std::string>());
+    auto arr = py::array_t<T, py::array::c_style>::ensure(
+        dtype.equal(py::dtype::of<T>()) ? raw : raw.attr("view")(py::dtype::of<T>()));
     bool ok = arr && arr.ndim() == static_cast<py::ssize_t>(shape.size());
     for (size_t i = 0; ok && i < shape.size(); ++i) ok = arr.shape(i) == shape[i];
     if (!ok) {
@@ -78,6 +81,12 @@ class ArraySource {
   std::vector<float> floats(const std::string& key, std::vector<int64_t> shape) {
     auto a = get<float>(key, shape);
     return std::vector<float>(a.data(), a.data() + a.size());
+  }
+
+  // float16 array -> its raw bits
+  std::vector<uint16_t> halves(const std::string& key, std::vector<int64_t> shape) {
+    auto a = get<uint16_t>(key, shape, py::dtype("float16"));
+    return std::vector<uint16_t>(a.data(), a.data() + a.size());
   }
 
   LayerNormW layer_norm(const std::string& key, int64_t d) {
@@ -136,7 +145,7 @@ class PyTextTower {
     m.eos_id = eos_id;
     m.ln_eps = static_cast<float>(ln_eps);
     ArraySource src(std::move(arrays));
-    m.token_embedding = src.floats("token_embedding", {vocab, width});
+    m.token_embedding = src.halves("token_embedding", {vocab, width});
     m.positional = src.floats("positional_embedding", {context, width});
     m.blocks.resize(layers);
     for (int64_t l = 0; l < layers; ++l) {
@@ -199,6 +208,9 @@ class PyTextTower {
   const std::string& isa() const { return isa_; }
   int in_flight() const { return active_->load(); }
   int threads() const { return threads_; }
+  int64_t embedding_bytes() const {
+    return static_cast<int64_t>(model_->token_embedding.size() * sizeof(uint16_t));
+  }
   int64_t weight_bytes() const {
     int64_t s = 0;
     auto add = [&](const QLinear& q) { s += q.packed.size; };
@@ -291,5 +303,7 @@ raw embeddings; the GIL is released while it runs.
       .def_property_readonly("in_flight", &PyTextTower::in_flight,
                              "Calls running now on this tower and those sharing its weights.")
       .def_property_readonly("weight_bytes", &PyTextTower::weight_bytes,
-                             "Bytes of packed int8 weights.");
+                             "Bytes of packed int8 weights.")
+      .def_property_readonly("embedding_bytes", &PyTextTower::embedding_bytes,
+                             "Bytes of the resident token embedding (float16).");
 }

@@ -473,3 +473,35 @@ def test_quickgelu_tower_with_large_pre_activations():
     data = native_text.to_npz_bytes(meta, arrays)
     p = verify.check_native_text(data, ref, 0.99, tokenizer=tok, texts=texts)
     assert p.passed and p.min_cosine >= 0.999, p
+
+
+def test_token_embedding_resident_as_float16(native_path, tok, tmp_path, random_tiny_checkpoint):
+    """The exporter writes the token embedding as float16 and the tower keeps it so (half the
+    bytes of float32); a file from before (float32) loads to the same tower; an embedding
+    beyond the float16 range is refused by the exporter and by the loader."""
+    from univl_fast.export import native_text
+    from univl_fast.export.towers import UnsupportedTowerError
+    from univl_fast.model import UniVLDR
+    from univl_fast.runtime.native_text import NativeWeightsError
+
+    with np.load(native_path) as z:
+        arrays = {k: z[k] for k in z.files}
+    emb = arrays["token_embedding"]
+    assert emb.dtype == np.float16 and emb.shape == (49408, 128)
+    tower = NativeTextTower(native_path)
+    assert tower.embedding_bytes == emb.size * 2
+    ids, _ = tok(["a dog on the beach", "x"])
+    arrays["token_embedding"] = emb.astype(np.float32)
+    np.savez(tmp_path / "old.npz", **arrays)
+    np.testing.assert_array_equal(NativeTextTower(tmp_path / "old.npz").run(ids), tower.run(ids))
+    arrays["token_embedding"][7, 3] = 1e6
+    np.savez(tmp_path / "big.npz", **arrays)
+    with pytest.raises(NativeWeightsError, match="float16 range"):
+        NativeTextTower(tmp_path / "big.npz")
+    clip = UniVLDR.from_pretrained(random_tiny_checkpoint).clip
+    import torch
+
+    with torch.no_grad():
+        clip.token_embedding.weight[7, 3] = 1e6
+    with pytest.raises(UnsupportedTowerError, match="float16 range"):
+        native_text.extract(clip)

@@ -10,7 +10,8 @@
 //   * weights: int8, symmetric, one scale per output channel (quantized by the exporter);
 //   * activations: uint8, asymmetric, one scale + zero point per row (per token), computed on
 //     the fly before every linear layer; int32 accumulation (exact; VNNI does not saturate);
-//   * everything else (embeddings, LayerNorm, attention, GELU, residual stream) in float32.
+//   * token embeddings stored as float16 (converted as rows are gathered); everything else
+//     (positional embedding, LayerNorm, attention, GELU, residual stream) in float32.
 // Rows are packed: each sequence contributes only its tokens up to the pooled (end-of-text)
 // position, so padding costs nothing and batches of mixed lengths waste no work. This is exact
 // for CLIP: attention is causal and the output is read at the pooled position.
@@ -73,7 +74,7 @@ struct TextTowerModel {
   TextAct act = TextAct::kGelu;
   TextPool pool = TextPool::kArgmax;
   int64_t eos_id = 0;
-  std::vector<float> token_embedding;  // vocab x width
+  std::vector<uint16_t> token_embedding;  // vocab x width, IEEE float16 bits (half the bytes)
   std::vector<float> positional;       // context x width
   std::vector<TextBlockW> blocks;
   LayerNormW ln_final;

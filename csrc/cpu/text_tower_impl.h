@@ -205,16 +205,41 @@ inline void layer_norm_row(const float* x, int64_t n, const float* w, const floa
 }
 
 // ------------------------------------------------------------------ row stages
-void embed(const float* tok, const float* pos, const int64_t* ids, int64_t seq,
+#if UNIVL_TT_VNNI
+// dst = float(e) + pe, e: n float16 values
+inline void add_half_row(const uint16_t* e, const float* pe, int64_t n, float* dst) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = tail_mask(n - i);
+    const __m512 ev = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, e + i));
+    _mm512_mask_storeu_ps(dst + i, m, _mm512_add_ps(ev, _mm512_maskz_loadu_ps(m, pe + i)));
+  }
+}
+#else
+// IEEE float16 -> float32, exact: exponent and mantissa moved into place and rescaled by 2^112
+// (which also normalises subnormals); inf / NaN rebuilt.
+inline float half_bits_to_float(uint16_t h) {
+  const uint32_t em = h & 0x7FFFu;
+  uint32_t bits = em << 13;
+  float f;
+  __builtin_memcpy(&f, &bits, sizeof f);
+  f *= 5.192296858534828e33f;  // 2^112
+  __builtin_memcpy(&bits, &f, sizeof f);
+  if (em >= 0x7C00u) bits = 0x7F800000u | ((em & 0x3FFu) << 13);
+  bits |= static_cast<uint32_t>(h & 0x8000u) << 16;
+  __builtin_memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+inline void add_half_row(const uint16_t* e, const float* pe, int64_t n, float* dst) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = half_bits_to_float(e[i]) + pe[i];
+}
+#endif
+
+void embed(const uint16_t* tok, const float* pos, const int64_t* ids, int64_t seq,
            const int64_t* len, const int64_t* off, int64_t d, int64_t b0, int64_t b1, float* x) {
   for (int64_t b = b0; b < b1; ++b)
-    for (int64_t t = 0; t < len[b]; ++t) {
-      const float* e = tok + ids[b * seq + t] * d;
-      const float* pe = pos + t * d;
-      float* dst = x + (off[b] + t) * d;
-#pragma omp simd
-      for (int64_t i = 0; i < d; ++i) dst[i] = e[i] + pe[i];
-    }
+    for (int64_t t = 0; t < len[b]; ++t)
+      add_half_row(tok + ids[b * seq + t] * d, pos + t * d, d, x + (off[b] + t) * d);
 }
 
 void ln_quant_rows(const float* x, int64_t r0, int64_t r1, int64_t d, const float* w,

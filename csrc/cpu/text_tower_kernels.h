@@ -48,8 +48,9 @@ struct GemmOut {
 // Every kernel works on a caller-given range [begin, end) of its rows / panels / jobs (one
 // thread's share) and does not synchronise.
 struct TextKernels {
-  // x[off[b] + t] = tok[ids[b * seq + t]] + pos[t] for b in [b0, b1), t < len[b]
-  void (*embed)(const float* tok, const float* pos, const int64_t* ids, int64_t seq,
+  // x[off[b] + t] = tok[ids[b * seq + t]] + pos[t] for b in [b0, b1), t < len[b];
+  // tok: float16 bits (vocab x d)
+  void (*embed)(const uint16_t* tok, const float* pos, const int64_t* ids, int64_t seq,
                 const int64_t* len, const int64_t* off, int64_t d, int64_t b0, int64_t b1,
                 float* x);
   // rows [r0, r1) of x (d wide): LayerNorm (w, b, eps) then quantize into a

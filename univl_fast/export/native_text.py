@@ -3,7 +3,9 @@
 The exporter writes them as one uncompressed ``.npz`` (numpy only to read, no pickle), beside
 the ONNX graphs: ``meta`` (a JSON string: the tower's shape and options) plus
 
-- ``token_embedding`` (vocab, width), ``positional_embedding`` (context, width): float32;
+- ``token_embedding`` (vocab, width): float16 (the tower keeps it so, half the memory of
+  float32, and converts rows as it gathers them); ``positional_embedding`` (context, width):
+  float32;
 - per block ``b{i}.``: ``ln_1.w/.b``, ``ln_2.w/.b`` (float32), and four linear layers ``qkv``
   (3*width x width), ``out``, ``fc1`` (hidden x width), ``fc2`` (width x hidden), each as
   ``.q`` int8 weights (out x in), ``.s`` float32 per-output-channel scales, ``.b`` bias;
@@ -24,7 +26,7 @@ import torch
 from torch import nn
 
 from univl_fast.export.towers import TextTower, UnsupportedTowerError
-from univl_fast.runtime.native_text import FORMAT
+from univl_fast.runtime.native_text import FORMAT, embedding_fp16
 
 
 def quantize_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -64,8 +66,12 @@ def extract(clip: nn.Module) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """(meta, arrays) for ``clip``'s text tower; raises UnsupportedTowerError for a tower the
     native code does not reproduce (the exporter then writes no native weights)."""
     tower = TextTower(clip)  # same support checks as the ONNX export
+    try:
+        token_embedding = embedding_fp16(_np(tower.token_embedding.weight), "token embedding")
+    except ValueError as exc:
+        raise UnsupportedTowerError(f"{exc}: not supported natively") from exc
     arrays: dict[str, np.ndarray] = {
-        "token_embedding": _np(tower.token_embedding.weight),
+        "token_embedding": token_embedding,
         "positional_embedding": _np(tower.positional_embedding),
     }
     width = arrays["token_embedding"].shape[1]
@@ -140,4 +146,4 @@ def to_npz_bytes(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
-__all__ = ["FORMAT", "extract", "quantize_rows", "to_npz_bytes"]
+__all__ = ["FORMAT", "embedding_fp16", "extract", "quantize_rows", "to_npz_bytes"]

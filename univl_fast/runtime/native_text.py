@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from univl_fast.errors import UnivlFastError
+
 FORMAT = "univl-native-text/1"
 # Keys of the constructor that come from the file's meta.
 _META_KEYS = (
@@ -33,6 +35,20 @@ _META_KEYS = (
     "eos_id",
     "ln_eps",
 )
+
+
+class NativeWeightsError(UnivlFastError, ValueError):
+    """A native text-tower weights file (or array) that cannot be loaded."""
+
+
+def embedding_fp16(table: np.ndarray, what: str) -> np.ndarray:
+    """A float embedding table as the native tower keeps it: float16 (NativeWeightsError if a
+    value does not fit: beyond +-65504, or not finite)."""
+    with np.errstate(over="ignore"):  # reported below
+        half = np.asarray(table, dtype=np.float16)
+    if not np.isfinite(half).all():
+        raise NativeWeightsError(f"{what}: values beyond the float16 range (+-65504) or not finite")
+    return half
 
 
 def native_isas() -> list[str]:
@@ -63,24 +79,32 @@ class NativeTextTower:
             with np.load(io.BytesIO(path) if in_memory else self.path, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
         except (OSError, ValueError, zipfile.BadZipFile) as exc:
-            raise ValueError(f"{self.path}: not a readable .npz file ({exc})") from exc
+            raise NativeWeightsError(f"{self.path}: not a readable .npz file ({exc})") from exc
         try:
             meta = json.loads(str(arrays.pop("meta")))
         except (KeyError, ValueError) as exc:
-            raise ValueError(f"{self.path}: not a native text-tower file (no valid meta)") from exc
+            raise NativeWeightsError(
+                f"{self.path}: not a native text-tower file (no valid meta)"
+            ) from exc
         if meta.get("format") != FORMAT:
-            raise ValueError(f"{self.path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+            raise NativeWeightsError(
+                f"{self.path}: format {meta.get('format')!r}, expected {FORMAT!r}"
+            )
         self.meta = meta
+        emb = arrays.get("token_embedding")
+        if emb is not None and emb.dtype in (np.float16, np.float32):  # float32: older files
+            arrays["token_embedding"] = embedding_fp16(emb, f"{self.path}: token_embedding")
         try:
             self._tower = _C.TextTower(
                 arrays, **{k: meta[k] for k in _META_KEYS}, threads=int(threads), isa=isa
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{self.path}: {exc}") from exc
+            raise NativeWeightsError(f"{self.path}: {exc}") from exc
         self.isa: str = self._tower.isa
         self.threads: int = self._tower.threads
         self.embed_dim: int = int(meta["embed_dim"])
         self.weight_bytes: int = self._tower.weight_bytes  # packed int8 weights
+        self.embedding_bytes: int = self._tower.embedding_bytes  # float16 token embedding
 
     def with_threads(self, threads: int) -> NativeTextTower:
         """The same weights (shared, not copied) run with ``threads`` threads."""
@@ -101,4 +125,11 @@ class NativeTextTower:
         return f"NativeTextTower({str(self.path)!r}, isa={self.isa!r}, threads={self.threads})"
 
 
-__all__ = ["FORMAT", "NativeTextTower", "fast_native_available", "native_isas"]
+__all__ = [
+    "FORMAT",
+    "NativeTextTower",
+    "NativeWeightsError",
+    "embedding_fp16",
+    "fast_native_available",
+    "native_isas",
+]
