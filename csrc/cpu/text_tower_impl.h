@@ -20,11 +20,15 @@
 #if UNIVL_TT_VNNI
 // GCC 12's AVX-512 intrinsics initialise their "undefined" vectors from themselves, which warns
 // once they are inlined into code built with -mavx512f (GCC bug 105593); nothing of ours.
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 #pragma GCC diagnostic pop
+#else
+#include <immintrin.h>
+#endif
 #endif
 
 namespace univl {
