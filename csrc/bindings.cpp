@@ -185,7 +185,10 @@ constexpr bool kWithCuda = false;
 #endif
 
 py::array combine_image_docs_cuda(const py::object& a, const py::object& b,
-                                  const py::object& out) {
+                                  const py::object& out, int device) {
+  if (device < -1)
+    throw py::value_error("device must be a CUDA device index >= 0 (or -1 for the current "
+                          "device); got " + std::to_string(device));
   CombineCall c = check_combine_args(a, b, out);
 #ifdef UNIVL_WITH_CUDA
   // The device copy-back needs a positive row pitch; otherwise compute into a fresh array.
@@ -198,7 +201,7 @@ py::array combine_image_docs_cuda(const py::object& a, const py::object& b,
   std::string err;
   {
     py::gil_scoped_release nogil;
-    err = univl::cuda::combine_image_docs(c.args);
+    err = univl::cuda::combine_image_docs(c.args, device);
   }
   if (!err.empty()) throw std::runtime_error("combine_image_docs_cuda: " + err);
   if (!target.is(c.out)) py::module_::import("numpy").attr("copyto")(c.out, target);
@@ -292,10 +295,10 @@ inf in a or b gives an all-NaN row. The GIL is released while computing.
   m.def("combine_image_docs", &combine_image_docs, combine_doc, "a"_a, "b"_a,
         py::kw_only(), "out"_a = py::none());
   m.def("combine_image_docs_cuda", &combine_image_docs_cuda,
-        "Same as combine_image_docs, on the current CUDA device: host arrays in, host array out "
-        "(copies to the GPU and back). Raises RuntimeError on a build without CUDA or where no "
-        "GPU is usable.",
-        "a"_a, "b"_a, py::kw_only(), "out"_a = py::none());
+        "Same as combine_image_docs, on CUDA device `device` (-1: the current one): host arrays "
+        "in, host array out (copied through the device's reused buffers on its own stream). "
+        "Raises RuntimeError on a build without CUDA or where no GPU is usable.",
+        "a"_a, "b"_a, py::kw_only(), "out"_a = py::none(), "device"_a = -1);
   m.def("cuda_device_count", &cuda_device_count,
         "Number of usable CUDA devices; 0 on a CPU-only build or without a driver/GPU. Never "
         "raises.");

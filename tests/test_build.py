@@ -219,3 +219,71 @@ print("ok")
 """
     proc = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True)
     assert proc.stdout.strip() == "ok", proc.stderr
+
+
+# ------------------------------------------------------------------ CUDA host code, on a CPU
+
+
+def test_cuda_buffer_policy_matches_the_python_runner(tmp_path):
+    """csrc/cuda/buffer_policy.h (the CUDA combine's buffer growth) compiled and run here, and
+    the TensorRT runner's Python rule (univl_fast.runtime.device_buffers) give the same sizes."""
+    from univl_fast.runtime.device_buffers import grown_capacity
+
+    cxx = shutil.which("c++") or shutil.which("g++")
+    if cxx is None:
+        pytest.skip("no C++ compiler here")
+    cases = [
+        (current, needed)
+        for current in (0, 1, 4095, 2 << 20, (2 << 20) + 1, 3 << 20, 1 << 40)
+        for needed in (0, 1, 2 << 20, (2 << 20) + 1, 5 << 20, (1 << 40) + 3, (1 << 64) - 5)
+    ]
+    src = tmp_path / "policy.cpp"
+    src.write_text(
+        '#include <cstdio>\n#include "cuda/buffer_policy.h"\n'
+        "int main() { unsigned long long c, n;\n"
+        '  while (std::scanf("%llu %llu", &c, &n) == 2)\n'
+        '    std::printf("%llu\\n", (unsigned long long)univl::cuda::grown_capacity(c, n));\n'
+        "}\n"
+    )
+    exe = tmp_path / "policy"
+    subprocess.run(
+        [cxx, "-std=c++17", "-O1", f"-I{ROOT / 'csrc'}", str(src), "-o", str(exe)], check=True
+    )
+    stdin = "".join(f"{c} {n}\n" for c, n in cases)
+    got = subprocess.run([str(exe)], input=stdin, capture_output=True, text=True, check=True)
+    expected = [grown_capacity(c, n) for c, n in cases]
+    assert [int(x) for x in got.stdout.split()] == expected
+
+
+def test_cuda_combine_allocates_only_through_its_reused_buffers():
+    """The CUDA combine calls cudaMalloc in one place (DeviceBuffer::reserve, which grows and
+    keeps the buffer) and selects its device and stream explicitly: no per-call allocation."""
+    code = (ROOT / "csrc/cuda/combine.cu").read_text()
+    body = re.sub(r"//[^\n]*", "", code)  # comments may mention the calls
+    assert len(re.findall(r"\bcudaMalloc\s*\(", body)) == 1
+    reserve = body[body.index("cudaError_t reserve(") : body.index("struct DevicePool")]
+    assert "cudaMalloc(" in reserve and "grown_capacity(" in reserve
+    assert "cudaSetDevice(device)" in body
+    assert "std::lock_guard<std::mutex> lock(p.mu)" in body
+    # every copy and the launch go to the pool's stream, never the legacy default stream
+    assert not re.search(r"\bcudaMemcpy(2D)?\s*\(", body)
+    assert ", 0, s>>>" in body and "cudaStreamSynchronize(p.stream)" in body
+
+
+# ------------------------------------------------------------------ scripts/gpu_check.sh
+
+
+def test_gpu_check_without_gpu_exits_cleanly_and_writes_nothing(tmp_path):
+    if shutil.which("nvidia-smi") and _C.cuda_device_count() > 0:
+        pytest.skip("a GPU is visible: gpu_check.sh would run the full check")
+    report = tmp_path / "gpu.md"
+    proc = subprocess.run(
+        ["bash", str(ROOT / "scripts/gpu_check.sh"), str(report)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "no GPU visible on this machine" in proc.stdout
+    assert not report.exists()

@@ -295,22 +295,114 @@ def test_cuda_matches_reference_and_cpu(dtype, n, d):
 
 
 @pytest.mark.needs_cuda
-def test_cuda_defined_results_and_layouts():
+def test_cuda_defined_results():
     a, b = random_pair(8, 97)
     b[1] = -a[1]
     a[2, 5] = np.nan
     b[3, 0] = np.inf
     out = np.full((8, 97), -1.0, np.float32)
-    ops.combine_image_docs(a[::-1][::-1], b, out=out, device="cuda")
+    ops.combine_image_docs(a, b, out=out, device="cuda")
     assert (out[1] == 0).all() and np.isnan(out[2]).all() and np.isnan(out[3]).all()
     keep = [0, 4, 5, 6, 7]
     assert_matches_reference(out[keep], a[keep], b[keep])
-    strided_a, strided_b = random_pair(300, 64)
-    assert_matches_reference(
-        ops.combine_image_docs(strided_a[::3], strided_b[::3], device="cuda"),
-        strided_a[::3],
-        strided_b[::3],
-    )
+
+
+def _strided_layouts(dtype):
+    """Views read in place (no copy) by both kernels, each with its row stride in elements."""
+    base_a, base_b = random_pair(300, 70, dtype, seed=9)
+    flipped = np.flip(base_a[:100, :64], axis=0)  # a view: row stride -70 elements
+    yield "negative row stride (np.flip view)", flipped, base_b[:100, :64], -70
+    yield "negative stride, every 3rd row", base_a[::-3, :64], base_b[:100, :64], -210
+    yield "positive row stride", base_a[::3, :64], base_b[::3, :64], 210
+    row = np.broadcast_to(base_a[0, :64], (100, 64))
+    yield "zero row stride (broadcast)", row, base_b[:100, :64], 0
+    es = base_a.itemsize
+    overlap = np.lib.stride_tricks.as_strided(base_a, shape=(100, 64), strides=(2 * es, es))
+    yield "overlapping rows (row stride < d)", overlap, base_b[:100, :64], 2
+
+
+def _check_strided_layouts(dtype, device: str) -> None:
+    for name, a, b, stride in _strided_layouts(dtype):
+        assert a.strides[0] == stride * a.itemsize, (name, a.strides)
+        assert not a.flags.c_contiguous, name
+        out = ops.combine_image_docs(a, b, device=device)
+        assert_matches_reference(out, a, b)
+        if device != "cpu":
+            np.testing.assert_array_equal(out, ops.combine_image_docs(a, b), err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_strided_layouts_cpu(dtype):
+    _check_strided_layouts(dtype, "cpu")
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_cuda_layouts_real_strides(dtype):
+    _check_strided_layouts(dtype, "cuda")
+
+
+@pytest.mark.needs_cuda
+def test_cuda_out_with_row_stride_and_negative_out():
+    a, b = random_pair(64, 33)
+    big = np.full((64, 40), 7.0, np.float32)
+    ops.combine_image_docs(a, b, out=big[:, :33], device="cuda")
+    assert_matches_reference(big[:, :33], a, b)
+    assert (big[:, 33:] == 7.0).all()
+    flipped_out = np.flip(np.zeros((64, 33), np.float32), axis=0)
+    assert flipped_out.strides[0] < 0
+    ops.combine_image_docs(a, b, out=flipped_out, device="cuda")
+    assert_matches_reference(flipped_out, a, b)
+
+
+@pytest.mark.needs_cuda
+def test_cuda_buffers_grow_and_shrink_without_stale_data():
+    # Big, small, big again (different data each time): reused device buffers must never leak
+    # rows of an earlier call into a later result.
+    for i, n in enumerate((5000, 3, 1, 20_000, 17, 5000)):
+        a, b = random_pair(n, 300, seed=100 + i)
+        out = np.full((n, 300), np.nan, np.float32)
+        ops.combine_image_docs(a, b, out=out, device="cuda:0")
+        assert_matches_reference(out, a, b)
+
+
+@pytest.mark.needs_cuda
+def test_cuda_concurrent_calls_from_threads():
+    pairs = [random_pair(3000 + 500 * i, 97 + i, seed=i) for i in range(8)]
+    outs: dict[int, np.ndarray] = {}
+
+    def run(i: int) -> None:
+        for _ in range(5):
+            outs[i] = ops.combine_image_docs(*pairs[i], device="cuda")
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads)
+    for i, (a, b) in enumerate(pairs):
+        assert_matches_reference(outs[i], a, b)
+
+
+@pytest.mark.needs_cuda
+def test_cuda_missing_device_index_is_named():
+    a = np.ones((2, 3), np.float32)
+    bad = _C.cuda_device_count()
+    with pytest.raises(RuntimeError, match=rf"device {bad} does not exist"):
+        ops.combine_image_docs(a, a, device=f"cuda:{bad}")
+
+
+def test_cuda_device_strings():
+    assert ops.cuda_device_index("cuda") == -1
+    assert ops.cuda_device_index("cuda:0") == 0
+    assert ops.cuda_device_index("cuda:3") == 3
+    a = np.ones((2, 3), np.float32)
+    for bad in ("gpu", "cuda:", "cuda:-1", "cuda:x", "CUDA", "cuda:1:2"):
+        with pytest.raises(ValueError, match="device must be 'cpu', 'cuda' or 'cuda:N'"):
+            ops.combine_image_docs(a, a, device=bad)
+    with pytest.raises(ValueError, match="device must be a CUDA device index"):
+        _C.combine_image_docs_cuda(a, a, device=-2)
 
 
 def test_cuda_without_gpu_raises_clearly():

@@ -6,14 +6,21 @@ plus the caption embedding, L2-normalized, fused in one pass by ``univl_fast._C`
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
+
+from univl_fast.utils.env import check_core_knobs
 
 __all__ = ["combine_image_docs", "combine_image_docs_reference"]
 
 
+_core_knobs_checked = False
+
+
 def _core():
+    global _core_knobs_checked
+    if not _core_knobs_checked:  # _C reads UNIVL_SIMD once, at its first combine
+        check_core_knobs()
+        _core_knobs_checked = True
     try:
         from univl_fast import _C
     except ImportError as exc:  # no silent numpy fallback: the compiled core is part of the package
@@ -30,7 +37,7 @@ def combine_image_docs(
     a: np.ndarray,
     b: np.ndarray,
     out: np.ndarray | None = None,
-    device: Literal["cpu", "cuda"] = "cpu",
+    device: str = "cpu",
 ) -> np.ndarray:
     """Image-document embeddings: ``out[i] = (a[i] + b[i]) / ||a[i] + b[i]||_2``.
 
@@ -39,8 +46,9 @@ def combine_image_docs(
     contiguous; other layouts are copied first.
     out: optional (n, d) float32 array (contiguous last dimension) to write into; may be ``a``
     itself (float32, same layout) but must not otherwise overlap a or b.
-    device: "cpu" (vectorized, multi-threaded, GIL released) or "cuda" (host arrays in and out;
-    needs a build with CUDA and a GPU).
+    device: "cpu" (vectorized, multi-threaded, GIL released), "cuda" (the current CUDA device) or
+    "cuda:N" (device N): host arrays in and out, copied through per-device reused buffers on
+    the device's own stream; needs a build with CUDA and a GPU (unverified: no GPU here).
 
     Returns the (n, d) float32 result (``out`` when given). The norm is accumulated in float64,
     so the result is within about 1 float32 ulp of a float64 computation.
@@ -52,9 +60,17 @@ def combine_image_docs(
     _C = _core()
     if device == "cpu":
         return _C.combine_image_docs(a, b, out=out)
+    return _C.combine_image_docs_cuda(a, b, out=out, device=cuda_device_index(device))
+
+
+def cuda_device_index(device: str) -> int:
+    """ "cuda" -> -1 (the calling thread's current device), "cuda:N" -> N; ValueError otherwise."""
     if device == "cuda":
-        return _C.combine_image_docs_cuda(a, b, out=out)
-    raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        return -1
+    prefix, _, index = str(device).partition(":")
+    if prefix == "cuda" and index.isdigit():
+        return int(index)
+    raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N' (N >= 0), got {device!r}")
 
 
 def combine_image_docs_reference(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -18,10 +18,14 @@ int device_count() noexcept;
 int driver_version() noexcept;
 int runtime_version() noexcept;
 
-// Combine on the current CUDA device: copies the (n, d) host inputs (contiguous rows of
-// args.a / args.b; row strides honoured) to the device, runs the kernel and copies the float32
-// result back into args.out. Returns an empty string on success, else the error message.
-std::string combine_image_docs(const CombineArgs& args);
+// Combine on CUDA device `device` (-1: the calling thread's current device): copies the (n, d)
+// host inputs (contiguous rows of args.a / args.b; any row stride, negative and zero included)
+// into that device's reused buffers, runs the kernel on the device's own stream and copies the
+// float32 result back into args.out (row pitch args.out_row_stride >= d, or n == 1). Calls on
+// one device are serialised by its mutex; device memory is allocated only when a call needs
+// more than any earlier one (csrc/cuda/buffer_policy.h). The calling thread's current device is
+// unchanged afterwards. Returns an empty string on success, else the error message.
+std::string combine_image_docs(const CombineArgs& args, int device = -1);
 
 }  // namespace cuda
 }  // namespace univl

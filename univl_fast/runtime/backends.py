@@ -24,6 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from univl_fast.errors import UnivlFastError
+from univl_fast.runtime.device_buffers import GrowingBuffer
+from univl_fast.runtime.slots import SlotPool
+from univl_fast.utils.env import env_flag, env_int
 
 GPU_EXTRA = "pip install univl-fast[gpu]"
 BACKENDS = ("onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")
@@ -57,21 +60,18 @@ class ThreadSettings:
     # ~100 parallel sections otherwise pays a thread wake-up); with one CPU hog beside it,
     # 4.8 ms vs 5.0 ms, where spinning that went on after the run (ORT's default) took 7.2 ms.
     # Stopping at the end of the run also leaves the cores to FAISS, which searches right
-    # after encoding. None = env UNIVL_FAST_ORT_SPIN ("0" off, anything else on).
+    # after encoding. None = env UNIVL_FAST_ORT_SPIN (0/1; anything else raises EnvVarError).
     spin: bool | None = None
 
     def resolved_spin(self) -> bool:
         if self.spin is not None:
             return bool(self.spin)
-        return os.environ.get("UNIVL_FAST_ORT_SPIN", "1") != "0"
+        return env_flag("UNIVL_FAST_ORT_SPIN", default=True)
 
     def resolved_intra_op(self) -> int:
         if self.intra_op:
             return int(self.intra_op)
-        env = os.environ.get("UNIVL_FAST_INTRA_OP_THREADS")
-        if env:
-            return int(env)
-        return physical_cores()
+        return env_int("UNIVL_FAST_INTRA_OP_THREADS") or physical_cores()
 
 
 def physical_cores() -> int:
@@ -204,60 +204,120 @@ class OrtTower:
         return np.asarray(out, dtype=np.float32)
 
 
-class TensorRTTower:
-    """A serialized TensorRT plan run natively (tensorrt + cuda-python). Unverified here:
-    written against the TensorRT 10 tensor API; needs a GPU host to be exercised."""
+class _TrtSlot:
+    """One TensorRT execution context with its own CUDA stream and reused device buffers.
 
-    def __init__(self, plan_path: str | os.PathLike, input_name: str, output_name: str):
+    A slot is used by one thread at a time (TensorRTTower hands them out), so its context's
+    shapes / tensor addresses and its buffers are never shared by two running calls."""
+
+    def __init__(self, tower: TensorRTTower):
+        cudart = tower._cudart
+        self.context = tower.engine.create_execution_context()
+        if self.context is None:
+            raise RuntimeError(f"{tower.path}: TensorRT could not create an execution context")
+        err, self.stream = cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking)
+        _check_cuda(err, "cudaStreamCreateWithFlags")
+        self.d_in = GrowingBuffer(tower._malloc, tower._free)
+        self.d_out = GrowingBuffer(tower._malloc, tower._free)
+
+    def close(self, cudart) -> None:
+        self.d_in.release()
+        self.d_out.release()
+        if self.stream is not None:
+            cudart.cudaStreamDestroy(self.stream)
+            self.stream = None
+
+
+def _check_cuda(err, what: str) -> None:
+    if int(err) != 0:
+        raise RuntimeError(f"{what} failed with CUDA error {int(err)}")
+
+
+class TensorRTTower:
+    """A serialized TensorRT plan run natively (tensorrt + cuda-python) on CUDA ``device``.
+
+    Thread-safe: each concurrent call takes its own execution slot (context + stream + device
+    buffers); up to ``max_contexts`` slots are created on demand and kept, and a call beyond
+    that waits for a free one. Device buffers are reused across calls and grow only when a
+    bigger batch comes (``runtime/device_buffers.py``), so steady traffic allocates no device
+    memory. Unverified: written against the TensorRT 10 tensor API and cuda-python's runtime
+    bindings; it has never run on a GPU (none available to this project)."""
+
+    def __init__(
+        self,
+        plan_path: str | os.PathLike,
+        input_name: str,
+        output_name: str,
+        device: int = 0,
+        max_contexts: int = 4,
+    ):
         if not tensorrt_importable():
             raise BackendUnavailable(f"tensorrt / cuda-python are not installed ({GPU_EXTRA})")
+        if max_contexts < 1:
+            raise ValueError(f"max_contexts must be >= 1, got {max_contexts}")
         import tensorrt as trt
         from cuda.bindings import runtime as cudart
 
         self._trt, self._cudart = trt, cudart
+        self.path, self.device = str(plan_path), int(device)
+        self._set_device()
         logger = trt.Logger(trt.Logger.WARNING)
         with open(plan_path, "rb") as fh:
             self.engine = trt.Runtime(logger).deserialize_cuda_engine(fh.read())
         if self.engine is None:
             raise RuntimeError(f"{plan_path}: TensorRT could not deserialize the plan")
-        self.context = self.engine.create_execution_context()
         self.input_name, self.output_name = input_name, output_name
-        err, self.stream = cudart.cudaStreamCreate()
-        self._check(err, "cudaStreamCreate")
+        self.input_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(input_name)))
+        self.output_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(output_name)))
+        self._slots = SlotPool(lambda: _TrtSlot(self), max_contexts)
 
-    def _check(self, err, what: str) -> None:
-        if int(err) != 0:
-            raise RuntimeError(f"{what} failed with CUDA error {int(err)}")
+    def _set_device(self) -> None:
+        (err,) = self._cudart.cudaSetDevice(self.device)
+        _check_cuda(err, f"cudaSetDevice({self.device})")
+
+    def _malloc(self, nbytes: int) -> int:
+        err, ptr = self._cudart.cudaMalloc(nbytes)
+        _check_cuda(err, f"cudaMalloc({nbytes})")
+        return int(ptr)
+
+    def _free(self, ptr: int) -> None:
+        self._cudart.cudaFree(ptr)
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        cudart = self._cudart
-        x = np.ascontiguousarray(x)
-        self.context.set_input_shape(self.input_name, x.shape)
-        out_shape = tuple(self.context.get_tensor_shape(self.output_name))
-        out = np.empty(out_shape, dtype=np.float32)
-        err, d_in = cudart.cudaMalloc(x.nbytes)
-        self._check(err, "cudaMalloc")
-        err, d_out = cudart.cudaMalloc(out.nbytes)
-        self._check(err, "cudaMalloc")
-        try:
-            kind_h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
-            kind_d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-            (err,) = cudart.cudaMemcpyAsync(d_in, x.ctypes.data, x.nbytes, kind_h2d, self.stream)
-            self._check(err, "cudaMemcpyAsync")
-            self.context.set_tensor_address(self.input_name, int(d_in))
-            self.context.set_tensor_address(self.output_name, int(d_out))
-            if not self.context.execute_async_v3(int(self.stream)):
-                raise RuntimeError("TensorRT execute_async_v3 failed")
-            (err,) = cudart.cudaMemcpyAsync(
-                out.ctypes.data, d_out, out.nbytes, kind_d2h, self.stream
-            )
-            self._check(err, "cudaMemcpyAsync")
-            (err,) = cudart.cudaStreamSynchronize(self.stream)
-            self._check(err, "cudaStreamSynchronize")
-        finally:
-            cudart.cudaFree(d_in)
-            cudart.cudaFree(d_out)
-        return out
+        """(n, ...) input batch -> float32 (n, d); safe to call from several threads."""
+        x = np.ascontiguousarray(x, dtype=self.input_dtype)
+        self._set_device()  # the CUDA current device is per thread
+        with self._slots.take() as slot:
+            return self._run_on(slot, x)
+
+    def _run_on(self, slot: _TrtSlot, x: np.ndarray) -> np.ndarray:
+        cudart, ctx = self._cudart, slot.context
+        if not ctx.set_input_shape(self.input_name, x.shape):
+            raise ValueError(f"{self.path}: input shape {x.shape} is outside the plan's profile")
+        out = np.empty(tuple(ctx.get_tensor_shape(self.output_name)), dtype=self.output_dtype)
+        d_in = slot.d_in.reserve(x.nbytes)
+        d_out = slot.d_out.reserve(out.nbytes)
+        h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+        d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        (err,) = cudart.cudaMemcpyAsync(d_in, x.ctypes.data, x.nbytes, h2d, slot.stream)
+        _check_cuda(err, "cudaMemcpyAsync (input)")
+        ctx.set_tensor_address(self.input_name, d_in)
+        ctx.set_tensor_address(self.output_name, d_out)
+        if not ctx.execute_async_v3(int(slot.stream)):
+            cudart.cudaStreamSynchronize(slot.stream)
+            raise RuntimeError(f"{self.path}: TensorRT execute_async_v3 failed")
+        (err,) = cudart.cudaMemcpyAsync(out.ctypes.data, d_out, out.nbytes, d2h, slot.stream)
+        _check_cuda(err, "cudaMemcpyAsync (output)")
+        # Synchronised before the slot is handed back: the next user may grow (free) its buffers.
+        (err,) = cudart.cudaStreamSynchronize(slot.stream)
+        _check_cuda(err, "cudaStreamSynchronize")
+        return np.asarray(out, dtype=np.float32)
+
+    def close(self) -> None:
+        """Frees every slot's stream and device buffers (idle slots; call when no run is in
+        flight)."""
+        for slot in self._slots.drain():
+            slot.close(self._cudart)
 
 
 def open_tower(
