@@ -52,6 +52,7 @@ from univl_fast.runtime.manifest import (
 )
 from univl_fast.runtime.preprocess import ImagePreprocessor, PreprocessConfig
 from univl_fast.runtime.tokenizer import ClipTokenizer
+from univl_fast.utils.env import env_flag
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +250,7 @@ class Encoder:
             if problem:
                 raise EngineError(f"text_runtime='native': {problem}")
             return "native"
-        if problem or os.environ.get("UNIVL_FAST_NATIVE_TEXT", "1") == "0":
+        if problem or not env_flag("UNIVL_FAST_NATIVE_TEXT", default=True):
             return backend_runtime
         if not self.manifest["parity"]["text"].get("int8-native", {}).get("passed"):
             log.warning("native text tower missed parity at export: using %s", backend_runtime)

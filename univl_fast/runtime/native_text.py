@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from univl_fast.errors import UnivlFastError
+from univl_fast.utils.env import check_core_knobs
 
 FORMAT = "univl-native-text/1"
 # Keys of the constructor that come from the file's meta.
@@ -72,6 +73,8 @@ class NativeTextTower:
     def __init__(self, path: str | os.PathLike | bytes, threads: int = 1, isa: str = "auto"):
         """path: the weights file, or its bytes (the exporter verifies before writing)."""
         from univl_fast import _C
+
+        check_core_knobs()  # the tower's team reads UNIVL_FAST_TEAM_SPIN_US itself
 
         in_memory = isinstance(path, (bytes, bytearray))
         self.path = Path("<memory>") if in_memory else Path(path)
