@@ -313,3 +313,56 @@ def test_unreachable_target_is_reported_not_hidden(caplog):
     assert t["search_params"]["k_factor"] is None
     assert idx.manifest["config"]["tune_queries_source"] == "perturbed-corpus-sample"
     assert "not reached" in caplog.text
+
+
+# ------------------------------------------------------------------ device choice
+
+
+def test_auto_device_stays_on_cpu_even_with_a_gpu(ivf_setup, monkeypatch):
+    """The faiss GPU path has never run on a GPU: "auto" must not move to it by itself, only
+    "gpu" / "cuda" asked for by name do. gpu_count answers 1 here, as it would on a GPU host,
+    and to_gpu records what it was asked (the GPU copy itself needs a GPU: test below)."""
+    from univl_fast.index import gpu
+    from univl_fast.index.search import Index
+
+    _, _, _, cpu_idx = ivf_setup
+    asked: list[bool] = []
+    monkeypatch.setattr(gpu, "gpu_count", lambda: 1)
+    monkeypatch.setattr(gpu, "to_gpu", lambda index, required=False: asked.append(required))
+
+    def open_on(device):
+        return Index(
+            cpu_idx.faiss_index,
+            cpu_idx.doc_ids,
+            cpu_idx.modality_codes,
+            cpu_idx.manifest,
+            device=device,
+        )
+
+    for device in ("auto", "cpu"):
+        assert not open_on(device).on_gpu
+    assert asked == [], "device='auto' tried the unverified GPU path"
+    open_on("gpu")
+    open_on("cuda")
+    assert asked == [True, True]  # asked for by name: required, so a failure raises
+    with pytest.raises(ValueError, match="device must be one of auto, cpu, gpu, cuda; got 'tpu'"):
+        open_on("tpu")
+
+
+def test_gpu_device_without_gpu_raises_a_named_error(ivf_setup):
+    from univl_fast.errors import UnivlFastError
+    from univl_fast.index import gpu
+    from univl_fast.index.search import Index
+
+    if gpu.gpu_count() > 0:
+        pytest.skip("faiss sees a GPU here")
+    _, _, _, cpu_idx = ivf_setup
+    with pytest.raises(gpu.GpuUnavailable, match="GPU search requested but unavailable") as e:
+        Index(
+            cpu_idx.faiss_index,
+            cpu_idx.doc_ids,
+            cpu_idx.modality_codes,
+            cpu_idx.manifest,
+            device="gpu",
+        )
+    assert isinstance(e.value, UnivlFastError) and isinstance(e.value, RuntimeError)

@@ -21,6 +21,7 @@ import threading
 import faiss
 import numpy as np
 
+from univl_fast.errors import UnivlFastError
 from univl_fast.index.introspect import parts_of
 from univl_fast.index.params import SearchParams
 
@@ -30,6 +31,42 @@ GPU_MAX_K = 2048
 GPU_MAX_NPROBE = 2048
 # bytes per code the GPU IVF-PQ kernels implement (faiss/gpu/impl/IVFPQ.cu isSupportedPQCodeLength)
 GPU_PQ_CODE_BYTES = frozenset({1, 2, 3, 4, 8, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64, 96})
+
+
+DEVICES = ("auto", "cpu", "gpu", "cuda")
+
+
+class GpuUnavailable(UnivlFastError, RuntimeError):
+    """device="gpu" was asked for but faiss cannot put this index on a GPU here."""
+
+
+def wants_gpu(device: str) -> bool:
+    """Whether an index opened with ``device`` goes to the GPU.
+
+    "gpu" / "cuda": yes (raises later if it cannot). "cpu": no. "auto": no, for now: the GPU
+    path has never run on a GPU (unverified), so it is used only when asked for by name; with a
+    GPU present this is logged once so the choice is visible.
+    """
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(DEVICES)}; got {device!r}")
+    if device in ("gpu", "cuda"):
+        return True
+    if device == "auto" and gpu_count() > 0:
+        _log_auto_stays_on_cpu()
+    return False
+
+
+_auto_logged = False
+
+
+def _log_auto_stays_on_cpu() -> None:
+    global _auto_logged
+    if not _auto_logged:
+        _auto_logged = True
+        log.info(
+            "index device 'auto' stays on the CPU: the faiss GPU path is unverified; "
+            "pass device='gpu' to use it"
+        )
 
 
 def gpu_count() -> int:
@@ -117,7 +154,7 @@ def to_gpu(cpu_index: faiss.Index, required: bool = False, device: int = 0) -> G
         except Exception as exc:  # noqa: BLE001 - fall back to CPU, say why
             reason = f"moving the index to GPU {device} failed: {exc}"
     if required:
-        raise RuntimeError(f"GPU search requested but unavailable: {reason}")
+        raise GpuUnavailable(f"GPU search requested but unavailable: {reason}")
     if gpu_count() > 0:
         log.warning("index stays on CPU: %s", reason)
     else:

@@ -94,10 +94,8 @@ class Index:
         }
         self._modalities_list: list[str] | None = None
         self._gpu: gpu.GpuIndex | None = None
-        if device not in ("auto", "cpu", "gpu"):
-            raise ValueError(f"device must be 'auto', 'cpu' or 'gpu', got {device!r}")
-        if device != "cpu":
-            self._gpu = gpu.to_gpu(faiss_index, required=device == "gpu")
+        if gpu.wants_gpu(device):
+            self._gpu = gpu.to_gpu(faiss_index, required=True)
 
     # ------------------------------------------------------------------ properties
     @property

@@ -94,7 +94,8 @@ def load_index(
 
     engine_sha256: the manifest hash of the engine that will encode queries; refused with
     ``EngineMismatchError`` if the index was built from another engine. verify: also check
-    each file's sha256 (sizes are always checked). device: "auto" | "cpu" | "gpu".
+    each file's sha256 (sizes are always checked). device: "cpu" | "auto"
+    (CPU until the GPU path is verified) | "gpu" / "cuda" (required; unverified).
     """
     root = Path(directory)
     manifest = read_manifest(root)
