@@ -13,11 +13,14 @@ Set-up (cached under ``runs/bench/e2e/``, gitignored; made in subprocesses so th
 process never imports torch):
   * engine: a ViT-B-32 UniVL-DR model with random weights (same cost as trained ones) exported
     with ``python -m univl_fast.export --precision fp32,int8``; searches use the int8 text tower;
-  * index: ``BENCH_E2E_N`` (default 300,000) x 512 synthetic CLIP-like unit vectors
-    (``synthetic_corpus``: clustered, decaying noise spectrum, a modality offset), indexed with
-    ``BENCH_E2E_FACTORY`` (default IVF2048,PQ64,Refine(SQfp16): IVF-PQ with exact fp16
-    re-ranking) tuned to recall@10 0.95, recorded with the engine's manifest hash;
-  * queries: the questions of the built-in benchmark (tiny scale, 230 questions, 5-20 words).
+  * corpus: the built-in benchmark at ``BENCH_E2E_SCALE`` (default ``medium``: 30,000 text
+    and 15,000 image documents), encoded by that same engine (int8, resumable shards), so the
+    index holds the engine's own embeddings and the queries fall in its IVF lists as real
+    queries would;
+  * index: ``BENCH_E2E_FACTORY`` (default: IVF-PQ with exact fp16 re-ranking, nlist the power
+    of two nearest 4 sqrt(n), ``bench_factory``; Flat when the corpus is too small to train
+    one) tuned to recall@10 0.95 on the dataset's dev/train questions;
+  * queries: the same dataset's test questions (never used for tuning).
 
 Each client thread loops ``engine.search([query], k=10)`` (one query per call, like a web
 service handler) for ``--seconds``; throughput = queries / wall time, latency per call.
@@ -42,11 +45,8 @@ from engine_setup import exported_engine, random_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 ROOT = Path(os.environ.get("BENCH_E2E_DIR", REPO / "runs/bench/e2e"))
-N_DOCS = int(os.environ.get("BENCH_E2E_N", "300000"))
-# IVF-PQ with exact (fp16) re-ranking, as the default factory picks at this size but without the
-# OPQ rotation, whose training alone takes tens of minutes on 2 shared cores (the rotation adds
-# one 512x512 product per query at search time: negligible next to the text tower).
-FACTORY = os.environ.get("BENCH_E2E_FACTORY", "IVF2048,PQ64,Refine(SQfp16)")
+SCALE = os.environ.get("BENCH_E2E_SCALE", "medium")
+FACTORY = os.environ.get("BENCH_E2E_FACTORY")  # None: bench_factory(corpus size)
 DIM = 512
 MODEL = "ViT-B-32"
 K = 10
@@ -58,77 +58,73 @@ def ensure_engine(root: Path = ROOT) -> Path:
     return exported_engine(ckpt, root / "engine_vitb32")
 
 
-def synthetic_corpus(n: int, d: int = DIM, n_tune: int = 1000, seed: int = 0):
-    """CLIP-like unit vectors -> ((n, d) float32 docs, (n,) uint8 modality codes, (n_tune, d)
-    float32 tuning queries). Cached as .npy under ROOT.
+def _index_size(index_dir: Path) -> int:
+    from univl_fast.index import read_manifest
 
-    Docs: 2,048 topics (Zipf popularity) + a modality offset + noise with a decaying spectrum
-    along a random basis (most variance in a few dozen directions, like real embeddings).
-    Queries: a random doc (the positive) + a query offset + fresh noise, cosine ~0.8 with it.
-    """
-    path = ROOT / f"vectors_{n}x{d}_s{seed}.npz"
-    if path.is_file():
-        z = np.load(path)
-        return z["docs"], z["codes"], z["tune"]
-    rng = np.random.default_rng(seed)
-
-    def unit(x: np.ndarray) -> np.ndarray:
-        return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
-
-    topics = unit(rng.standard_normal((2048, d)))
-    offsets = unit(rng.standard_normal((3, d)))  # text, image, query
-    basis, _ = np.linalg.qr(rng.standard_normal((d, d)))
-    noise_map = (basis * (1.0 / np.sqrt(1.0 + np.arange(d) / 24.0))[None, :]).T.astype(np.float32)
-    noise_map /= np.sqrt((noise_map**2).sum())  # E[||z @ noise_map||^2] = 1: unit-norm noise rows
-    p = 1.0 / np.arange(1, 2049) ** 0.7
-    docs = np.empty((n, d), np.float32)
-    codes = (rng.random(n) < 389_750 / 1_177_447).astype(np.uint8)  # paper's image share
-    for s in range(0, n, 65_536):
-        m = min(n, s + 65_536) - s
-        t = rng.choice(2048, size=m, p=p / p.sum())
-        noise = rng.standard_normal((m, d)).astype(np.float32) @ noise_map
-        docs[s : s + m] = unit(topics[t] + 0.2 * offsets[codes[s : s + m]] + 0.9 * noise)
-    pos = rng.choice(n, size=n_tune, replace=False)
-    noise = rng.standard_normal((n_tune, d)).astype(np.float32) @ noise_map
-    tune = unit(docs[pos] + 0.2 * offsets[2] + 0.6 * noise)
-    ROOT.mkdir(parents=True, exist_ok=True)
-    np.savez(path, docs=docs, codes=codes, tune=tune)
-    return docs, codes, tune
+    m = read_manifest(index_dir)
+    return int(m["ntotal"])
 
 
-def ensure_index(engine: Path, n: int = N_DOCS, root: Path = ROOT) -> Path:
+def bench_dataset(root: Path = ROOT) -> Path:
+    """The built-in benchmark at SCALE (generated once, cached)."""
+    from univl_fast.data.synth import generate
+
+    return generate(root / f"synth_{SCALE}", scale=SCALE, seed=0, progress=False)
+
+
+def bench_factory(n: int) -> str:
+    """IVF-PQ + fp16 re-ranking with nlist ~ 4 sqrt(n) (a power of two), without the OPQ
+    rotation (its training alone takes tens of minutes on 2 shared cores; at search time it is
+    one 512x512 product per query, negligible next to the text tower). Flat when n is below
+    faiss's 39 training points per list."""
+    nlist = 1 << max(4, round(np.log2(4 * np.sqrt(max(n, 1)))))
+    return f"IVF{nlist},PQ64,Refine(SQfp16)" if n >= 39 * nlist else "Flat"
+
+
+def ensure_index(engine: Path, root: Path = ROOT) -> Path:
+    """The index over the engine's own encoding of the benchmark corpus (cached per engine)."""
+    from univl_fast.data import DatasetDir
     from univl_fast.index import build_index, read_manifest
+    from univl_fast.index.corpus import encode_corpus, encode_tune_queries
+    from univl_fast.runtime import Encoder
     from univl_fast.runtime.manifest import manifest_sha256
 
     sha = manifest_sha256(engine)
-    out = root / f"index_{n}_{FACTORY.replace(',', '_').replace('(', '').replace(')', '')}"
+    out = root / f"index_{SCALE}_{(FACTORY or 'auto').replace(',', '_').replace('(', '_')}"
     if (out / "manifest.json").is_file() and read_manifest(out).get("engine_sha256") == sha:
         return out
-    vectors, codes, tune_q = synthetic_corpus(n)
-    ids = [f"doc{i:07d}" for i in range(n)]
+    ds = DatasetDir(bench_dataset(root))
+    enc = Encoder(engine, precision="int8")
     t0 = time.perf_counter()
+    corpus = encode_corpus(enc, ds, root / f"corpus_{SCALE}_{sha[:12]}", batch_size=64)
+    tune_q = encode_tune_queries(enc, ds)
+    t_enc = time.perf_counter() - t0
+    n = corpus.vectors.shape[0]
     idx = build_index(
-        vectors,
-        ids,
-        codes,
-        factory=FACTORY,
+        corpus.vectors,
+        corpus.doc_ids,
+        corpus.modalities,
+        factory=FACTORY or bench_factory(n),
         target_recall=0.95,
         tune_queries=tune_q,
         engine_sha256=sha,
         progress=True,
     )
     idx.save(out)
-    print(f"[setup] index {idx!r} built in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+    print(
+        f"[setup] {n} docs encoded in {t_enc:.0f}s; index {idx!r} built in "
+        f"{time.perf_counter() - t0 - t_enc:.0f}s",
+        file=sys.stderr,
+    )
     return out
 
 
 def bench_queries(root: Path = ROOT) -> list[str]:
+    """The benchmark dataset's test questions (the index was tuned on dev/train), shuffled."""
     from univl_fast.data import DatasetDir
-    from univl_fast.data.synth import generate
 
-    data = generate(root / "synth_tiny", scale="tiny", seed=0, progress=False)
-    ds = DatasetDir(data)
-    qs = [q.text for split in ("train", "dev", "test") for q in ds.queries(split)]
+    ds = DatasetDir(bench_dataset(root))
+    qs = [q.text for q in ds.queries("test")]
     random.Random(0).shuffle(qs)
     return qs
 
@@ -419,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict = {
         "machine": machine(),
         "argv": sys.argv,
-        "n_docs": N_DOCS,
+        "n_docs": _index_size(index),
         "precision": args.precision,
     }
 
