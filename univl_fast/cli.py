@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+from univl_fast.utils.logs import configure_cli_logging
+
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("univl_fast.data.synth_cli", "write the built-in synthetic benchmark"),
@@ -53,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     name, rest = argv[0], argv[1:]
+    configure_cli_logging()
     module = importlib.import_module(COMMANDS[name][0])
     sub = argparse.ArgumentParser(prog=f"univl-fast {name}", description=COMMANDS[name][1])
     module.add_arguments(sub)

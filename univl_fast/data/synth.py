@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 import multiprocessing as mp
 import os
@@ -51,6 +52,8 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from univl_fast.utils.io import atomic_write_json, sha256_file
+
+log = logging.getLogger(__name__)
 
 SYNTH_VERSION = 2
 CONFIG_FILE = "synth_config.json"
@@ -433,7 +436,7 @@ def _fact_value(
 
 def _say(progress: bool, msg: str) -> None:
     if progress:
-        print(f"synth: {msg}", file=sys.stderr, flush=True)
+        log.info("synth: %s", msg)
 
 
 def _hex(rng: random.Random) -> str:
@@ -1018,10 +1021,7 @@ def generate(
         raise FileExistsError(f"{out}: exists and is not a directory")
     if out.is_dir() and _is_complete(out, cfg):
         if progress:
-            print(
-                f"synth: {out} already holds scale={scale} seed={seed}; nothing to do",
-                file=sys.stderr,
-            )
+            log.info("synth: %s already holds scale=%s seed=%s; nothing to do", out, scale, seed)
         return out
     nonempty = out.is_dir() and any(out.iterdir())
     if nonempty and not force and not _same_dataset_older_make(out, cfg):

@@ -151,9 +151,12 @@ def build_index(
         n_train = factory_mod.training_size(n, nlist, cfg.train_points_per_centroid)
         rows = np.sort(rng.choice(n, size=n_train, replace=False)) if n_train < n else None
         sample = np.ascontiguousarray(vectors[rows] if rows is not None else vectors[:])
-        log.info("training %s on %d vectors", factory, sample.shape[0])
-        if progress:
-            print(f"training {factory} on {sample.shape[0]} vectors ...", file=sys.stderr)
+        log.log(
+            logging.INFO if progress else logging.DEBUG,
+            "training %s on %d vectors ...",
+            factory,
+            sample.shape[0],
+        )
         index.train(sample)
         del sample
     train_s = time.perf_counter() - t0
@@ -196,10 +199,7 @@ def build_index(
         tuning = tune_mod.TuneResult(params, recall, recall >= target_recall, len(queries), k)
     else:
         if progress:
-            print(
-                f"tuning on {len(queries)} queries for recall@{k} >= {target_recall}",
-                file=sys.stderr,
-            )
+            log.info("tuning on %d queries for recall@%d >= %s", len(queries), k, target_recall)
         refine_code = (mem["refine_bytes"] // n) if parts.refine is not None else 0
         tuning = tune_mod.tune(
             run_search,
@@ -237,9 +237,13 @@ def build_index(
         "config": cfg.to_json(),
     }
     if progress:
-        print(
-            f"index {factory}: {n} vectors, params {tuning.params}, "
-            f"recall@{k} {tuning.recall:.4f} vs exact (target {target_recall})",
-            file=sys.stderr,
+        log.info(
+            "index %s: %d vectors, params %s, recall@%d %.4f vs exact (target %s)",
+            factory,
+            n,
+            tuning.params,
+            k,
+            tuning.recall,
+            target_recall,
         )
     return Index(index, ids, codes, manifest, device=device)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import random
-import sys
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,7 +114,7 @@ class Corpus:
             self.bad_images.add(image_id)
             self.counts.undecodable_images += 1
             self.counts.note("undecodable_images", f"{image_id}: {exc}")
-            print(f"warning: skipping undecodable image {image_id}: {exc}", file=sys.stderr)
+            log.warning("skipping undecodable image %s: %s", image_id, exc)
             return None
         self._cache[image_id] = px
         if len(self._cache) > self._cache_items:
@@ -150,11 +149,11 @@ def build_examples(queries: list[Query], corpus: Corpus, counts: InputCounts) ->
         )
         out.append(Example(q.qid, q.text, img_pos, txt_pos, img_neg, txt_neg, all_neg))
     if counts.queries_without_positives_in_corpus:
-        print(
-            f"warning: {counts.queries_without_positives_in_corpus} of {len(queries)} training "
-            "queries skipped: none of their positives is in the corpus (e.g. "
-            f"{counts.examples.get('queries_without_positives_in_corpus', [])[:3]})",
-            file=sys.stderr,
+        log.warning(
+            "%d of %d training queries skipped: none of their positives is in the corpus (e.g. %s)",
+            counts.queries_without_positives_in_corpus,
+            len(queries),
+            counts.examples.get("queries_without_positives_in_corpus", [])[:3],
         )
     return out
 

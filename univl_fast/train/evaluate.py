@@ -5,12 +5,15 @@ Text / Image / Multi settings). Same JSON keys as the engine path (design.md).""
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
 from univl_fast.data.layout import DatasetDir
 from univl_fast.evaluation import format_result
 from univl_fast.utils.io import atomic_write_json
+
+log = logging.getLogger(__name__)
 
 
 def evaluate_checkpoint(
@@ -38,10 +41,7 @@ def evaluate_checkpoint(
     queries = [q for q in ds.queries(split) if q.qid in qrels]
     missing = len(qrels) - len(queries)
     if missing:
-        print(
-            f"note: {missing} qrels queries have no entry in {split}.json (they score 0)",
-            file=sys.stderr,
-        )
+        log.info("%d qrels queries have no entry in %s.json (they score 0)", missing, split)
     corpus = encode_corpus(model, ds, captions, batch_size=batch_size, progress=progress)
     qv = encode_queries(model, queries, batch_size=batch_size, progress=progress)
     result = evaluate_embeddings(
@@ -63,7 +63,7 @@ def evaluate_checkpoint(
         "captions": captions,
     }
     if corpus.skipped_images.skipped:
-        print(f"note: {corpus.skipped_images.summary(3)}", file=sys.stderr)
+        log.warning("%s", corpus.skipped_images.summary(3))
     return result
 
 

@@ -14,6 +14,7 @@ step, RNG, dev history: what ``--resume`` continues from; weights-only torch for
 from __future__ import annotations
 
 import io
+import logging
 import math
 import random
 import sys
@@ -38,6 +39,8 @@ from univl_fast.train.batches import (
 from univl_fast.train.config import TrainConfig, default_config
 from univl_fast.train.losses import batch_loss
 from univl_fast.utils.io import atomic_write_bytes, atomic_write_json
+
+log = logging.getLogger(__name__)
 
 STATE_NAME = "train_state.pt"
 
@@ -102,7 +105,7 @@ def evaluate_dev(
 
 def _dev_set(ds: DatasetDir, cfg: TrainConfig) -> tuple[list[Query], dict] | None:
     if not ds.has("dev.json"):
-        print("note: no dev.json: no dev checks, the last weights are kept", file=sys.stderr)
+        log.info("no dev.json: no dev checks, the last weights are kept")
         return None
     queries = ds.queries("dev")
     qrels = ds.qrels("dev")
@@ -215,14 +218,12 @@ def train_stage(
         torch.set_rng_state(st["torch_rng"])
         step, best, bad_evals = int(st["step"]), float(st["best"]), int(st["bad_evals"])
         history, elapsed = list(st["history"]), float(st.get("elapsed", 0.0))
-        print(
-            f"resuming {out} at step {step}/{total} (best dev MRR@10 {best:.4f})", file=sys.stderr
-        )
+        log.info("resuming %s at step %d/%d (best dev MRR@10 %.4f)", out, step, total, best)
         if st.get("done"):
-            print(f"{out}: training already finished; nothing to do", file=sys.stderr)
+            log.info("%s: training already finished; nothing to do", out)
             return out
     elif resume:
-        print(f"note: --resume but no {state_path}; starting fresh", file=sys.stderr)
+        log.info("--resume but no %s; starting fresh", state_path)
 
     def extra_state(done: bool) -> dict:
         return {
@@ -360,7 +361,7 @@ def _report_counts(c: InputCounts) -> None:
             f"modality, {c.negatives_filled_at_random} at random"
         )
     for line in lines:
-        print(f"note: {line}", file=sys.stderr)
+        log.info("%s", line)
 
 
 __all__ = ["train_stage", "evaluate_dev", "param_groups"]

@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+import logging
 import time
 from pathlib import Path
 
 from univl_fast.data.layout import DatasetDir, iter_jsonl
 from univl_fast.types import IMAGE
 from univl_fast.utils.io import atomic_open, atomic_write_json
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -70,13 +72,13 @@ def mine_negatives(
         model = UniVLDR.from_pretrained(checkpoint, model_name)
     t0 = time.perf_counter()
     corpus = encode_corpus(model, ds, captions, batch_size=batch_size, progress=progress)
-    print(f"mine: {corpus.summary()}", file=sys.stderr)
+    log.info("mine: %s", corpus.summary())
     modality = corpus.modality_of
     stats: dict[str, dict] = {}
     for split in splits:
         src = ds.queries_file(split)
         if not src.is_file():
-            print(f"mine: {src} not found; skipping split {split}", file=sys.stderr)
+            log.warning("mine: %s not found; skipping split %s", src, split)
             continue
         queries = ds.queries(split)
         qv = encode_queries(model, queries, batch_size=batch_size, progress=progress)
@@ -108,10 +110,12 @@ def mine_negatives(
             "mean_text_negatives": n_txt / max(1, len(queries)),
             "queries_without_positives": n_nopos,
         }
-        print(
-            f"mine: wrote {dst} ({len(queries)} queries, mean {n_img / max(1, len(queries)):.1f} "
-            f"image + {n_txt / max(1, len(queries)):.1f} text negatives)",
-            file=sys.stderr,
+        log.info(
+            "mine: wrote %s (%d queries, mean %.1f image + %.1f text negatives)",
+            dst,
+            len(queries),
+            n_img / max(1, len(queries)),
+            n_txt / max(1, len(queries)),
         )
     atomic_write_json(
         out / "mine_config.json",
