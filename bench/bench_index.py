@@ -253,7 +253,20 @@ def test_recall(corpus, tuned):
             _, rr = tuned.search_arrays(q, K, SearchParams(nprobe=nprobe, k_factor=kf))
             grid.append((nprobe, kf, tie_aware_recall(v, q, rr, corpus["gt_scores"], K)))
     FIGURES["grid"] = grid
-    assert r >= 0.0
+    # Every answer is a real row, each at most once per query.
+    assert ((rows >= 0) & (rows < N)).all(), "the index returned a missing or invalid row"
+    assert all(len(set(row)) == K for row in rows.tolist()), "a row returned twice for a query"
+    # The index was tuned to recall@10 0.95 on the tune queries; these are other queries from
+    # the same distribution, so it must hold up to sampling error (observed: 0.950).
+    assert r >= 0.93, f"recall@10 {r:.4f} on the benchmark queries, tuned target 0.95"
+    # More probes (same k_factor) search a superset of lists: recall must not fall by more
+    # than sampling noise.
+    by_kf: dict[int, list[tuple[int, float]]] = {}
+    for nprobe, kf, rec in grid:
+        by_kf.setdefault(kf, []).append((nprobe, rec))
+    for kf, pts in by_kf.items():
+        recalls = [rec for _, rec in sorted(pts)]
+        assert recalls[-1] >= recalls[0] - 0.005, f"k_factor {kf}: recall fell with nprobe {pts}"
 
 
 def test_refine_store_choice(corpus, tuned):
@@ -454,4 +467,7 @@ def test_real_embeddings():
     out = Path(REAL_DATA).parent / f"result_{Path(REAL_ENGINE).name}.md"
     out.write_text(text + "\n")
     print("\n" + text, file=sys.stderr)
-    assert recall > 0
+    # Tuned to 0.95 on dev/train questions; held-out test questions must come close (the
+    # real-embedding run recorded in bench/results/index.md), and every hit is a real row.
+    assert ((rows >= 0) & (rows < n)).all(), "the index returned a missing or invalid row"
+    assert recall >= 0.90, f"recall@10 {recall:.4f} on test queries (tuned on dev/train)"

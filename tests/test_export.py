@@ -206,4 +206,4 @@ def test_vit_b32_text_and_image_fp32_parity():
         pixels=pixels,
     )
     assert p.passed, p
-    assert ort.get_device() in ("CPU", "GPU")
+    assert ort.InferenceSession(proto.SerializeToString()).get_outputs()[0].shape[-1] == 512
