@@ -47,15 +47,15 @@ REPO = Path(__file__).resolve().parents[1]
 ROOT = Path(os.environ.get("BENCH_E2E_DIR", REPO / "runs/bench/e2e"))
 SCALE = os.environ.get("BENCH_E2E_SCALE", "medium")
 FACTORY = os.environ.get("BENCH_E2E_FACTORY")  # None: bench_factory(corpus size)
-DIM = 512
-MODEL = "ViT-B-32"
+MODEL = os.environ.get("BENCH_E2E_MODEL", "ViT-B-32")  # univl-tiny: a quick check that it runs
 K = 10
 
 
 # ---------------------------------------------------------------------------- set-up (cached)
 def ensure_engine(root: Path = ROOT) -> Path:
-    ckpt = random_checkpoint(MODEL, root / "ckpt_vitb32_random")
-    return exported_engine(ckpt, root / "engine_vitb32")
+    tag = MODEL.lower().replace("-", "")
+    ckpt = random_checkpoint(MODEL, root / f"ckpt_{tag}_random")
+    return exported_engine(ckpt, root / f"engine_{tag}")
 
 
 def _index_size(index_dir: Path) -> int:

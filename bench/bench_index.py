@@ -35,7 +35,7 @@ import faiss
 import numpy as np
 import pytest
 
-from univl_fast.index import build_index, load_index
+from univl_fast.index import build_index, default_factory, load_index
 from univl_fast.index.tune import exact_search, tie_aware_recall
 
 N = int(os.environ.get("BENCH_INDEX_N", "1177447"))
@@ -174,6 +174,8 @@ def tuned(corpus):
             corpus["vectors"],
             ids,
             corpus["modalities"],
+            # the default IVF-PQ for this size, also below the Flat threshold (small check runs)
+            factory=default_factory(N, D, flat_max=0),
             tune_queries=corpus["tune_q"],
             target_recall=0.95,
             k=K,
