@@ -8,6 +8,14 @@ default index by corpus size and ``tune`` for how search parameters are chosen.
 
 from __future__ import annotations
 
+try:
+    import faiss  # noqa: F401 - fail here, naming the extra, rather than deep inside a module
+except ImportError as _exc:
+    raise ImportError(
+        f'faiss is not installed ({_exc}): pip install "univl-fast[cpu]" (or '
+        '"univl-fast[gpu]" on a CUDA host, not both)'
+    ) from _exc
+
 from univl_fast.index.build import build_index
 from univl_fast.index.factory import default_factory
 from univl_fast.index.gpu import gpu_count

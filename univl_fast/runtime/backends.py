@@ -90,10 +90,20 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
-def _ort_providers() -> list[str]:
-    import onnxruntime as ort
+INSTALL_EXTRA = 'pip install "univl-fast[cpu]" (or "univl-fast[gpu]" on a CUDA host, not both)'
 
-    return list(ort.get_available_providers())
+
+def import_onnxruntime():
+    """The onnxruntime module, or an ImportError naming the extra that brings it."""
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise ImportError(f"onnxruntime is not installed ({exc}): {INSTALL_EXTRA}") from exc
+    return onnxruntime
+
+
+def _ort_providers() -> list[str]:
+    return list(import_onnxruntime().get_available_providers())
 
 
 def _cuda_devices() -> int:
@@ -173,8 +183,7 @@ class OrtTower:
         backend: str = "onnxruntime-cpu",
         threads: ThreadSettings | None = None,
     ):
-        import onnxruntime as ort
-
+        ort = import_onnxruntime()
         threads = threads or ThreadSettings()
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads.resolved_intra_op()
