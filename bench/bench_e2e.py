@@ -84,7 +84,7 @@ def bench_factory(n: int) -> str:
 def ensure_index(engine: Path, root: Path = ROOT) -> Path:
     """The index over the engine's own encoding of the benchmark corpus (cached per engine)."""
     from univl_fast.data import DatasetDir
-    from univl_fast.index import build_index, read_manifest
+    from univl_fast.index import build_index, read_manifest, save_index
     from univl_fast.index.corpus import encode_corpus, encode_tune_queries
     from univl_fast.runtime import Encoder
     from univl_fast.runtime.manifest import manifest_sha256
@@ -110,7 +110,7 @@ def ensure_index(engine: Path, root: Path = ROOT) -> Path:
         engine_sha256=sha,
         progress=True,
     )
-    idx.save(out)
+    save_index(idx, out)
     print(
         f"[setup] {n} docs encoded in {t_enc:.0f}s; index {idx!r} built in "
         f"{time.perf_counter() - t0 - t_enc:.0f}s",

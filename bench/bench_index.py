@@ -35,7 +35,7 @@ import faiss
 import numpy as np
 import pytest
 
-from univl_fast.index import build_index, default_factory, load_index
+from univl_fast.index import build_index, default_factory, load_index, save_index
 from univl_fast.index.tune import exact_search, tie_aware_recall
 
 N = int(os.environ.get("BENCH_INDEX_N", "1177447"))
@@ -180,7 +180,7 @@ def tuned(corpus):
             target_recall=0.95,
             k=K,
         )
-        idx.save(path)
+        save_index(idx, path)
         del idx
     t0 = time.perf_counter()
     idx = load_index(path, verify=False)

@@ -17,12 +17,12 @@ def corpus(tiny_engine, synth_tiny):
 
     enc = Encoder(tiny_engine, precision=PRECISION)
     vecs, ids, mods = encode_corpus(enc, synth_tiny)
-    return {"vecs": vecs, "ids": ids, "mods": mods, "sha": enc.manifest_sha256}
+    return {"vecs": vecs, "ids": ids, "mods": mods, "encoder": enc}
 
 
 @pytest.fixture(scope="session")
 def flat_index(tmp_path_factory, corpus) -> Path:
-    from univl_fast.index import build_index
+    from univl_fast.index import build_index, save_index
 
     out = tmp_path_factory.mktemp("engine_test_index")
     idx = build_index(
@@ -30,10 +30,10 @@ def flat_index(tmp_path_factory, corpus) -> Path:
         corpus["ids"],
         corpus["mods"],
         factory="Flat",
-        engine_sha256=corpus["sha"],
+        encoder=corpus["encoder"],
         progress=False,
     )
-    idx.save(out)
+    save_index(idx, out)
     return out
 
 

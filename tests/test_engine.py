@@ -127,17 +127,20 @@ def test_encode_delegates_to_encoder(plain, tiny_engine, queries):
 
 
 def test_engine_index_mismatch_refused(tmp_path, tiny_engine, corpus):
-    from univl_fast.index import EngineMismatchError, build_index
+    from univl_fast.index import EngineMismatchError, build_index, save_index
 
     other = tmp_path / "other_engine_index"
-    build_index(
-        corpus["vecs"],
-        corpus["ids"],
-        corpus["mods"],
-        factory="Flat",
-        engine_sha256="0" * 64,
-        progress=False,
-    ).save(other)
+    save_index(
+        build_index(
+            corpus["vecs"],
+            corpus["ids"],
+            corpus["mods"],
+            factory="Flat",
+            engine_sha256="0" * 64,
+            progress=False,
+        ),
+        other,
+    )
     with pytest.raises(EngineMismatchError, match="engine"):
         univl_fast.load(tiny_engine, index=other, precision=PRECISION)
 

@@ -207,3 +207,212 @@ def test_vit_b32_text_and_image_fp32_parity():
     )
     assert p.passed, p
     assert ort.InferenceSession(proto.SerializeToString()).get_outputs()[0].shape[-1] == 512
+
+
+# -- scale errors: verification on raw outputs by relative L2 error, and the combined vector --
+
+
+def _append_scale(proto, factor: float):
+    """The same graph with its output multiplied by ``factor`` (a Mul node after it)."""
+    from onnx import helper, numpy_helper
+
+    g = proto.graph
+    out = g.output[0].name
+    for node in g.node:
+        node.output[:] = [f"{out}_unscaled" if o == out else o for o in node.output]
+    g.initializer.append(numpy_helper.from_array(np.array(factor, np.float32), "injected_scale"))
+    g.node.append(helper.make_node("Mul", [f"{out}_unscaled", "injected_scale"], [out]))
+    return proto
+
+
+def _tiny(random_tiny_checkpoint):
+    from univl_fast.export.build import ModelSpec
+    from univl_fast.model import UniVLDR
+
+    model = UniVLDR.from_pretrained(random_tiny_checkpoint)
+    return model, ModelSpec.from_model_config(model.config.to_json())
+
+
+def test_fp32_graph_off_by_1_1x_is_refused(tmp_path, random_tiny_checkpoint, monkeypatch):
+    """Cosine is blind to a constant factor; the relative L2 error of the raw output is not."""
+    from univl_fast.export import onnx_export
+    from univl_fast.export.build import ExportError, export_engine
+    from univl_fast.export.config import ExportConfig
+
+    original = onnx_export.export_image
+
+    def scaled_image(*args, **kwargs):
+        proto, gspec = original(*args, **kwargs)
+        return _append_scale(proto, 1.1), gspec
+
+    monkeypatch.setattr(onnx_export, "export_image", scaled_image)
+    model, spec = _tiny(random_tiny_checkpoint)
+    cfg = ExportConfig(precisions=["fp32"], native_text=False, tensorrt_graph=False)
+    with pytest.raises(
+        ExportError, match=r"image tower fp32 graph failed parity.*relative L2 error 0\.1"
+    ):
+        export_engine(model.clip, spec, tmp_path / "e", cfg, progress=False)
+    assert not (tmp_path / "e" / "image_fp32.onnx").exists()
+    assert not (tmp_path / "e" / "manifest.json").exists()
+
+
+def test_int8_graph_off_by_1_1x_is_not_written(tmp_path, random_tiny_checkpoint, monkeypatch):
+    from univl_fast.export import quantize
+    from univl_fast.export.build import export_engine
+    from univl_fast.export.config import ExportConfig
+    from univl_fast.runtime import Encoder
+
+    original = quantize.quantize_int8
+
+    def scaled_image(proto, *args):
+        q, info = original(proto, *args)
+        return (_append_scale(q, 1.1) if q.graph.output[0].name == "image_embeds" else q), info
+
+    monkeypatch.setattr(quantize, "quantize_int8", scaled_image)
+    model, spec = _tiny(random_tiny_checkpoint)
+    cfg = ExportConfig(precisions=["fp32", "int8"], native_text=False, tensorrt_graph=False)
+    m = export_engine(model.clip, spec, tmp_path / "e", cfg, progress=False)
+    p = m["parity"]["image"]["int8"]
+    assert p["measured"] and not p["passed"] and not p["written"], p
+    assert p["min_cosine"] >= 0.99  # the old cosine-only check would have passed it
+    assert p["norm_ratio"][0] == pytest.approx(1.1, abs=0.03) and "relative L2" in p["reason"]
+    assert not (tmp_path / "e" / "image_int8.onnx").exists()
+    assert "image_int8.onnx" not in m["files"] and "int8" not in m["graphs"]["image"]
+    assert not m["parity"]["combined"]["int8"]["measured"]
+    assert m["parity"]["combined"]["fp32"]["passed"]
+    assert Encoder(tmp_path / "e").precision == "fp32"  # auto falls back to the verified one
+
+
+def test_native_tower_off_by_1_1x_is_not_written(tmp_path, random_tiny_checkpoint, monkeypatch):
+    pytest.importorskip("univl_fast._C")
+    from univl_fast.export import native_text
+    from univl_fast.export.build import export_engine
+    from univl_fast.export.config import ExportConfig
+    from univl_fast.runtime import Encoder, EngineError
+
+    original = native_text.extract
+
+    def scaled(clip):
+        meta, arrays = original(clip)
+        arrays["proj.s"] = (arrays["proj.s"] * 1.1).astype(arrays["proj.s"].dtype)
+        return meta, arrays
+
+    monkeypatch.setattr(native_text, "extract", scaled)
+    model, spec = _tiny(random_tiny_checkpoint)
+    cfg = ExportConfig(precisions=["fp32", "int8"], tensorrt_graph=False)
+    m = export_engine(model.clip, spec, tmp_path / "e", cfg, progress=False)
+    p = m["parity"]["text"]["int8-native"]
+    assert not p["passed"] and not p["written"] and p["min_cosine"] >= 0.99, p
+    assert m["native"]["text"] == {} and "relative L2" in m["native"]["reason"]
+    assert not (tmp_path / "e" / "text_int8.native.npz").exists()
+    assert m["parity"]["image"]["int8"]["passed"]  # the ONNX graphs are unaffected
+    assert Encoder(tmp_path / "e").text_runtime == "onnxruntime"
+    with pytest.raises(EngineError, match="relative L2"):
+        Encoder(tmp_path / "e", text_runtime="native")
+
+
+def test_combined_vector_verified_for_every_precision_and_runtime(tiny_engine_all):
+    m = load_manifest(tiny_engine_all)
+    combined = m["parity"]["combined"]
+    keys = ["fp32", "fp16", "int8"] + (["int8-native"] if m["native"]["text"] else [])
+    for key in keys:
+        c = combined[key]
+        if key == "fp16" and not c["measured"]:
+            continue  # ORT's CPU provider could not run fp16 here: recorded as such
+        limit = 1e-3 if key == "fp32" else 0.08
+        assert c["measured"] and c["passed"] and c["max_rel_l2"] <= limit, (key, c)
+        assert c["rows"] == m["parity_sample"]["image_documents"] == 6
+    for tower in ("text", "image"):
+        for key in ("fp32", "int8"):
+            p = m["parity"][tower][key]
+            assert p["max_rel_l2"] <= p["max_rel_l2_allowed"] and p["passed"], (tower, key, p)
+            assert 0.98 <= p["norm_ratio"][0] <= p["norm_ratio"][1] <= 1.02
+
+
+def test_compare_sees_scale_and_direction():
+    from univl_fast.export.verify import Limits, compare
+
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((8, 32))
+    limits = Limits(min_cosine=0.99, max_rel_l2=0.08, max_norm_deviation=0.02)
+    assert compare(ref.astype(np.float32), ref, limits, "x").passed
+    scaled = compare((1.1 * ref).astype(np.float32), ref, limits, "x")
+    assert not scaled.passed and scaled.min_cosine > 0.9999
+    assert scaled.max_rel_l2 == pytest.approx(0.1, rel=1e-5)
+    assert "relative L2" in scaled.reason and "scale error" in scaled.reason
+    slight = compare((1.03 * ref).astype(np.float32), ref, limits, "x")  # within rel L2 alone
+    assert (
+        not slight.passed and "scale error" in slight.reason and "relative L2" not in slight.reason
+    )
+    turned = ref + 0.3 * rng.standard_normal(ref.shape)
+    assert "min cosine" in compare(turned.astype(np.float32), ref, limits, "x").reason
+
+
+# -- the graph TensorRT parses: standard ONNX ops only --
+
+
+def test_tensorrt_source_graphs_hold_standard_ops_only(tiny_engine):
+    from univl_fast.export.onnx_export import standard_graph_problems
+
+    m = load_manifest(tiny_engine)
+    assert set(m["tensorrt_graphs"]) == {"text", "image"}
+    for tower, rel in m["tensorrt_graphs"].items():
+        assert m["files"][rel]["purpose"] == "tensorrt-source"
+        model = onnx.load(Path(tiny_engine) / rel)
+        domains = {n.domain for n in model.graph.node}
+        assert domains <= {"", "ai.onnx"}, (rel, domains)
+        assert not model.functions
+        onnx.checker.check_model(model, full_check=True)
+        onnx.shape_inference.infer_shapes(model, strict_mode=True)
+        assert standard_graph_problems(model) == []
+        assert m["parity"][tower]["fp32-standard"]["passed"]
+    # the served fp32 graph is ORT-fused: what TensorRT's parser cannot take
+    fused = onnx.load(Path(tiny_engine) / "text_fp32.onnx")
+    assert "com.microsoft" in {n.domain for n in fused.graph.node}
+    assert any("non-standard ops" in p for p in standard_graph_problems(fused))
+
+
+def test_plans_are_never_built_from_the_fused_graph(tiny_engine):
+    from univl_fast.export.tensorrt import NonStandardGraphError, build_tower_plan
+
+    with pytest.raises(NonStandardGraphError, match="com.microsoft"):
+        build_tower_plan(Path(tiny_engine), "text_fp32.onnx", "text", 77, 64)
+
+
+def test_trtexec_recipe_uses_the_standard_graphs(tiny_engine):
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "export" / "trtexec.sh"
+    out = subprocess.run(
+        ["bash", str(script), str(tiny_engine), "8", "4"],
+        env={"DRY_RUN": "1", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    lines = [ln for ln in out.splitlines() if ln.startswith("trtexec")]
+    assert len(lines) == 2
+    assert f"--onnx={tiny_engine}/text_fp32.trt.onnx" in lines[0]
+    assert f"--onnx={tiny_engine}/image_fp32.trt.onnx" in lines[1]
+    assert "--maxShapes=input_ids:8x77" in lines[0]
+
+
+# -- the embedding space an index is bound to --
+
+
+def test_embedding_space_is_the_weights_not_the_export(
+    tiny_engine, tiny_engine_all, random_tiny_checkpoint
+):
+    from univl_fast.export.manifest import embedding_space
+    from univl_fast.model import UniVLDR
+
+    a, b = load_manifest(tiny_engine), load_manifest(tiny_engine_all)
+    assert a["embedding_space"] == b["embedding_space"]  # other precisions, other date
+    assert a["embedding_space"]["dim"] == 128
+    assert a["embedding_space"]["id"].startswith("sha256:")
+    model, spec = _tiny(random_tiny_checkpoint)
+    vocab = Path(tiny_engine) / a["tokenizer"]["vocab_file"]
+    assert embedding_space(model.clip, spec, vocab) == a["embedding_space"]
+    other = UniVLDR.from_config("univl-tiny", seed=1)
+    assert embedding_space(other.clip, spec, vocab)["id"] != a["embedding_space"]["id"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from univl_fast.index import (
     build_index,
     default_factory,
     load_index,
+    save_index,
 )
 from univl_fast.index.factory import choose_nlist, choose_pq
 from univl_fast.index.tune import exact_search, tie_aware_recall
@@ -202,7 +204,7 @@ def test_save_load_roundtrip_and_engine_check(ivf_setup, tmp_path):
     x, q, mods, idx = ivf_setup
     idx_dir = tmp_path / "idx"
     idx.manifest["engine_sha256"] = "a" * 64
-    idx.save(idx_dir)
+    save_index(idx, idx_dir)
     back = load_index(idx_dir, engine_sha256="a" * 64)
     assert back.doc_ids == idx.doc_ids
     assert back.modalities == mods
@@ -231,7 +233,7 @@ def test_corrupt_or_truncated_index_file(flat_data, tmp_path):
     x, _ = flat_data
     idx = build_index(x, ids_of(len(x)), alternating(len(x)), progress=False)
     d = tmp_path / "i"
-    idx.save(d)
+    save_index(idx, d)
     f = d / "index.faiss"
     data = f.read_bytes()
     f.write_bytes(data[: len(data) // 2])
@@ -366,3 +368,126 @@ def test_gpu_device_without_gpu_raises_a_named_error(ivf_setup):
             device="gpu",
         )
     assert isinstance(e.value, UnivlFastError) and isinstance(e.value, RuntimeError)
+
+
+# -- binding: an index belongs to the embedding space of its engine's model --
+
+
+@pytest.fixture(scope="module")
+def bound_index(tmp_path_factory, tiny_engine):
+    """A Flat index over a few fp32-encoded texts of the tiny engine, saved."""
+    from univl_fast.runtime import Encoder
+
+    enc = Encoder(tiny_engine, precision="fp32")
+    texts = [f"document number {i} about towers and bridges" for i in range(40)]
+    vecs = enc.encode_text_docs(texts)
+    idx = build_index(
+        vecs, ids_of(len(texts)), ["text"] * len(texts), factory="Flat", encoder=enc, progress=False
+    )
+    out = tmp_path_factory.mktemp("bound") / "idx"
+    save_index(idx, out)
+    return out, enc
+
+
+def _edit_engine(src, dst, edit):
+    import shutil
+
+    shutil.copytree(src, dst)
+    m = json.loads((dst / "manifest.json").read_text())
+    edit(m, dst)
+    (dst / "manifest.json").write_text(json.dumps(m))
+    return dst
+
+
+def test_index_records_space_and_encoding(bound_index):
+    out, enc = bound_index
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["embedding_space"] == enc.manifest["embedding_space"]
+    assert man["encoding"] == {
+        "precision": "fp32",
+        "backend": "onnxruntime-cpu",
+        "text_runtime": "onnxruntime",
+    }
+    assert man["engine_sha256"] == enc.manifest_sha256
+    back = load_index(out, encoder=enc)
+    assert back.embedding_space == enc.embedding_space and back.encoding_mismatch is None
+
+
+def test_plans_and_dates_do_not_invalidate_an_index(bound_index, tiny_engine, tmp_path):
+    """Adding TensorRT plans or a new ``created`` changes the engine manifest's bytes, not
+    the space its vectors live in."""
+    from univl_fast.runtime import Encoder
+    from univl_fast.utils.io import sha256_file
+
+    def add_plans(m, root):
+        for tower in ("text", "image"):
+            rel = f"{tower}_fp16.plan"
+            (root / rel).write_bytes(b"plan bytes of a GPU host")
+            m["files"][rel] = {
+                "sha256": sha256_file(root / rel),
+                "size": 24,
+                "kind": "tensorrt-plan",
+            }
+            m.setdefault("tensorrt_plans", {}).setdefault(tower, {})["fp16"] = rel
+        m["created"] = "2030-01-01T00:00:00+00:00"
+        m["plans_added"] = "2030-01-02T00:00:00+00:00"
+
+    out, enc = bound_index
+    eng = _edit_engine(Path(tiny_engine), tmp_path / "eng", add_plans)
+    other = Encoder(eng, precision="fp32")
+    assert other.manifest_sha256 != enc.manifest_sha256
+    idx = load_index(out, encoder=other)
+    assert idx.ntotal == 40 and idx.encoding_mismatch is None
+    engine = __import__("univl_fast").load(eng, index=out, precision="fp32", batching=False)
+    assert engine.search(["towers"], k=3)[0][0].doc_id.startswith("d")
+    engine.close()
+
+
+def test_another_model_is_refused(bound_index, tiny_engine, tmp_path):
+    from univl_fast.runtime import Encoder
+
+    def other_model(m, root):
+        m["embedding_space"]["id"] = "sha256:" + "f" * 64
+
+    out, _ = bound_index
+    eng = _edit_engine(Path(tiny_engine), tmp_path / "eng", other_model)
+    with pytest.raises(EngineMismatchError, match="another model"):
+        load_index(out, encoder=Encoder(eng, precision="fp32"))
+
+
+def test_other_query_precision_is_reported_not_refused(bound_index, tiny_engine, caplog):
+    import univl_fast
+    from univl_fast.runtime import Encoder
+
+    out, _ = bound_index
+    with caplog.at_level("WARNING", logger="univl_fast.index.store"):
+        idx = load_index(
+            out, encoder=Encoder(tiny_engine, precision="int8", text_runtime="onnxruntime")
+        )
+    assert "precision int8 (corpus: fp32)" in idx.encoding_mismatch
+    assert "precision int8 (corpus: fp32)" in caplog.text
+    with univl_fast.load(
+        tiny_engine, index=out, precision="int8", text_runtime="onnxruntime"
+    ) as engine:
+        assert engine.encoding_mismatch == idx.encoding_mismatch
+        assert len(engine.search(["towers"], k=2)[0]) == 2
+
+
+def test_older_index_bound_by_manifest_hash_still_loads(bound_index, tmp_path, caplog):
+    import shutil
+
+    from univl_fast.runtime import Encoder
+
+    out, enc = bound_index
+    old = Path(shutil.copytree(out, tmp_path / "old"))
+    man = json.loads((old / "manifest.json").read_text())
+    for key in ("embedding_space", "encoding"):
+        del man[key]
+    (old / "manifest.json").write_text(json.dumps(man))
+    with caplog.at_level("INFO", logger="univl_fast.index.binding"):
+        assert load_index(old, encoder=enc).ntotal == 40
+    assert "index predates embedding-space binding" in caplog.text
+    man["engine_sha256"] = "0" * 64
+    (old / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(EngineMismatchError, match="predates embedding-space binding.*rebuild"):
+        load_index(old, encoder=Encoder(enc.engine_dir, precision="fp32"))

@@ -306,3 +306,81 @@ def test_engine_dir_is_relocatable(tmp_path, tiny_engine):
     a = Encoder(moved, precision="fp32").encode_queries(["a red car"])
     b = Encoder(tiny_engine, precision="fp32").encode_queries(["a red car"])
     assert np.array_equal(a, b)
+
+
+# -- artifact choice: auto only picks what passed parity (hand-made manifests) --
+
+
+def _parity(passed: bool = True, measured: bool = True) -> dict:
+    return {"measured": measured, "passed": passed and measured, "reason": None}
+
+
+def _manifest(precisions=("fp32", "fp16", "int8"), plans: bool = False, **parity_by_key) -> dict:
+    """A minimal engine manifest: graphs for ``precisions``, every parity passed unless
+    ``parity_by_key[key] = {part: parity}`` says otherwise."""
+    parity = {part: {p: _parity() for p in precisions} for part in ("text", "image", "combined")}
+    for key, parts in parity_by_key.items():
+        for part, p in parts.items():
+            parity[part][key.replace("_", "-")] = p
+    graphs = {t: {p: f"{t}_{p}.onnx" for p in precisions} for t in ("text", "image")}
+    m = {"graphs": graphs, "parity": parity, "tensorrt_plans": {}}
+    if plans:
+        m["tensorrt_plans"] = {t: {"fp16": f"{t}_fp16.plan"} for t in ("text", "image")}
+    return m
+
+
+def test_plans_without_recorded_parity_are_not_picked_by_auto():
+    from univl_fast.runtime import selection
+
+    assert selection.plans_problem(_manifest()) == "no TensorRT plans for both towers"
+    unverified = _manifest(plans=True)
+    assert "no text parity recorded for tensorrt-fp16" in selection.plans_problem(unverified)
+    half = _manifest(
+        plans=True,
+        tensorrt_fp16={"text": _parity(), "image": _parity(), "combined": _parity(False)},
+    )
+    assert "combined tensorrt-fp16 missed parity" in selection.plans_problem(half)
+    verified = _manifest(
+        plans=True, tensorrt_fp16={"text": _parity(), "image": _parity(), "combined": _parity()}
+    )
+    assert selection.plans_problem(verified) is None
+
+
+def test_auto_precision_needs_measured_passed_parity_for_towers_and_combined():
+    from univl_fast.runtime.selection import auto_precision
+
+    assert auto_precision(_manifest(), "onnxruntime-cpu") == "int8"
+    assert auto_precision(_manifest(), "onnxruntime-cuda") == "fp16"
+    # fp16 that ONNX Runtime's CPU provider could not run at export: never picked by auto
+    unmeasured = _manifest(fp16={"text": _parity(measured=False)})
+    assert auto_precision(unmeasured, "onnxruntime-cuda") == "fp32"
+    assert auto_precision(unmeasured, "tensorrt") == "fp32"
+    # int8 towers fine but the image-document vector missed parity
+    assert auto_precision(_manifest(int8={"combined": _parity(False)}), "onnxruntime-cpu") == "fp32"
+    nothing = _manifest(precisions=("fp32",), fp32={"image": _parity(False)})
+    assert auto_precision(nothing, "onnxruntime-cpu") is None
+
+
+def test_native_text_needs_its_combined_parity():
+    from univl_fast.runtime.selection import native_text_problem
+
+    m = _manifest(int8_native={"text": _parity(), "combined": _parity()})
+    assert native_text_problem(m) is None
+    m["parity"]["combined"]["int8-native"] = _parity(False)
+    assert "combined int8-native missed parity" in native_text_problem(m)
+    del m["parity"]["combined"]["int8-native"]
+    assert "no combined parity recorded for int8-native" in native_text_problem(m)
+
+
+def test_unverified_precision_by_name_warns(tmp_path, tiny_engine, caplog):
+    import json
+
+    eng = Path(shutil.copytree(tiny_engine, tmp_path / "eng"))
+    m = json.loads((eng / "manifest.json").read_text())
+    m["parity"]["combined"]["int8"] = {"measured": False, "passed": False, "reason": "test"}
+    (eng / "manifest.json").write_text(json.dumps(m))
+    assert Encoder(eng, text_runtime="onnxruntime").precision == "fp32"  # auto skips int8
+    with caplog.at_level("WARNING", logger="univl_fast.runtime.selection"):
+        enc = Encoder(eng, precision="int8", text_runtime="onnxruntime")
+    assert enc.precision == "int8"
+    assert "precision 'int8' asked for by name without verified parity" in caplog.text

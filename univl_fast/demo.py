@@ -396,7 +396,7 @@ def build_engine_index(
     from tqdm import tqdm
 
     from univl_fast.data import DatasetDir
-    from univl_fast.index import build_index
+    from univl_fast.index import build_index, save_index
     from univl_fast.runtime import Encoder
 
     ds = DatasetDir(data_dir)
@@ -469,10 +469,10 @@ def build_engine_index(
         factory=factory,
         target_recall=target_recall,
         tune_queries=tune,
-        engine_sha256=enc.manifest_sha256,
+        encoder=enc,
         progress=True,
     )
-    idx.save(out)
+    save_index(idx, out)
     return dict(idx.manifest)
 
 

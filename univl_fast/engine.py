@@ -16,7 +16,9 @@ Query semantics (the same on both paths):
   the call raise ``SearchError`` (a ValueError) naming each bad query; the error carries the
   hits of the call's other queries, and concurrent callers are not affected;
 - searching without an index raises ``RuntimeError`` naming ``load(..., index=...)``;
-- an index built from a different engine is refused on load (engine manifest hash).
+- an index whose vectors are in another embedding space (another model) is refused on load;
+  one encoded at another precision than the queries is loaded and the difference reported
+  (``Engine.encoding_mismatch``, logged); see ``univl_fast.index.binding``.
 """
 
 from __future__ import annotations
@@ -143,8 +145,19 @@ class Engine:
 
     @property
     def manifest_sha256(self) -> str:
-        """sha256 of the engine's manifest.json (what an index records)."""
+        """sha256 of the engine's manifest.json (recorded by indexes, for information)."""
         return str(self.encoder.manifest_sha256)
+
+    @property
+    def embedding_space(self) -> dict[str, Any] | None:
+        """The engine's embedding space (model weights hash + dim) that indexes are bound to."""
+        return self.encoder.embedding_space
+
+    @property
+    def encoding_mismatch(self) -> str | None:
+        """How the queries' encoding (precision, text runtime) differs from the index corpus's
+        (None: the same, unknown, or no index)."""
+        return getattr(self.index, "encoding_mismatch", None)
 
     def encode_queries(self, texts: Sequence[str], on_error: str = "raise") -> Any:
         """Queries -> (n, d) float32 unit rows (``on_error``: see ``runtime.Encoder``)."""
@@ -326,7 +339,9 @@ def load(
     batching / max_batch / max_wait_us / workers: how concurrent ``search`` calls are coalesced
     (see :class:`EngineConfig`).
     Other keyword arguments go to ``univl_fast.runtime.Encoder``.
-    Raises ValueError when the index was built from a different engine.
+    Raises ``EngineMismatchError`` (a ValueError) when the index's vectors are in another
+    embedding space; a corpus encoded at another precision is loaded and reported
+    (``Engine.encoding_mismatch``).
     """
     from univl_fast.runtime import Encoder
 
@@ -336,7 +351,7 @@ def load(
     if index is not None:
         from univl_fast.index import load_index
 
-        idx = load_index(index, engine_sha256=encoder.manifest_sha256)
+        idx = load_index(index, encoder=encoder)
     config = EngineConfig(
         batching=batching, max_batch=max_batch, max_wait_us=max_wait_us, workers=workers
     )

@@ -20,7 +20,13 @@ from tqdm import tqdm
 from univl_fast.errors import UnivlFastError
 from univl_fast.export import onnx_export, optimize, quantize, verify
 from univl_fast.export.config import ExportConfig
-from univl_fast.export.manifest import MANIFEST_NAME, file_entry, tool_versions, write_manifest
+from univl_fast.export.manifest import (
+    MANIFEST_NAME,
+    embedding_space,
+    file_entry,
+    tool_versions,
+    write_manifest,
+)
 from univl_fast.export.samples import VerificationSample, builtin_sample
 from univl_fast.runtime.preprocess import ImagePreprocessor, PreprocessConfig
 from univl_fast.runtime.tokenizer import VOCAB_FILENAME, ClipTokenizer
@@ -69,6 +75,28 @@ def _bundled_vocab() -> Path:
     return Path(default_bpe())
 
 
+@dataclass
+class _Artifacts:
+    """What an export has written so far (relative paths -> manifest entries) and measured."""
+
+    root: Path
+    files: dict[str, dict] = field(default_factory=dict)
+    graphs: dict[str, dict[str, str]] = field(default_factory=lambda: {"text": {}, "image": {}})
+    parity: dict[str, dict[str, dict]] = field(
+        default_factory=lambda: {"text": {}, "image": {}, "combined": {}}
+    )
+    # raw outputs on the sample of every artifact that ran, by (tower, runtime key)
+    outputs: dict[tuple[str, str], verify.Outputs] = field(default_factory=dict)
+
+    def write(self, rel: str, data: bytes, entry: dict) -> None:
+        atomic_write_bytes(self.root / rel, data)
+        self.files[rel] = entry
+
+    def remove(self, rel: str) -> None:
+        (self.root / rel).unlink(missing_ok=True)
+        self.files.pop(rel, None)
+
+
 def export_engine(
     clip: nn.Module,
     spec: ModelSpec,
@@ -97,24 +125,19 @@ def export_engine(
     pre_cfg = PreprocessConfig(
         spec.image_size, tuple(spec.mean), tuple(spec.std), spec.interpolation, spec.resize_mode
     )
-    pixels = ImagePreprocessor(pre_cfg)(sample.images)
-    texts = list(sample.texts)
-    text_ref = verify.text_reference(clip, tokenizer, texts)
-    image_ref = verify.image_reference(clip, pixels)
+    inputs = verify.SampleInputs(
+        tokenizer,
+        list(sample.texts),
+        sample.image_captions(),
+        ImagePreprocessor(pre_cfg)(sample.images),
+    )
+    ref = verify.reference(clip, inputs)
     bar.update(1)
 
-    files: dict[str, dict] = {
-        vocab_rel: {"kind": "tokenizer", "format": "clip-bpe-merges"},
-    }
-    graphs: dict[str, dict[str, str]] = {"text": {}, "image": {}}
-    parity: dict[str, dict[str, dict]] = {"text": {}, "image": {}}
+    art = _Artifacts(root)
+    art.files[vocab_rel] = {"kind": "tokenizer", "format": "clip-bpe-merges"}
     fusions: dict[str, dict[str, int]] = {}
-    check_kw = {
-        "text": {"tokenizer": tokenizer, "texts": texts},
-        "image": {"pixels": pixels},
-    }
-    refs = {"text": text_ref, "image": image_ref}
-
+    trt_graphs: dict[str, str] = {}
     for tower in ("text", "image"):
         bar.set_description(f"export {tower} fp32")
         if tower == "text":
@@ -125,101 +148,92 @@ def export_engine(
             proto, gspec = onnx_export.export_image(
                 clip, spec.image_size, spec.embed_dim, config.opset
             )
+        base_entry = {"kind": "onnx", "tower": tower, "opset": config.opset, **gspec.to_json()}
+        standard = None
+        if config.tensorrt_graph or config.tensorrt:
+            problems = onnx_export.standard_graph_problems(proto)
+            if problems:
+                raise ExportError(f"{tower} standard-op graph for TensorRT: {'; '.join(problems)}")
+            standard = proto.SerializeToString()  # before the fusions (they edit proto)
         stats: dict[str, int] = {}
         if config.fuse:
             proto, stats = optimize.fuse_transformer(proto, gspec.num_heads, gspec.hidden_size)
         fusions[tower] = stats
-        fp32_bytes = proto.SerializeToString()
         bar.update(1)
         for precision in config.precisions:
             bar.set_description(f"export {tower} {precision}")
-            info: dict[str, Any] = {}
-            if precision == "fp32":
-                data, threshold = fp32_bytes, config.fp32_min_cosine
-            elif precision == "int8":
-                per_channel = (
-                    config.text_int8_per_channel
-                    if tower == "text"
-                    else config.image_int8_per_channel
-                )
-                ops = config.text_int8_ops if tower == "text" else config.image_int8_ops
-                q, info = quantize.quantize_int8(
-                    proto, per_channel, config.int8_reduce_range, tuple(ops)
-                )
-                data, threshold = q.SerializeToString(), config.lowp_min_cosine
-            else:
-                data, threshold = (
-                    optimize.to_fp16(proto).SerializeToString(),
-                    config.lowp_min_cosine,
-                )
-            p = verify.check_graph(
+            data, info = _derive(proto, tower, precision, config)
+            rel = f"{tower}_{precision}.onnx"
+            p, outputs = verify.run_graph(
                 data,
                 tower,
-                refs[tower],
-                threshold,
+                inputs,
+                ref,
+                config.limits(precision),
                 allow_unrunnable=(precision == "fp16"),
-                **check_kw[tower],
             )
             if precision == "fp32" and not p.passed:
                 raise ExportError(
                     f"{tower} tower fp32 graph failed parity with PyTorch ({p.reason}); "
                     "not written. The model uses a feature the exporter does not reproduce."
                 )
+            art.parity[tower][precision] = p.to_json()
+            bar.update(1)
             if p.measured and not p.passed:
                 log.warning(
-                    "%s %s graph misses parity (%s): written, marked failed in the "
-                    "manifest, never picked by default",
-                    tower,
-                    precision,
-                    p.reason,
+                    "%s %s graph misses parity (%s): not written", tower, precision, p.reason
                 )
-            rel = f"{tower}_{precision}.onnx"
-            atomic_write_bytes(root / rel, data)
-            files[rel] = {
-                "kind": "onnx",
-                "tower": tower,
-                "precision": precision,
-                "opset": config.opset,
-                **gspec.to_json(),
-                "fusions": stats,
-                **({"quantization": info} if info else {}),
-            }
-            graphs[tower][precision] = rel
-            parity[tower][precision] = p.to_json()
-            bar.update(1)
+                art.parity[tower][precision] = p.refuse(f"{tower} tower parity").to_json()
+                continue
+            if outputs is not None:
+                art.outputs[(tower, precision)] = outputs
+            entry = {**base_entry, "precision": precision, "fusions": stats}
+            art.write(rel, data, {**entry, **({"quantization": info} if info else {})})
+            art.graphs[tower][precision] = rel
+        del proto
+        if standard is not None:
+            trt_graphs[tower] = _write_standard_graph(
+                art, standard, tower, base_entry, inputs, ref, config
+            )
+
+    for precision in config.precisions:
+        _verify_combined(art, precision, ref, config.limits(precision))
 
     native: dict[str, Any] = {"text": {}}
-    if config.native_text and "int8" in config.precisions:
+    if with_native:
         bar.set_description("export native text int8")
-        native = _export_native_text(clip, root, files, parity, tokenizer, texts, text_ref, config)
+        native = _export_native_text(clip, art, inputs, ref, config)
         bar.update(1)
 
     plans: dict[str, dict[str, str]] = {}
     if config.tensorrt:
         from univl_fast.export import tensorrt as trt_build
 
-        for tower in ("text", "image"):
-            bar.set_description(f"tensorrt {tower}")
-            rel, entry = trt_build.build_tower_plan(
-                root,
-                graphs[tower]["fp32"],
-                tower,
-                spec.context_length,
-                spec.image_size,
-                config.trt_max_batch,
-                config.trt_opt_batch,
-            )
-            files[rel] = entry
-            plans.setdefault(tower, {})["fp16"] = rel
-            bar.update(1)
+        bar.set_description("tensorrt plans")
+        plans_by_tower, entries, plan_parity = trt_build.build_verified_plans(
+            root,
+            trt_graphs,
+            spec.context_length,
+            spec.image_size,
+            inputs,
+            ref,
+            config.limits("fp16"),
+            config.trt_max_batch,
+            config.trt_opt_batch,
+        )
+        art.files.update(entries)
+        plans = {tower: {"fp16": rel} for tower, rel in plans_by_tower.items()}
+        for part, p in plan_parity.items():
+            art.parity[part][trt_build.PLAN_KEY] = p
+        bar.update(2)
 
-    for rel in list(files):
-        files[rel] = file_entry(root, rel, **files[rel])
+    files = {rel: file_entry(root, rel, **entry) for rel, entry in art.files.items()}
     body = {
         "model_name": spec.model_config.get("model_name"),
         "model_config": spec.model_config,
         "embed_dim": spec.embed_dim,
         "context_length": spec.context_length,
+        "embedding_space": embedding_space(clip, spec, root / vocab_rel),
         "preprocess": {
             "image_size": spec.image_size,
             "mean": spec.mean,
@@ -240,14 +254,16 @@ def export_engine(
         },
         "outputs": "raw (unnormalized) projected embeddings; the runtime L2-normalizes",
         "files": files,
-        "graphs": graphs,
+        "graphs": art.graphs,
+        "tensorrt_graphs": trt_graphs,
         "tensorrt_plans": plans,
         "native": native,
-        "parity": parity,
+        "parity": art.parity,
         "parity_sample": {
             "source": sample.source,
-            "texts": len(texts),
+            "texts": len(inputs.texts),
             "images": len(sample.images),
+            "image_documents": len(inputs.captions),
             "notes": sample.notes,
         },
         "fusions": fusions,
@@ -261,19 +277,99 @@ def export_engine(
     return manifest
 
 
+def _derive(proto, tower: str, precision: str, config: ExportConfig) -> tuple[bytes, dict]:
+    """The ``precision`` graph of a fused fp32 tower graph: its bytes and settings."""
+    if precision == "fp32":
+        return proto.SerializeToString(), {}
+    if precision == "fp16":
+        return optimize.to_fp16(proto).SerializeToString(), {}
+    per_channel = config.text_int8_per_channel if tower == "text" else config.image_int8_per_channel
+    ops = config.text_int8_ops if tower == "text" else config.image_int8_ops
+    q, info = quantize.quantize_int8(proto, per_channel, config.int8_reduce_range, tuple(ops))
+    return q.SerializeToString(), info
+
+
+def _write_standard_graph(
+    art: _Artifacts,
+    data: bytes,
+    tower: str,
+    base_entry: dict,
+    inputs: verify.SampleInputs,
+    ref: verify.Reference,
+    config: ExportConfig,
+) -> str:
+    """``{tower}_fp32.trt.onnx``: the unfused fp32 graph (``data``), default-domain ops only
+    (what TensorRT's ONNX parser implements; checked before), verified against PyTorch like
+    every graph. Returns its relative path."""
+    p, _ = verify.run_graph(data, tower, inputs, ref, config.limits("fp32"))
+    art.parity[tower]["fp32-standard"] = p.to_json()
+    if not p.passed:
+        raise ExportError(
+            f"{tower} tower standard-op fp32 graph (for TensorRT) failed parity with PyTorch "
+            f"({p.reason}); not written"
+        )
+    rel = f"{tower}_fp32.trt.onnx"
+    entry = {**base_entry, "precision": "fp32", "purpose": "tensorrt-source", "fusions": {}}
+    art.write(rel, data, entry)
+    return rel
+
+
+def _combined(
+    art: _Artifacts, text_key: str, image_key: str, ref: verify.Reference, limits: verify.Limits
+) -> verify.Parity:
+    """The image-document vector from the ``text_key`` text and ``image_key`` image outputs
+    vs PyTorch's (not measured when either did not run or was refused)."""
+    text, image = art.outputs.get(("text", text_key)), art.outputs.get(("image", image_key))
+    if text is None or image is None:
+        missing = [
+            f"{t} {k}"
+            for t, k, o in (("text", text_key, text), ("image", image_key, image))
+            if o is None
+        ]
+        return verify.not_measured(
+            limits, f"not measured: no verified {' and '.join(missing)} output"
+        )
+    return verify.check_combined(text, image, ref, limits, f"text {text_key} + image {image_key}")
+
+
+def _verify_combined(
+    art: _Artifacts, precision: str, ref: verify.Reference, limits: verify.Limits
+) -> None:
+    """The ``precision`` graphs' image-document vector; on failure both graphs are removed
+    and recorded as refused (an fp32 failure stops the export)."""
+    p = _combined(art, precision, precision, ref, limits)
+    if p.measured and not p.passed:
+        if precision == "fp32":
+            raise ExportError(
+                f"fp32 image-document vector failed parity with PyTorch ({p.reason}); "
+                "no manifest written"
+            )
+        log.warning(
+            "%s image-document vector misses parity (%s): graphs removed", precision, p.reason
+        )
+        p.refuse("image-document vector parity")
+        for tower in ("text", "image"):
+            rel = art.graphs[tower].pop(precision, None)
+            if rel is not None:
+                art.remove(rel)
+                art.parity[tower][precision]["written"] = False
+                art.parity[tower][precision]["reason"] = (
+                    f"not written (image-document vector parity): {p.reason}"
+                )
+    art.parity["combined"][precision] = p.to_json()
+
+
 def _export_native_text(
     clip: nn.Module,
-    root: Path,
-    files: dict[str, dict],
-    parity: dict[str, dict[str, dict]],
-    tokenizer: ClipTokenizer,
-    texts: list[str],
-    text_ref,
+    art: _Artifacts,
+    inputs: verify.SampleInputs,
+    ref: verify.Reference,
     config: ExportConfig,
 ) -> dict[str, Any]:
-    """The native int8 text tower's weights, verified like a graph: ``{"text": {"int8": rel}}``,
-    or ``{"text": {}, "reason": ...}`` when this model's text tower is not supported natively
-    (the ONNX graphs are unaffected)."""
+    """The native int8 text tower's weights, verified like a graph (raw outputs and the
+    image-document vector with the int8 image graph): ``{"text": {"int8": rel}}``, or
+    ``{"text": {}, "reason": ...}`` when this model's text tower is not supported natively or
+    misses parity (then nothing is written; the ONNX graphs are unaffected)."""
     from univl_fast.export import native_text
     from univl_fast.export.towers import UnsupportedTowerError
 
@@ -283,39 +379,41 @@ def _export_native_text(
         log.warning("native text tower not written: %s", exc)
         return {"text": {}, "reason": str(exc)}
     data = native_text.to_npz_bytes(meta, arrays)
-    p = verify.check_native_text(
-        data, text_ref, config.lowp_min_cosine, tokenizer=tokenizer, texts=texts
-    )
+    limits = config.limits("int8")
+    p, outputs = verify.run_native_text(data, inputs, ref, limits)
+    key = "int8-native"
+    art.parity["text"][key] = p.to_json()
+    if p.passed:
+        art.outputs[("text", key)] = outputs
+        combined = _combined(art, key, "int8", ref, limits)
+        if not combined.passed:  # also when not measured: the int8 image graph was refused
+            p.passed, p.reason = False, f"image-document vector: {combined.reason}"
+            combined.refuse("image-document vector parity")
+        art.parity["combined"][key] = combined.to_json()
     if not p.passed:
-        log.warning(
-            "native int8 text tower misses parity (%s): written, marked failed in the manifest, "
-            "never picked by default",
-            p.reason,
-        )
+        why = f"missed parity at export ({p.reason}); ONNX Runtime runs the text tower"
+        log.warning("native int8 text tower not written: %s", why)
+        art.parity["text"][key] = p.refuse("native text tower parity").to_json()
+        return {"text": {}, "reason": why}
     rel = "text_int8.native.npz"
-    atomic_write_bytes(root / rel, data)
-    files[rel] = {
-        "kind": "native-text",
-        "tower": "text",
-        "precision": "int8",
-        "format": meta["format"],
-    }
-    parity["text"]["int8-native"] = p.to_json()
+    entry = {"kind": "native-text", "tower": "text", "precision": "int8", "format": meta["format"]}
+    art.write(rel, data, entry)
     return {"text": {"int8": rel}}
 
 
 def summarize(manifest: dict[str, Any]) -> str:
     lines = []
-    for tower, by_prec in manifest["parity"].items():
-        for prec, p in by_prec.items():
-            if p["measured"]:
-                state = "ok" if p["passed"] else "FAILED"
+    for part, by_key in manifest["parity"].items():
+        for key, p in by_key.items():
+            if p["measured"] and p.get("min_cosine") is not None:
+                state = "ok" if p["passed"] else "FAILED, not written"
                 lines.append(
-                    f"{tower:5s} {prec:4s} min cos {p['min_cosine']:.6f}  mean "
-                    f"{p['mean_cosine']:.6f}  max|err| {p['max_abs_err']:.2e}  {state}"
+                    f"{part:8s} {key:14s} min cos {p['min_cosine']:.6f}  max rel L2 "
+                    f"{p['max_rel_l2']:.2e}  norm ratio {p['norm_ratio'][0]:.4f}.."
+                    f"{p['norm_ratio'][1]:.4f}  {state}"
                 )
             else:
-                lines.append(f"{tower:5s} {prec:4s} {p['reason']}")
+                lines.append(f"{part:8s} {key:14s} {p['reason']}")  # not measured / no output
     return "\n".join(lines)
 
 

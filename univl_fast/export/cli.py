@@ -46,6 +46,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="do not write the native int8 text tower (written with int8 by default)",
     )
+    parser.add_argument(
+        "--no-tensorrt-graph",
+        action="store_true",
+        help="do not write {text,image}_fp32.trt.onnx, the standard-op graphs TensorRT plans "
+        "are built from (later, on a GPU host); kept with --tensorrt",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -57,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         tensorrt=args.tensorrt,
         fuse=not args.no_fuse,
         native_text=not args.no_native_text,
+        tensorrt_graph=not args.no_tensorrt_graph,
         data=args.data,
     )
     try:

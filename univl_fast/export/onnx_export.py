@@ -126,3 +126,26 @@ def export_image(
         width,
     )
     return proto, spec
+
+
+STANDARD_DOMAINS = ("", "ai.onnx")
+
+
+def standard_graph_problems(proto: onnx.ModelProto) -> list[str]:
+    """Why ``proto`` is not a plain ONNX graph TensorRT's parser can take ([] when it is):
+    every node (graph and local functions) in the default domain, no local functions,
+    ``onnx.checker`` with ``full_check`` and strict shape inference both pass."""
+    problems = []
+    odd = sorted(
+        {f"{n.domain}::{n.op_type}" for n in proto.graph.node if n.domain not in STANDARD_DOMAINS}
+    )
+    if odd:
+        problems.append(f"non-standard ops {odd[:8]}")
+    if proto.functions:
+        problems.append(f"local functions {[f.name for f in proto.functions][:8]}")
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+        onnx.shape_inference.infer_shapes(proto, strict_mode=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        problems.append(f"onnx checker: {str(exc).strip().splitlines()[0][:300]}")
+    return problems

@@ -1,5 +1,6 @@
-"""Inputs the exporter verifies each graph on: a dataset's real texts and images when one is
-given, a built-in sample otherwise (sentences of varying length, Pillow-drawn pictures)."""
+"""Inputs the exporter verifies each graph on: a dataset's real texts and image documents
+(picture + caption) when one is given, a built-in sample otherwise (sentences of varying
+length, Pillow-drawn pictures with captions)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,15 @@ BUILTIN_TEXTS = [
     "Is the statue holding a torch or a sword?",
     "Mount Fuji seen from Lake Kawaguchi in autumn, with red maple leaves in the foreground",
     "number 42",
+]
+# one per built-in picture (cycled): the image-document pairs of paper Eq. 3
+BUILTIN_CAPTIONS = [
+    BUILTIN_TEXTS[4],
+    BUILTIN_TEXTS[10],
+    "red car",
+    "",
+    BUILTIN_TEXTS[5],
+    BUILTIN_TEXTS[6],
 ]
 
 
@@ -59,16 +69,26 @@ def builtin_images(n: int = 6, seed: int = 0) -> list[Image.Image]:
 
 @dataclass
 class VerificationSample:
-    """What parity is measured on: texts (str) and RGB PIL images, with where they came from."""
+    """What parity is measured on: texts (str), RGB PIL images and the caption of each image
+    (the image documents whose combined vector is verified), with where they came from."""
 
     texts: list[str]
     images: list[Image.Image]
     source: str
     notes: list[str] = field(default_factory=list)
+    captions: list[str] = field(
+        default_factory=list
+    )  # one per image; empty: the built-in captions, cycled
+
+    def image_captions(self) -> list[str]:
+        """The caption of each image (the sample's own, else the built-in ones, cycled)."""
+        pool = self.captions or BUILTIN_CAPTIONS
+        return [pool[i % len(pool)] for i in range(len(self.images))]
 
 
 def builtin_sample() -> VerificationSample:
-    return VerificationSample(list(BUILTIN_TEXTS), builtin_images(), "builtin")
+    images = builtin_images()
+    return VerificationSample(list(BUILTIN_TEXTS), images, "builtin", captions=BUILTIN_CAPTIONS)
 
 
 def dataset_sample(
@@ -90,7 +110,7 @@ def dataset_sample(
     texts += [d.text for d in docs]
     image_docs = ds.image_docs()
     texts += [d.caption for d in image_docs[: n_texts // 3]]
-    images, notes = [], []
+    images, captions, notes = [], [], []
     store = ds.images
     for doc in image_docs:
         if len(images) >= n_images:
@@ -99,11 +119,12 @@ def dataset_sample(
             continue
         try:
             images.append(load_rgb(store.read_bytes(doc.doc_id), item=f"image {doc.doc_id}"))
+            captions.append(doc.caption)
         except ImageDecodeError as exc:
             notes.append(str(exc))
     # keep the edge cases the built-in sample covers (1 token, > 77 tokens) in every export
     texts += [BUILTIN_TEXTS[0], BUILTIN_TEXTS[6]]
     if not images:
         notes.append("no decodable image in the dataset: built-in pictures used")
-        images = builtin_images()
-    return VerificationSample(texts, images, f"dataset:{os.fspath(data_dir)}", notes)
+        images, captions = builtin_images(), list(BUILTIN_CAPTIONS)
+    return VerificationSample(texts, images, f"dataset:{os.fspath(data_dir)}", notes, captions)

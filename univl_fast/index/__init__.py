@@ -1,8 +1,9 @@
 """FAISS index over the joint text/image embedding space (torch-free).
 
-``build_index(vectors, doc_ids, modalities, factory=None, target_recall=0.95, ...)`` builds,
-fills and tunes an inner-product index; ``Index.search`` / ``search_arrays`` query it;
-``Index.save(dir)`` / ``load_index(dir, engine_sha256=...)`` store it. See ``factory`` for the
+``build_index(vectors, doc_ids, modalities, factory=None, target_recall=0.95, encoder=...)``
+builds, fills and tunes an inner-product index; ``Index.search`` / ``search_arrays`` query it;
+``save_index(index, dir)`` / ``load_index(dir, encoder=...)`` store it, bound to the
+embedding space of the encoder's model (``binding``). See ``factory`` for the
 default index by corpus size and ``tune`` for how search parameters are chosen.
 """
 

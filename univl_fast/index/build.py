@@ -11,6 +11,7 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
+from univl_fast.index import binding
 from univl_fast.index import factory as factory_mod
 from univl_fast.index import tune as tune_mod
 from univl_fast.index.introspect import faiss_search_parameters, memory_figures, parts_of
@@ -104,6 +105,7 @@ def build_index(
     progress: bool = True,
     config: IndexConfig | None = None,
     device: str = "auto",
+    encoder: Any = None,
 ) -> Index:
     """Build, fill and tune an inner-product index.
 
@@ -111,8 +113,12 @@ def build_index(
     doc_ids: n unique strings; modalities: n of "text" | "image" (or (n,) uint8 codes).
     factory: faiss index_factory string; None -> ``factory.default_factory(n, d)``.
     tune_queries: (m, d) float32 held-out queries for tuning; None -> perturbed corpus sample.
+    encoder: the ``univl_fast.runtime.Encoder`` that encoded ``vectors``: the manifest then
+    records its embedding space, encoding (precision, backend, text runtime) and engine
+    manifest sha256 (``univl_fast.index.binding``); ``engine_sha256`` alone binds the index
+    to one engine manifest's bytes (the older binding).
     Returns an ``Index`` whose manifest records factory, tuned params, measured recall@k vs
-    exact, memory, build times and ``engine_sha256``.
+    exact, memory, build times and what binds it to its engine.
     """
     t_start = time.perf_counter()
     vectors = check_vectors(vectors)
@@ -120,6 +126,10 @@ def build_index(
     if n == 0:
         raise ValueError("cannot build an index over 0 vectors")
     ids = check_doc_ids(doc_ids, n)
+    bound = binding.encoder_fields(encoder) if encoder is not None else {}
+    space = bound.get("embedding_space")
+    if space and int(space["dim"]) != d:
+        raise ValueError(f"vectors are {d}-d, the encoder's embedding space {space['dim']}-d")
     codes = encode_modalities(modalities)
     if codes.shape[0] != n:
         raise ValueError(f"{codes.shape[0]} modalities for {n} vectors")
@@ -234,8 +244,12 @@ def build_index(
         },
         "faiss_version": faiss.__version__,
         "engine_sha256": engine_sha256,
+        "embedding_space": None,
+        "encoding": None,
         "config": cfg.to_json(),
     }
+    if bound:
+        manifest.update(bound)
     if progress:
         log.info(
             "index %s: %d vectors, params %s, recall@%d %.4f vs exact (target %s)",

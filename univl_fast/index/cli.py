@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from univl_fast.data import DatasetDir
     from univl_fast.index.build import build_index
     from univl_fast.index.corpus import encode_corpus, encode_tune_queries
+    from univl_fast.index.store import save_index
     from univl_fast.runtime import Encoder
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         target_recall=args.target_recall,
         tune_queries=tune_q,
         k=args.k,
-        engine_sha256=encoder.manifest_sha256,
+        encoder=encoder,
         seed=args.seed,
         progress=progress,
         device="cpu",
@@ -106,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         "counts": rep.counts,
         "tune_queries": "dev+train queries" if tune_q is not None else "perturbed corpus sample",
     }
-    index.save(out)
+    save_index(index, out)
     if not args.keep_work:
         shutil.rmtree(out / ".work", ignore_errors=True)
     t = index.manifest["tuning"]

@@ -5,8 +5,9 @@ corpus file order). Each finished shard is written atomically to
 ``work_dir/{text,image}-NNNNN.npz`` holding its vectors, doc ids, the ids it had to skip
 (with reasons) and a fingerprint of the documents it covered; a shard file exists only when
 complete. A re-run skips every shard whose file is present and whose fingerprint matches the
-documents now in that slot (a changed corpus, engine, caption set or shard size invalidates
-the work dir: ``work_dir/meta.json`` records them). Bad documents (undecodable or missing
+documents now in that slot (a changed corpus, embedding space, encoding, caption set or shard
+size invalidates the work dir: ``work_dir/meta.json`` records them; adding TensorRT plans to
+the engine does not). Bad documents (undecodable or missing
 images, invalid text) are reported per item and skipped; the others are kept.
 """
 
@@ -27,13 +28,14 @@ import numpy as np
 from tqdm import tqdm
 
 from univl_fast.imageio import ImageDecodeError
+from univl_fast.index.binding import space_key
 from univl_fast.types import IMAGE, TEXT
 from univl_fast.utils.io import atomic_open, atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 
 META_FILE = "meta.json"
-META_FORMAT = 1
+META_FORMAT = 2
 
 
 @dataclass
@@ -179,8 +181,8 @@ def encode_corpus(
     work = Path(work_dir)
     meta = {
         "format": META_FORMAT,
-        "engine_sha256": getattr(encoder, "manifest_sha256", None),
-        "precision": getattr(encoder, "precision", None),
+        "space": space_key(encoder),
+        "encoding": getattr(encoder, "encoding", None),
         "captions": captions,
         "shard_size": shard_size,
         "dataset": str(Path(dataset.path).resolve()),

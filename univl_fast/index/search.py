@@ -65,7 +65,10 @@ class Index:
     """A searchable index: ``search`` returns Hits, ``search_arrays`` (scores, rows).
 
     Attributes: ``ntotal``, ``dim``, ``manifest`` (dict, see store.py), ``doc_ids`` (list[str],
-    row order), ``modalities`` (list[str], row order), ``modality_codes`` ((n,) uint8).
+    row order), ``modalities`` (list[str], row order), ``modality_codes`` ((n,) uint8),
+    ``encoding_mismatch`` (how the queries' encoding differs from the corpus's, set when
+    loaded for an encoder: see ``univl_fast.index.binding``; None when it does not).
+    Saved and loaded by ``univl_fast.index.store.save_index`` / ``load_index``.
     """
 
     def __init__(
@@ -93,6 +96,7 @@ class Index:
             name: _RowSelector(modality_codes == code) for name, code in MODALITY_CODES.items()
         }
         self._modalities_list: list[str] | None = None
+        self.encoding_mismatch: str | None = None
         self._gpu: gpu.GpuIndex | None = None
         if gpu.wants_gpu(device):
             self._gpu = gpu.to_gpu(faiss_index, required=True)
@@ -116,6 +120,16 @@ class Index:
     def faiss_index(self) -> faiss.Index:
         """The CPU faiss index (what ``save`` writes)."""
         return self._cpu
+
+    @property
+    def embedding_space(self) -> dict[str, Any] | None:
+        """The embedding space of the vectors (None: built before spaces were recorded)."""
+        return self.manifest.get("embedding_space")
+
+    @property
+    def encoding(self) -> dict[str, Any] | None:
+        """How the corpus was encoded (precision, backend, text runtime), when recorded."""
+        return self.manifest.get("encoding")
 
     @property
     def on_gpu(self) -> bool:
@@ -196,12 +210,6 @@ class Index:
         for srow, rrow in zip(scores.tolist(), rows.tolist(), strict=True):
             out.append([Hit(ids[r], mods[r], s) for s, r in zip(srow, rrow, strict=True) if r >= 0])
         return out
-
-    def save(self, directory: str) -> None:
-        """Write the index directory (see ``univl_fast.index.store``)."""
-        from univl_fast.index.store import save_index
-
-        save_index(self, directory)
 
     def __repr__(self) -> str:
         return (

@@ -6,13 +6,18 @@ Layout (every file written atomically, manifest last so a half-saved dir never l
     doc_ids.txt      one doc id per line, UTF-8, row order (1.2M ids load in ~0.2 s)
     modalities.npy   (n,) uint8: 0 = text, 1 = image
     manifest.json    factory, metric, dim, ntotal, tuned search params, recall@k vs exact,
-                     memory, build times, faiss version, engine manifest sha256, and the
+                     memory, build times, faiss version, the embedding space and encoding
+                     of the corpus (``binding``), the engine manifest sha256, and the
                      size + sha256 of each file above
+
+``save_index(index, dir)`` / ``load_index(dir, ...)`` are free functions (as faiss's
+``write_index`` / ``read_index``): ``Index`` itself knows nothing of files.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -20,7 +25,8 @@ from typing import Any
 import faiss
 import numpy as np
 
-from univl_fast.index.params import EngineMismatchError, IndexFormatError
+from univl_fast.index import binding
+from univl_fast.index.params import IndexFormatError
 from univl_fast.index.search import Index, encode_modalities
 from univl_fast.utils.io import (
     atomic_open,
@@ -34,6 +40,8 @@ INDEX_FILE = "index.faiss"
 IDS_FILE = "doc_ids.txt"
 MODALITIES_FILE = "modalities.npy"
 MANIFEST_FILE = "manifest.json"
+
+log = logging.getLogger(__name__)
 
 
 def save_index(index: Index, directory: str | os.PathLike) -> None:
@@ -89,23 +97,25 @@ def load_index(
     engine_sha256: str | None = None,
     device: str = "auto",
     verify: bool = True,
+    *,
+    encoder: Any = None,
 ) -> Index:
     """Read an index directory.
 
-    engine_sha256: the manifest hash of the engine that will encode queries; refused with
-    ``EngineMismatchError`` if the index was built from another engine. verify: also check
+    encoder: the ``univl_fast.runtime.Encoder`` that will encode queries. The index is refused
+    with ``EngineMismatchError`` when its vectors are in another embedding space (another
+    model); a query encoding (precision, text runtime) other than the corpus's is logged and
+    kept on ``Index.encoding_mismatch`` (see ``univl_fast.index.binding``).
+    engine_sha256: without an encoder, the engine manifest hash to hold the index to
+    (indexes and engines from before embedding spaces were recorded). verify: also check
     each file's sha256 (sizes are always checked). device: "cpu" | "auto"
     (CPU until the GPU path is verified) | "gpu" / "cuda" (required; unverified).
     """
     root = Path(directory)
     manifest = read_manifest(root)
-    built_with = manifest.get("engine_sha256")
-    if engine_sha256 is not None and built_with != engine_sha256:
-        raise EngineMismatchError(
-            f"{root}: index was built from engine manifest sha256 {built_with}, "
-            f"but is being loaded with engine {engine_sha256}; rebuild it with "
-            "`univl-fast index --engine <this engine>`"
-        )
+    if encoder is not None:
+        engine_sha256 = encoder.manifest_sha256
+    binding.check_space(root, manifest, getattr(encoder, "embedding_space", None), engine_sha256)
     files = manifest.get("files", {})
     for name in (INDEX_FILE, IDS_FILE, MODALITIES_FILE):
         _check_file(root / name, files.get(name), verify)
@@ -130,4 +140,10 @@ def load_index(
         )
     if int(fidx.d) != int(manifest.get("dim", fidx.d)):
         raise IndexFormatError(f"{root}: faiss index dim {fidx.d} != manifest {manifest['dim']}")
-    return Index(fidx, doc_ids, encode_modalities(codes.astype(np.uint8)), manifest, device=device)
+    index = Index(fidx, doc_ids, encode_modalities(codes.astype(np.uint8)), manifest, device=device)
+    index.encoding_mismatch = binding.encoding_mismatch(
+        manifest, getattr(encoder, "encoding", None)
+    )
+    if index.encoding_mismatch:
+        log.warning("%s: %s", root, index.encoding_mismatch)
+    return index

@@ -38,6 +38,7 @@ import numpy as np
 
 from univl_fast.errors import UnivlFastError
 from univl_fast.imageio import ImageDecodeError, ImageSource, load_rgb
+from univl_fast.runtime import selection
 from univl_fast.runtime.backends import (
     BackendUnavailable,
     ThreadSettings,
@@ -56,11 +57,6 @@ from univl_fast.utils.env import env_flag
 
 log = logging.getLogger(__name__)
 
-# fastest first, per backend family
-_SPEED_ORDER = {
-    "onnxruntime-cpu": ("int8", "fp32", "fp16"),
-    "gpu": ("fp16", "fp32", "int8"),
-}
 OnError = Literal["raise", "skip"]
 
 
@@ -130,7 +126,9 @@ class Encoder:
 
     engine_dir: the exporter's output. precision: "fp32" | "fp16" | "int8" (default: the
     fastest whose parity passed for this backend: int8 on CPU). backend: see
-    ``univl_fast.runtime.backends`` (default: best available). batch_size: rows per graph run.
+    ``univl_fast.runtime.backends`` (default: the best available whose artifacts passed
+    parity: TensorRT plans only with recorded, passed parity; see
+    ``univl_fast.runtime.selection``). batch_size: rows per graph run.
     text_runtime: "auto" | "native" | "onnxruntime": who runs the text tower for int8 on the
     CPU, our compiled native tower (``univl_fast.runtime.native_text``) or the ONNX graph;
     auto picks native where it is fast (AVX-512 VNNI). ``self.text_runtime`` says which runs.
@@ -151,8 +149,9 @@ class Encoder:
         self.manifest: dict[str, Any] = load_manifest(self.engine_dir)
         self.manifest_sha256: str = manifest_sha256(self.engine_dir)
         m = self.manifest
-        has_plans = bool(m.get("tensorrt_plans"))
-        self.backend: str = resolve_backend(backend, has_plans=has_plans)
+        # the space the vectors live in (None: an engine exported before it was recorded)
+        self.embedding_space: dict[str, Any] | None = m.get("embedding_space")
+        self.backend: str = self._pick_backend(backend)
         self.precision: str = self._pick_precision(precision)
         self.batch_size = int(batch_size)
         self.dim: int = int(m["embed_dim"])
@@ -177,18 +176,37 @@ class Encoder:
         for tower in ("text", "image"):
             self._towers[tower] = self._open(tower)
 
+    @property
+    def encoding(self) -> dict[str, str]:
+        """How this encoder turns text and images into vectors (an index records the corpus's)."""
+        return {
+            "precision": self.precision,
+            "backend": self.backend,
+            "text_runtime": self.text_runtime,
+        }
+
     # -- setup ---------------------------------------------------------------------------
+    def _pick_backend(self, backend: str | None) -> str:
+        """auto: the best backend here, TensorRT only with plans whose parity passed; a
+        backend asked for by name runs unverified plans with a warning."""
+        m = self.manifest
+        plans_problem = selection.plans_problem(m)
+        if backend in (None, "auto"):
+            if plans_problem is not None and m.get("tensorrt_plans"):
+                log.info("TensorRT plans not picked by auto: %s", plans_problem)
+            return resolve_backend(None, has_plans=plans_problem is None)
+        chosen = resolve_backend(backend, has_plans=bool(m.get("tensorrt_plans")))
+        if chosen == "tensorrt":
+            selection.warn_unverified("backend 'tensorrt' (the engine's plans)", plans_problem)
+        return chosen
+
     def _pick_precision(self, precision: str | None) -> str:
         m = self.manifest
         if self.backend == "tensorrt":
             if precision not in (None, "fp16"):
                 raise ValueError(f"backend 'tensorrt' runs the fp16 plans; precision {precision!r}")
             return "fp16"
-        available = [
-            p
-            for p in ("fp32", "fp16", "int8")
-            if all(p in m["graphs"].get(t, {}) for t in ("text", "image"))
-        ]
+        available = selection.available_precisions(m)
         if precision is not None:
             if precision not in available:
                 raise EngineError(
@@ -196,25 +214,16 @@ class Encoder:
                     f"(has {', '.join(available) or 'none'}); re-export with --precision "
                     f"{precision}"
                 )
-            for tower in ("text", "image"):
-                par = m["parity"][tower].get(precision, {})
-                if par.get("measured") and not par.get("passed"):
-                    log.warning(
-                        "%s %s graph missed parity at export (%s)",
-                        tower,
-                        precision,
-                        par.get("reason"),
-                    )
+            problem = selection.parity_problem(m, precision)
+            selection.warn_unverified(f"precision {precision!r}", problem)
             return precision
-        order = _SPEED_ORDER["onnxruntime-cpu" if self.backend == "onnxruntime-cpu" else "gpu"]
-        for cand in order:
-            if cand not in available:
-                continue
-            if cand == "fp16" and self.backend == "onnxruntime-cpu":
-                continue  # fp16 graphs are for GPUs; on CPU they are slower than fp32
-            if all(m["parity"][t].get(cand, {}).get("passed") for t in ("text", "image")):
-                return cand
-        raise EngineError(f"engine {self.engine_dir}: no precision passed parity for both towers")
+        picked = selection.auto_precision(m, self.backend)
+        if picked is None:
+            raise EngineError(
+                f"engine {self.engine_dir}: no precision passed parity for both towers and the "
+                f"image-document vector on {self.backend} (has {', '.join(available) or 'none'})"
+            )
+        return picked
 
     def _native_text_problem(self) -> str | None:
         """Why the native int8 text tower cannot serve this encoder (None: it can)."""
@@ -246,14 +255,16 @@ class Encoder:
         if key not in ("auto", "native"):
             raise ValueError(f"text_runtime {want!r}: choose auto, native or onnxruntime")
         problem = self._native_text_problem()
+        unverified = selection.native_text_problem(self.manifest)
         if key == "native":
             if problem:
                 raise EngineError(f"text_runtime='native': {problem}")
+            selection.warn_unverified("text_runtime 'native'", unverified)
             return "native"
         if problem or not env_flag("UNIVL_FAST_NATIVE_TEXT", default=True):
             return backend_runtime
-        if not self.manifest["parity"]["text"].get("int8-native", {}).get("passed"):
-            log.warning("native text tower missed parity at export: using %s", backend_runtime)
+        if unverified is not None:
+            log.warning("native text tower not used: %s; using %s", unverified, backend_runtime)
             return backend_runtime
         fast, why = fast_native_available()
         if not fast:

@@ -1,0 +1,87 @@
+"""Which of an engine's artifacts may serve, from the parity its manifest records (torch-free).
+
+The rule: ``auto`` only ever picks an artifact whose parity was measured at export and passed,
+for both towers and for the image-document vector (paper Eq. 3) they make together; an
+artifact without recorded parity (a TensorRT plan built by hand, an fp16 graph ONNX Runtime's
+CPU provider could not run at export) is used only when asked for by name, with a warning.
+
+Parity keys (``manifest["parity"][part][key]``, part = "text" | "image" | "combined"): a
+precision ("fp32", "fp16", "int8") for the ONNX graphs, "int8-native" for the native int8
+text tower (text, and combined with the int8 image graph), "tensorrt-fp16" for the plans.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+PLAN_KEY = "tensorrt-fp16"
+NATIVE_KEY = "int8-native"
+# fastest first, per backend family
+SPEED_ORDER = {
+    "onnxruntime-cpu": ("int8", "fp32", "fp16"),
+    "gpu": ("fp16", "fp32", "int8"),
+}
+
+
+def parity_problem(manifest: dict[str, Any], key: str, towers=("text", "image")) -> str | None:
+    """Why the ``key`` artifacts are not verified for serving (None: measured and passed for
+    ``towers`` and for the combined image-document vector).
+
+    An engine exported before the combined check (no ``"combined"`` block) is judged on its
+    towers alone.
+    """
+    parity = manifest.get("parity", {})
+    parts = list(towers) + (["combined"] if "combined" in parity else [])
+    for part in parts:
+        p = parity.get(part, {}).get(key)
+        if p is None:
+            return f"no {part} parity recorded for {key}"
+        if not p.get("measured"):
+            return f"{part} {key} parity not measured ({p.get('reason')})"
+        if not p.get("passed"):
+            return f"{part} {key} missed parity ({p.get('reason')})"
+    return None
+
+
+def plans_problem(manifest: dict[str, Any]) -> str | None:
+    """Why the engine's TensorRT plans may not be picked by ``auto`` (None: they may)."""
+    plans = manifest.get("tensorrt_plans") or {}
+    if not all("fp16" in plans.get(t, {}) for t in ("text", "image")):
+        return "no TensorRT plans for both towers"
+    return parity_problem(manifest, PLAN_KEY)
+
+
+def warn_unverified(what: str, problem: str | None) -> None:
+    if problem is not None:
+        log.warning("%s asked for by name without verified parity: %s", what, problem)
+
+
+def available_precisions(manifest: dict[str, Any]) -> list[str]:
+    """Precisions with an ONNX graph for both towers."""
+    graphs = manifest["graphs"]
+    return [
+        p
+        for p in ("fp32", "fp16", "int8")
+        if all(p in graphs.get(t, {}) for t in ("text", "image"))
+    ]
+
+
+def auto_precision(manifest: dict[str, Any], backend: str) -> str | None:
+    """The fastest precision whose parity passed for ``backend`` (None: none did). fp16 graphs
+    are for GPUs: on the CPU they are slower than fp32, never picked there."""
+    family = "onnxruntime-cpu" if backend == "onnxruntime-cpu" else "gpu"
+    available = available_precisions(manifest)
+    for cand in SPEED_ORDER[family]:
+        if cand not in available or (cand == "fp16" and family == "onnxruntime-cpu"):
+            continue
+        if parity_problem(manifest, cand) is None:
+            return cand
+    return None
+
+
+def native_text_problem(manifest: dict[str, Any]) -> str | None:
+    """Why ``auto`` may not pick the native int8 text tower on parity grounds (None: it may)."""
+    return parity_problem(manifest, NATIVE_KEY, towers=("text",))
