@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -163,8 +165,15 @@ def test_tensorrt_flag_refuses_here_with_reason(tmp_path, random_tiny_checkpoint
 
 @pytest.mark.needs_tensorrt
 def test_tensorrt_plans_built_and_listed(tiny_engine_trt):
+    from univl_fast.runtime import Encoder
+
     m = load_manifest(tiny_engine_trt)
     assert set(m["tensorrt_plans"]) == {"text", "image"}
+    for part in ("text", "image", "combined"):  # verified at export like every graph
+        p = m["parity"][part]["tensorrt-fp16"]
+        assert p["measured"] and p["passed"] and p["max_rel_l2"] <= 0.08, (part, p)
+    assert m["files"]["text_fp16.plan"]["source"] == "text_fp32.trt.onnx"
+    assert Encoder(tiny_engine_trt).backend == "tensorrt"  # auto picks verified plans
 
 
 @pytest.mark.slow
@@ -379,13 +388,25 @@ def test_plans_are_never_built_from_the_fused_graph(tiny_engine):
         build_tower_plan(Path(tiny_engine), "text_fp32.onnx", "text", 77, 64)
 
 
+def test_adding_plans_needs_the_standard_graphs(tmp_path, tiny_engine):
+    from univl_fast.export.tensorrt import add_plans_to_engine
+    from univl_fast.runtime import EngineError
+
+    eng = Path(shutil.copytree(tiny_engine, tmp_path / "eng"))
+    m = json.loads((eng / "manifest.json").read_text())
+    del m["tensorrt_graphs"]  # an engine exported before the standard-op graphs
+    (eng / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(EngineError, match="no standard-op fp32 graphs"):
+        add_plans_to_engine(eng)
+
+
 def test_trtexec_recipe_uses_the_standard_graphs(tiny_engine):
     import subprocess
 
     script = Path(__file__).resolve().parents[1] / "export" / "trtexec.sh"
     out = subprocess.run(
         ["bash", str(script), str(tiny_engine), "8", "4"],
-        env={"DRY_RUN": "1", "PATH": "/usr/bin:/bin"},
+        env={"DRY_RUN": "1", "PATH": os.environ["PATH"]},
         capture_output=True,
         text=True,
         timeout=60,

@@ -208,7 +208,6 @@ def add_plans_to_engine(engine_dir: str | Path, max_batch: int = 64, opt_batch: 
     from univl_fast.runtime.tokenizer import ClipTokenizer
     from univl_fast.utils.io import atomic_write_json
 
-    require_tensorrt()
     root = Path(engine_dir)
     manifest = load_manifest(root)
     sources = manifest.get("tensorrt_graphs") or {}
@@ -219,6 +218,7 @@ def add_plans_to_engine(engine_dir: str | Path, max_batch: int = 64, opt_batch: 
         )
     for rel in sources.values():
         verify_file(root, manifest, rel)
+    require_tensorrt()
     tok = manifest["tokenizer"]
     tokenizer = ClipTokenizer(verify_file(root, manifest, tok["vocab_file"]), tok["context_length"])
     pre = manifest["preprocess"]
