@@ -1,9 +1,16 @@
 """The export pipeline: towers -> ONNX (fp32 / fp16 / int8) -> verified -> engine dir.
 
 Order of writes: the old ``manifest.json`` is removed first, every graph is verified in memory
-before it is written (atomically), ``manifest.json`` is written last. An interrupted export
-therefore leaves no manifest (the runtime refuses the dir) and never one that points at a
-missing or partial file; re-running the export redoes it.
+(raw outputs vs PyTorch: ``verify``) before it is written (atomically), then the image-document
+vector of each precision and runtime is verified from the towers' outputs; an artifact that
+misses parity is not written (or, when only the combined check refuses it, removed again) and
+is recorded as refused in the manifest's parity block; an fp32 failure stops the export.
+``manifest.json`` is written last. An interrupted export therefore leaves no manifest (the
+runtime refuses the dir) and never one that points at a missing or partial file; re-running
+the export redoes it.
+
+Besides the served graphs, ``{tower}_fp32.trt.onnx`` is the unfused fp32 graph with standard
+ONNX ops only, verified too: what TensorRT plans are built from (``tensorrt``).
 """
 
 from __future__ import annotations
@@ -177,13 +184,14 @@ def export_engine(
                     f"{tower} tower fp32 graph failed parity with PyTorch ({p.reason}); "
                     "not written. The model uses a feature the exporter does not reproduce."
                 )
-            art.parity[tower][precision] = p.to_json()
-            bar.update(1)
             if p.measured and not p.passed:
                 log.warning(
                     "%s %s graph misses parity (%s): not written", tower, precision, p.reason
                 )
-                art.parity[tower][precision] = p.refuse(f"{tower} tower parity").to_json()
+                p.refuse(f"{tower} tower parity")
+            art.parity[tower][precision] = p.to_json()
+            bar.update(1)
+            if not p.written:
                 continue
             if outputs is not None:
                 art.outputs[(tower, precision)] = outputs

@@ -25,7 +25,9 @@ class EngineError(UnivlFastError, ValueError):
 
 
 def manifest_sha256(engine_dir: str | os.PathLike) -> str:
-    """sha256 of ``manifest.json``'s bytes: identifies an engine (the index stores it)."""
+    """sha256 of ``manifest.json``'s bytes: identifies one export of an engine (changes with
+    added plans or a re-export). Indexes record it for information and bind to the engine's
+    ``embedding_space`` instead (``univl_fast.index.binding``)."""
     return hashlib.sha256((Path(engine_dir) / MANIFEST_NAME).read_bytes()).hexdigest()
 
 
