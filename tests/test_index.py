@@ -229,6 +229,21 @@ def test_save_load_roundtrip_and_engine_check(ivf_setup, tmp_path):
         load_index(idx_dir, engine_sha256="b" * 64)
 
 
+def test_index_save_method_writes_what_save_index_writes(flat_data, tmp_path):
+    # Index.save(dir) is the name design.md gives scripts; it must write the same directory.
+    x, _ = flat_data
+    idx = build_index(x, ids_of(len(x)), alternating(len(x)), progress=False)
+    idx.save(tmp_path / "method")
+    save_index(idx, tmp_path / "function")
+    for name in ("index.faiss", "doc_ids.txt", "modalities.npy"):
+        assert (tmp_path / "method" / name).read_bytes() == (
+            tmp_path / "function" / name
+        ).read_bytes()
+    back = load_index(tmp_path / "method")
+    assert back.doc_ids == idx.doc_ids
+    assert back.search(x[:5], 3) == idx.search(x[:5], 3)
+
+
 def test_corrupt_or_truncated_index_file(flat_data, tmp_path):
     x, _ = flat_data
     idx = build_index(x, ids_of(len(x)), alternating(len(x)), progress=False)

@@ -10,12 +10,14 @@ concurrent ones.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import faiss
 import numpy as np
 
 from univl_fast.index import gpu
+from univl_fast.index.files import save_index
 from univl_fast.index.introspect import (
     IndexParts,
     default_search_params,
@@ -210,6 +212,11 @@ class Index:
         for srow, rrow in zip(scores.tolist(), rows.tolist(), strict=True):
             out.append([Hit(ids[r], mods[r], s) for s, r in zip(srow, rrow, strict=True) if r >= 0])
         return out
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """Write this index to ``directory`` (the API name scripts rely on, design.md); the
+        writing itself is the free function ``univl_fast.index.files.save_index``."""
+        save_index(self, directory)
 
     def __repr__(self) -> str:
         return (

@@ -16,7 +16,6 @@ Layout (every file written atomically, manifest last so a half-saved dir never l
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 from pathlib import Path
@@ -26,42 +25,21 @@ import faiss
 import numpy as np
 
 from univl_fast.index import binding
+from univl_fast.index.files import (  # noqa: F401 - save_index is re-exported here
+    IDS_FILE,
+    INDEX_FILE,
+    MANIFEST_FILE,
+    MODALITIES_FILE,
+    save_index,
+)
 from univl_fast.index.params import IndexFormatError
 from univl_fast.index.search import Index, encode_modalities
 from univl_fast.utils.io import (
-    atomic_open,
-    atomic_write_bytes,
-    atomic_write_json,
     read_json,
     sha256_file,
 )
 
-INDEX_FILE = "index.faiss"
-IDS_FILE = "doc_ids.txt"
-MODALITIES_FILE = "modalities.npy"
-MANIFEST_FILE = "manifest.json"
-
 log = logging.getLogger(__name__)
-
-
-def save_index(index: Index, directory: str | os.PathLike) -> None:
-    """Write ``index`` to ``directory`` (created if needed)."""
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_open(out / INDEX_FILE, "wb") as fh:
-        faiss.write_index(index.faiss_index, faiss.PyCallbackIOWriter(fh.write))
-    atomic_write_bytes(out / IDS_FILE, ("\n".join(index.doc_ids) + "\n").encode("utf-8"))
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(index.modality_codes, dtype=np.uint8))
-    atomic_write_bytes(out / MODALITIES_FILE, buf.getvalue())
-    files = {
-        name: {"bytes": (out / name).stat().st_size, "sha256": sha256_file(out / name)}
-        for name in (INDEX_FILE, IDS_FILE, MODALITIES_FILE)
-    }
-    manifest = dict(index.manifest)
-    manifest["files"] = files
-    atomic_write_json(out / MANIFEST_FILE, manifest)
-    index.manifest = manifest
 
 
 def _check_file(path: Path, expected: dict[str, Any] | None, verify: bool) -> None:
