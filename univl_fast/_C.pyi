@@ -17,9 +17,14 @@ def combine_image_docs(
     """out[i] = (a[i] + b[i]) / ||a[i] + b[i]||_2 on the CPU (float32/float16 in, float32 out)."""
 
 def combine_image_docs_cuda(
-    a: npt.ArrayLike, b: npt.ArrayLike, *, out: npt.NDArray[np.float32] | None = None
+    a: npt.ArrayLike,
+    b: npt.ArrayLike,
+    *,
+    out: npt.NDArray[np.float32] | None = None,
+    device: int = -1,
 ) -> npt.NDArray[np.float32]:
-    """Same on the current CUDA device; RuntimeError on a build or machine without CUDA."""
+    """Same on CUDA device ``device`` (-1: the current one); RuntimeError on a build or machine
+    without CUDA."""
 
 def set_simd_variant(name: str) -> str:
     """Forces the CPU combine kernel ('scalar', 'avx2', 'avx512'); returns the previous one."""
@@ -38,6 +43,23 @@ def build_info() -> dict[str, Any]:
 
 def text_tower_isas() -> list[str]:
     """ISA builds of the native text tower this CPU runs, best last."""
+
+def _native_activation(
+    act: str, x: npt.NDArray[np.float32], isa: str = "generic"
+) -> npt.NDArray[np.float32]:
+    """Test hook: the tower's activation ('gelu' | 'quick_gelu') of one ISA build on x."""
+
+def _native_linear(
+    x: npt.NDArray[np.float32],
+    q: npt.NDArray[np.int8],
+    scale: npt.NDArray[np.float32],
+    bias: npt.NDArray[np.float32],
+    isa: str = "generic",
+) -> tuple[
+    npt.NDArray[np.float32], npt.NDArray[np.uint8], npt.NDArray[np.float32], npt.NDArray[np.int32]
+]:
+    """Test hook: per-row activation quantization + int8 linear layer of one ISA build:
+    (y, quantized x, row scales, row zero points)."""
 
 class TextTower:
     def __init__(
@@ -66,7 +88,13 @@ class TextTower:
     @property
     def threads(self) -> int: ...
     @property
+    def in_flight(self) -> int:
+        """Calls running now on this tower and those sharing its weights."""
+    @property
     def weight_bytes(self) -> int: ...
+    @property
+    def embedding_bytes(self) -> int:
+        """Bytes of the resident token embedding (float16)."""
 
 # ------------------------------------------------------------------ query batcher
 
