@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -420,3 +421,19 @@ def test_stats_have_the_same_keys_on_both_paths(plain, tiny_engine, flat_index, 
     for s in (batched, unbatched):
         assert s["items"] >= 3 and s["batches"] >= 1
         assert s["batch_size_buckets"][-1] == (float("inf"), s["batches"])
+
+
+@pytest.mark.parametrize("batching", [True, False])
+def test_search_reports_its_stage_times(tiny_engine, flat_index, queries, batching):
+    with univl_fast.load(
+        tiny_engine, index=flat_index, precision=PRECISION, batching=batching
+    ) as eng:
+        t = {}
+        t0 = time.perf_counter()
+        eng.search(queries[:3], k=3, timings=t)
+        wall = time.perf_counter() - t0
+    assert set(t) == {"queue_s", "encode_s", "search_s", "total_s", "batch_items"}
+    assert t["encode_s"] > 0 and t["search_s"] > 0 and t["batch_items"] == 3
+    assert t["queue_s"] + t["encode_s"] + t["search_s"] <= t["total_s"] <= wall
+    if not batching:
+        assert t["queue_s"] < t["encode_s"]  # no queue: only argument checks before encoding

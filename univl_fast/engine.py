@@ -171,15 +171,13 @@ class Engine:
             from univl_fast.batching import QueryBatcher
 
             self.workers = int(self.config.workers)
-            fn = self._run_batch
             if self.workers > 1:
                 from univl_fast.runtime.backends import ThreadSettings, physical_cores
 
                 per_worker = max(1, physical_cores() // self.workers)
                 self._narrow = encoder.with_text_threads(ThreadSettings(intra_op=per_worker))
-                fn = self._run_worker_batch
             self._batcher = QueryBatcher(
-                fn,
+                self._batch_fn,
                 int(self.config.max_batch),
                 int(self.config.max_wait_us),
                 self.workers,
@@ -219,33 +217,48 @@ class Engine:
         k: int = 10,
         modality: str | None = None,
         timeout: float | None = None,
+        timings: dict[str, float] | None = None,
     ) -> list[list[Hit]]:
         """Encode ``queries`` and search the index.
 
         queries: list of n strings. k: hits per query (>= 1; more than the corpus gives all
         documents). modality: None (joint index), "text" or "image" (restrict to one modality,
         the paper's Text / Image settings). timeout: seconds (> 0) or None (no deadline).
+        timings: a dict to fill, when given, with this call's stages in seconds: ``queue_s``
+        (waiting for the batcher; 0 unbatched), ``encode_s`` and ``search_s`` (of the batch
+        that ran it), ``total_s``, and ``batch_items`` (queries in that batch).
         Returns n lists of Hit(doc_id, modality, score), best first; an empty or whitespace-only
         query gets an empty list.
         Raises ``univl_fast.errors.Overloaded`` at once when the batcher's queue is full and
         ``univl_fast.errors.DeadlineExceeded`` when the deadline passes (see the module doc).
         """
+        t_call = time.perf_counter()
         items = self._check_search_args(queries, k, modality)
         timeout = _check_timeout(timeout)
         if not items:
             return []
         if self._batcher is not None:
             try:
-                results = self._batcher.submit(items, timeout)
+                tagged = self._batcher.submit(items, timeout)
             except RuntimeError as exc:
                 if self._closed and not isinstance(exc, UnivlFastError):
                     raise RuntimeError("Engine.search: the engine is closed") from None
                 raise
+            results = [r for r, _stamp in tagged]
+            t_batch, clock = tagged[0][1]
         else:
             deadline = None if timeout is None else time.monotonic() + timeout
+            clock = {}
             with self._plain.call(len(items)) as call:
-                results = self._run_batch(items, deadline=deadline, timeout=timeout)
+                t_batch = time.perf_counter()
+                results = self._run_batch(items, deadline=deadline, timeout=timeout, clock=clock)
                 call.ok()
+        if timings is not None:
+            timings["queue_s"] = max(0.0, t_batch - t_call)
+            timings["encode_s"] = clock.get("encode_s", 0.0)
+            timings["search_s"] = clock.get("search_s", 0.0)
+            timings["batch_items"] = clock.get("batch_items", len(items))
+            timings["total_s"] = time.perf_counter() - t_call
         failed = [(i, r.reason) for i, r in enumerate(results) if isinstance(r, _Failed)]
         if failed:
             partial = [None if isinstance(r, _Failed) else r for r in results]
@@ -281,7 +294,19 @@ class Engine:
             items.append((q, int(k), modality))
         return items
 
-    def _run_worker_batch(self, items: list[_Item]) -> list[Any]:
+    def _batch_fn(self, items: list[_Item]) -> list[tuple[Any, tuple[float, dict[str, float]]]]:
+        """The batcher's fn: runs one batch and tags every row with (batch start, its stage
+        times), so each caller can report its own queue / encode / search times."""
+        t0 = time.perf_counter()
+        clock: dict[str, float] = {}
+        if self.workers > 1:
+            results = self._run_worker_batch(items, clock)
+        else:
+            results = self._run_batch(items, clock=clock)
+        stamp = (t0, clock)
+        return [(r, stamp) for r in results]
+
+    def _run_worker_batch(self, items: list[_Item], clock: dict[str, float]) -> list[Any]:
         """A batch on one of several workers. Alone, it encodes with the full thread count
         (lowest latency under light load); while another batch is running it uses the
         cores/workers-thread session, so concurrent batches do not fight over one thread pool.
@@ -290,7 +315,7 @@ class Engine:
             self._busy += 1
             alone = self._busy == 1
         try:
-            return self._run_batch(items, self.encoder if alone else self._narrow)
+            return self._run_batch(items, self.encoder if alone else self._narrow, clock=clock)
         finally:
             with self._busy_lock:
                 self._busy -= 1
@@ -301,6 +326,7 @@ class Engine:
         encoder: Any = None,
         deadline: float | None = None,
         timeout: float | None = None,
+        clock: dict[str, float] | None = None,
     ) -> list[Any]:
         """Encode and search a batch of items -> per item a list of Hit, or ``_Failed`` for a
         query the encoder rejected (e.g. text with lone surrogates).
@@ -312,13 +338,18 @@ class Engine:
         reaches only the callers whose items cause it.
         deadline (time.monotonic() seconds, plain path only): checked after the encode and after
         the index search; past it, raises DeadlineExceeded naming ``timeout``.
+        clock: filled with encode_s, search_s (seconds) and batch_items when given.
         """
+        if clock is not None:
+            clock["batch_items"] = len(items)
         results: list[Any] = [[] for _ in items]
         live = [i for i, (text, _k, _m) in enumerate(items) if text.strip()]
         if not live:
             return results
         encoder = encoder if encoder is not None else self.encoder
+        t0 = time.perf_counter()
         enc = encoder.encode_queries([items[i][0] for i in live], on_error="skip")
+        t1 = time.perf_counter()
         _check_deadline(deadline, timeout, "encoding")
         for err in enc.errors:
             results[live[err.index]] = _Failed(err.reason)
@@ -334,6 +365,9 @@ class Engine:
             for i, row_hits in zip(positions, hits, strict=True):
                 k = items[i][1]
                 results[i] = row_hits if len(row_hits) <= k else row_hits[:k]
+        if clock is not None:
+            clock["encode_s"] = t1 - t0
+            clock["search_s"] = time.perf_counter() - t1
         _check_deadline(deadline, timeout, "the index search")
         return results
 
