@@ -183,12 +183,15 @@ def test_engine_search_in_a_forked_child(
         # Batcher, ORT sessions, thread teams and combine threads all running before the fork.
         before = eng.search(qs, k=10)
         docs = eng.encode_image_docs(images, captions)
+        parent_encoder = eng.encoder
 
         def child():
             hits = eng.search(qs, k=10, timeout=30)
-            return hits, eng.encode_image_docs(images, captions), eng.stats()
+            reopened = eng.encoder is not parent_encoder  # ORT sessions are not fork-safe
+            return hits, eng.encode_image_docs(images, captions), eng.stats(), reopened
 
-        got, child_docs, child_stats = in_child(child)
+        got, child_docs, child_stats, reopened = in_child(child)
+        assert eng.encoder is parent_encoder
         after = eng.search(qs, k=10)
         runtime = eng.encoder.text_runtime
     if precision == "int8" and runtime != "native":
@@ -199,6 +202,7 @@ def test_engine_search_in_a_forked_child(
         if precision == PRECISION:
             assert_same_ranking(g, parent_hits[q], 10, f"child vs another engine {q!r}")
     np.testing.assert_allclose(child_docs, docs, atol=1e-6)
+    assert reopened, "the child reused the parent's encoder sessions"
     assert child_stats["batching"] is batching
     assert child_stats["restarts_after_fork"] == (1 if batching else 0)
 

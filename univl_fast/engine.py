@@ -34,7 +34,12 @@ Backpressure and deadlines (for services; ``univl_fast.errors``):
 
 Fork safety: an Engine made (and used) before ``os.fork()`` works in the child, as in
 gunicorn ``--preload`` or a ``multiprocessing`` fork pool: the batcher restarts its workers in
-the child, the compiled kernels make their own threads there.
+the child, the compiled kernels make their own threads there, and the encoder's sessions are
+re-opened on first use (ONNX Runtime is not fork-safe: a lock of its thread pool may be held
+at fork() by a thread that exists only in the parent). That costs each child one session load
+and its own copy of the model weights; the index is shared copy-on-write. faiss's OpenMP
+regions entered from the thread that forked run single-threaded in the child (libgomp has no
+fork handler); other threads, such as the batcher's, use all cores.
 """
 
 from __future__ import annotations
@@ -143,8 +148,22 @@ class Engine:
     batcher's worker thread.
     """
 
-    def __init__(self, encoder: Any, index: Any = None, config: EngineConfig | None = None):
+    def __init__(
+        self,
+        encoder: Any,
+        index: Any = None,
+        config: EngineConfig | None = None,
+        reopen: Any = None,
+    ):
+        """reopen: a callable returning a fresh encoder like ``encoder`` (``load`` passes one):
+        a process forked from this one calls it once, on first use, because ONNX Runtime's
+        sessions are not fork-safe (their thread pools' locks may be held by threads that stay
+        in the parent)."""
         self.encoder = encoder
+        self._reopen = reopen
+        self._stale_encoder = False  # set in a forked child: re-open before the next use
+        self._reopen_lock = threading.Lock()
+        self._narrow_threads = None
         self.index = index
         self.config = config or EngineConfig()
         if self.config.max_batch < 1:
@@ -175,7 +194,8 @@ class Engine:
                 from univl_fast.runtime.backends import ThreadSettings, physical_cores
 
                 per_worker = max(1, physical_cores() // self.workers)
-                self._narrow = encoder.with_text_threads(ThreadSettings(intra_op=per_worker))
+                self._narrow_threads = ThreadSettings(intra_op=per_worker)
+                self._narrow = encoder.with_text_threads(self._narrow_threads)
             self._batcher = QueryBatcher(
                 self._batch_fn,
                 int(self.config.max_batch),
@@ -197,18 +217,32 @@ class Engine:
 
     def encode_queries(self, texts: Sequence[str], on_error: str = "raise") -> Any:
         """Queries -> (n, d) float32 unit rows (``on_error``: see ``runtime.Encoder``)."""
-        return self.encoder.encode_queries(list(texts), on_error=on_error)
+        return self._current_encoder().encode_queries(list(texts), on_error=on_error)
 
     def encode_text_docs(self, texts: Sequence[str], on_error: str = "raise") -> Any:
         """Text documents -> (n, d) float32 unit rows."""
-        return self.encoder.encode_text_docs(list(texts), on_error=on_error)
+        return self._current_encoder().encode_text_docs(list(texts), on_error=on_error)
 
     def encode_image_docs(
         self, images: Sequence[Any], captions: Sequence[str], on_error: str = "raise"
     ) -> Any:
         """Image documents (paths, bytes or PIL images, with their captions) -> (n, d) float32
         unit rows: L2-normalize(image embedding + caption embedding)."""
-        return self.encoder.encode_image_docs(list(images), list(captions), on_error=on_error)
+        return self._current_encoder().encode_image_docs(
+            list(images), list(captions), on_error=on_error
+        )
+
+    def _current_encoder(self) -> Any:
+        """self.encoder, re-opened first in a process forked since it was made (see __init__)."""
+        if self._stale_encoder:
+            with self._reopen_lock:
+                if self._stale_encoder:
+                    self.encoder = self._reopen()
+                    if self._narrow_threads is not None:
+                        self._narrow = self.encoder.with_text_threads(self._narrow_threads)
+                    self._stale_encoder = False
+                    logger.info("forked child %d: engine sessions re-opened", os.getpid())
+        return self.encoder
 
     # ------------------------------------------------------------------ search
     def search(
@@ -315,7 +349,8 @@ class Engine:
             self._busy += 1
             alone = self._busy == 1
         try:
-            return self._run_batch(items, self.encoder if alone else self._narrow, clock=clock)
+            encoder = self._current_encoder()
+            return self._run_batch(items, encoder if alone else self._narrow, clock=clock)
         finally:
             with self._busy_lock:
                 self._busy -= 1
@@ -346,7 +381,7 @@ class Engine:
         live = [i for i, (text, _k, _m) in enumerate(items) if text.strip()]
         if not live:
             return results
-        encoder = encoder if encoder is not None else self.encoder
+        encoder = encoder if encoder is not None else self._current_encoder()
         t0 = time.perf_counter()
         enc = encoder.encode_queries([items[i][0] for i in live], on_error="skip")
         t1 = time.perf_counter()
@@ -397,6 +432,16 @@ class Engine:
         self._busy_lock = threading.Lock()
         self._busy = 0
         self._plain.after_fork_in_child()
+        self._reopen_lock = threading.Lock()
+        if self._reopen is not None:
+            self._stale_encoder = True
+        else:
+            logger.warning(
+                "forked child %d: this Engine was made without univl_fast.load, so its encoder "
+                "sessions cannot be re-opened and are reused (ONNX Runtime is not fork-safe: "
+                "load the engine in the child, or build it with Engine(..., reopen=...))",
+                os.getpid(),
+            )
 
     def close(self) -> None:
         """Stop the batcher: batches in flight finish, later searches raise RuntimeError."""
@@ -586,6 +631,10 @@ def load(
 
     engine_dir = Path(engine_dir)
     encoder = Encoder(engine_dir, precision=precision, backend=backend, **encoder_kwargs)
+
+    def reopen() -> Any:  # the same encoder, new sessions (in a forked child)
+        return Encoder(engine_dir, precision=encoder.precision, backend=backend, **encoder_kwargs)
+
     idx = None
     if index is not None:
         from univl_fast.index import load_index
@@ -598,4 +647,4 @@ def load(
         workers=workers,
         max_queue=max_queue,
     )
-    return Engine(encoder, idx, config)
+    return Engine(encoder, idx, config, reopen=reopen)
