@@ -20,6 +20,17 @@ from univl_fast.types import Hit
 pytest_plugins = ["tests.engine_fixtures"]
 
 
+def run_clients(n_threads: int, client, timeout_s: float) -> None:
+    """Runs client(t) on n_threads threads; fails if one is still running after timeout_s."""
+    threads = [threading.Thread(target=client, args=(t,)) for t in range(n_threads)]
+    for th in threads:
+        th.start()
+    deadline = time.monotonic() + timeout_s
+    for th in threads:
+        th.join(max(0.0, deadline - time.monotonic()))
+    assert not any(th.is_alive() for th in threads), "a client thread hung"
+
+
 @pytest.fixture(scope="module")
 def plain(tiny_engine, flat_index):
     eng = univl_fast.load(tiny_engine, index=flat_index, precision=PRECISION, batching=False)
@@ -223,12 +234,7 @@ def test_batcher_stress_64_threads(tiny_engine, flat_index, queries, reference, 
             except BaseException as exc:  # noqa: BLE001
                 errors.append(f"thread {t}: {type(exc).__name__}: {exc}")
 
-        threads = [threading.Thread(target=client, args=(t,)) for t in range(n_threads)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join(120)
-        assert not any(th.is_alive() for th in threads), "a client thread hung"
+        run_clients(n_threads, client, timeout_s=120)
         stats = eng.batcher_stats()
     assert not errors, errors[:5]
     total = sum(counted)
@@ -364,12 +370,7 @@ def test_stress_256_threads_against_max_queue_32(tiny_engine, flat_index, querie
             except BaseException as exc:  # noqa: BLE001
                 errors.append(f"thread {t}: {type(exc).__name__}: {exc}")
 
-        threads = [threading.Thread(target=client, args=(t,)) for t in range(n_threads)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join(180)
-        assert not any(th.is_alive() for th in threads), "a client thread hung"
+        run_clients(n_threads, client, timeout_s=180)
         stats = eng.stats()
     assert not errors, errors[:5]
     assert len(outcomes) == n_threads * calls
