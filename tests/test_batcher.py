@@ -540,3 +540,8 @@ def test_stress_256_threads_against_a_queue_of_32():
     assert buckets[-1] == (float("inf"), stats["batches"])
     assert [le for le, _c in buckets[:-1]] == [1.0, 2.0, 4.0, 8.0]
     assert all(c1 <= c2 for (_a, c1), (_b, c2) in zip(buckets, buckets[1:], strict=False))
+
+
+def test_huge_timeout_is_no_deadline():
+    with QueryBatcher(square_items, 4, 100) as b:
+        assert b.submit([(0, 0, 2)], timeout=1e300) == [(0, 0, 5)]

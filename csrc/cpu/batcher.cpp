@@ -282,7 +282,8 @@ py::list QueryBatcher::submit(const py::object& items, std::optional<double> tim
                              "(it would wait for itself)");
   if (timeout_s && !(std::isfinite(*timeout_s) && *timeout_s > 0))
     throw py::value_error("QueryBatcher.submit: timeout must be None or a positive, finite "
-                          "number of seconds, got " + py::repr(py::float_(*timeout_s)).cast<std::string>());
+                          "number of seconds, got " +
+                          py::repr(py::float_(*timeout_s)).cast<std::string>());
   if (restart_in_child_) {
     // First submit in a process forked after this batcher started: its workers stayed behind
     // in the parent. The GIL serialises this with every other submit.
@@ -309,10 +310,12 @@ py::list QueryBatcher::submit(const py::object& items, std::optional<double> tim
   req.n = static_cast<size_t>(PyList_GET_SIZE(copied));
 
   const auto start = Clock::now();
+  // Beyond ~30 years a deadline is no deadline (and the time_point arithmetic would overflow).
+  const bool bounded = timeout_s && *timeout_s < 1e9;
   const auto deadline =
-      timeout_s ? start + std::chrono::duration_cast<Clock::duration>(
-                              std::chrono::duration<double>(*timeout_s))
-                : Clock::time_point::max();
+      bounded ? start + std::chrono::duration_cast<Clock::duration>(
+                            std::chrono::duration<double>(*timeout_s))
+              : Clock::time_point::max();
 
   enum class Admit { kClosed, kFull, kQueued, kEmpty };
   size_t depth = 0;
