@@ -243,13 +243,9 @@ py::dict build_info() {
   d["simd_supported"] = univl::combine_simd_supported();
   d["simd_selected"] = univl::combine_simd_selected();
   d["text_tower_isas"] = univl::text_tower_supported_isas();
-#ifdef UNIVL_WITH_OPENMP
-  d["openmp"] = true;
-  d["openmp_version"] = static_cast<int>(_OPENMP);
-#else
+  // No OpenMP runtime is linked (own threads survive fork()); keys kept for readers of old dumps.
   d["openmp"] = false;
   d["openmp_version"] = py::none();
-#endif
   d["threads"] = univl::cpu_num_threads();
   d["cuda"] = kWithCuda;
 #ifdef UNIVL_WITH_CUDA
@@ -346,25 +342,35 @@ inf in a or b gives an all-NaN row. The GIL is released while computing.
   });
 
   py::class_<univl::QueryBatcher>(m, "QueryBatcher", gc_support, R"doc(
-QueryBatcher(fn, max_batch=64, max_wait_us=2000, num_workers=1)
+QueryBatcher(fn, max_batch=64, max_wait_us=2000, num_workers=1, max_queue=None)
 
 Coalesces concurrent submit() calls into batched calls fn(items) -> list (same length),
 run on num_workers worker threads; every caller gets its own results, in order.
+At most max_queue items wait in the queue (None: 16 * max_batch); a submit that would
+overflow it raises univl_fast.errors.Overloaded at once. Safe across fork(): the child's
+first submit starts fresh workers.
 )doc")
-      .def(py::init<py::object, int64_t, int64_t, int64_t>(), "fn"_a, "max_batch"_a = 64,
-           "max_wait_us"_a = 2000, "num_workers"_a = 1)
-      .def("submit", &univl::QueryBatcher::submit, "items"_a,
+      .def(py::init<py::object, int64_t, int64_t, int64_t, std::optional<int64_t>>(), "fn"_a,
+           "max_batch"_a = 64, "max_wait_us"_a = 2000, "num_workers"_a = 1,
+           "max_queue"_a = py::none())
+      .def("submit", &univl::QueryBatcher::submit, "items"_a, "timeout"_a = py::none(),
            "Runs fn over these items (batched with concurrent calls); blocks with the GIL "
-           "released. Returns a list of len(items) results, or raises what fn raised for them.")
+           "released. Returns a list of len(items) results, or raises what fn raised for them. "
+           "Raises univl_fast.errors.Overloaded when the queue is full and "
+           "univl_fast.errors.DeadlineExceeded when timeout (seconds) passes first.")
       .def("close", &univl::QueryBatcher::close,
            "Stops accepting requests, finishes queued ones and joins the worker. Idempotent.")
       .def("stats", &univl::QueryBatcher::stats,
            "dict: batches, items, requests, mean_batch_size, max_batch_size, failed_batches, "
-           "retried_requests, queued_items, closed, max_batch, max_wait_us, num_workers")
+           "retried_requests, queued_items, queued_requests, max_queued_items, "
+           "rejected_requests, expired_in_queue, expired_running, started_requests, "
+           "queue_wait_s_sum, retry_after_s, restarts_after_fork, batch_size_buckets, closed, "
+           "max_batch, max_wait_us, num_workers, max_queue")
       .def_property_readonly("closed", &univl::QueryBatcher::closed)
       .def_property_readonly("max_batch", &univl::QueryBatcher::max_batch)
       .def_property_readonly("max_wait_us", &univl::QueryBatcher::max_wait_us)
       .def_property_readonly("num_workers", &univl::QueryBatcher::num_workers)
+      .def_property_readonly("max_queue", &univl::QueryBatcher::max_queue)
       .def("__enter__", [](py::object self) { return self; })
       .def("__exit__", [](univl::QueryBatcher& self, py::args) { self.close(); });
 

@@ -6,13 +6,15 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import pytest
 
 pytest.importorskip("univl_fast._C", reason="compiled core not built")
 
 from univl_fast import _C  # noqa: E402
-from univl_fast.batching import QueryBatcher  # noqa: E402
+from univl_fast.batching import DEFAULT_QUEUE_FACTOR, QueryBatcher  # noqa: E402
+from univl_fast.errors import DeadlineExceeded, Overloaded, UnivlFastError  # noqa: E402
 
 
 def square_items(items):
@@ -360,3 +362,186 @@ def test_last_reference_dropped_inside_fn():
             break
         threading.Event().wait(0.01)
     assert ref() is None
+
+
+# ------------------------------------------------------------------ backpressure and deadlines
+
+
+def blocked_batcher(max_queue, max_batch=1, num_workers=1):
+    """A batcher whose fn blocks on 'hold' items until release is set; records what fn saw."""
+    release = threading.Event()
+    entered = threading.Event()
+    seen: list = []
+
+    def fn(items):
+        seen.extend(items)
+        if any(isinstance(x, str) and x.startswith("hold") for x in items):
+            entered.set()
+            release.wait(30)
+        return [("done", x) for x in items]
+
+    b = QueryBatcher(
+        fn, max_batch=max_batch, max_wait_us=0, num_workers=num_workers, max_queue=max_queue
+    )
+    return b, release, entered, seen
+
+
+def start_call(batcher, items, timeout=None):
+    """Runs batcher.submit on a thread; returns (thread, box) with the result or the error."""
+    box: dict = {}
+
+    def body():
+        try:
+            box["result"] = batcher.submit(items, timeout=timeout)
+        except BaseException as exc:  # noqa: BLE001 - the test inspects it
+            box["error"] = exc
+
+    t = threading.Thread(target=body, daemon=True)
+    t.start()
+    return t, box
+
+
+def wait_for(cond, timeout=30):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.001)
+
+
+def test_full_queue_raises_overloaded_at_once():
+    b, release, entered, seen = blocked_batcher(max_queue=3)
+    with b:
+        running, _ = start_call(b, ["hold"])
+        assert entered.wait(30)  # taken by the worker: no longer queued
+        queued = [start_call(b, [i]) for i in range(3)]
+        wait_for(lambda: b.stats()["queued_items"] == 3)
+        t0 = time.monotonic()
+        with pytest.raises(Overloaded, match=r"max_queue=3") as info:
+            b.submit(["refused"])
+        assert time.monotonic() - t0 < 1.0, "Overloaded must come at once, not after a wait"
+        assert info.value.limit == 3
+        assert 0 < info.value.retry_after_s <= 60
+        assert isinstance(info.value, RuntimeError) and isinstance(info.value, UnivlFastError)
+        with pytest.raises(Overloaded):  # two items do not fit either
+            b.submit(["x", "y"])
+        release.set()
+        for t, _box in [(running, None), *queued]:
+            t.join(30)
+            assert not t.is_alive()
+        assert [box["result"] for _t, box in queued] == [[("done", i)] for i in range(3)]
+        stats = b.stats()
+    assert "refused" not in seen
+    assert stats["rejected_requests"] == 2
+    assert stats["max_queued_items"] == 3 and stats["max_queue"] == 3
+    assert b.max_queue == 3
+
+
+def test_request_larger_than_max_queue_runs_when_the_queue_is_empty():
+    with QueryBatcher(square_items, max_batch=4, max_wait_us=0, max_queue=2) as b:
+        items = [(0, i, i) for i in range(10)]
+        assert b.submit(items) == square_items(items)
+
+
+def test_default_max_queue_is_sized_from_max_batch():
+    with QueryBatcher(square_items, max_batch=8) as b:
+        assert b.max_queue == DEFAULT_QUEUE_FACTOR * 8 == b.stats()["max_queue"]
+    with pytest.raises(ValueError, match="max_queue must be >= 1"):
+        QueryBatcher(square_items, max_queue=0)
+
+
+def test_deadline_while_queued_removes_the_request():
+    b, release, entered, seen = blocked_batcher(max_queue=8)
+    with b:
+        running, box = start_call(b, ["hold"])
+        assert entered.wait(30)
+        t0 = time.monotonic()
+        with pytest.raises(DeadlineExceeded, match=r"timeout=0\.2 s.*queue") as info:
+            b.submit(["late"], timeout=0.2)
+        waited = time.monotonic() - t0
+        assert 0.15 <= waited < 5, waited
+        assert info.value.timeout_s == 0.2
+        assert isinstance(info.value, TimeoutError) and isinstance(info.value, UnivlFastError)
+        assert b.stats()["queued_items"] == 0  # removed from the queue at once
+        release.set()
+        running.join(30)
+        assert box["result"] == [("done", "hold")]
+        assert b.submit(["after"], timeout=10) == [("done", "after")]
+        stats = b.stats()
+    assert "late" not in seen, "a request whose deadline passed while queued was run"
+    assert stats["expired_in_queue"] == 1 and stats["expired_running"] == 0
+
+
+def test_deadline_while_running_discards_the_result():
+    b, release, entered, seen = blocked_batcher(max_queue=8)
+    with b:
+        with pytest.raises(DeadlineExceeded, match=r"timeout=0\.2 s.*running") as info:
+            b.submit(["hold-me"], timeout=0.2)
+        assert info.value.timeout_s == 0.2
+        release.set()
+        # The worker finishes the abandoned batch and serves the next caller.
+        assert b.submit(["next"], timeout=10) == [("done", "next")]
+        stats = b.stats()
+    assert seen == ["hold-me", "next"]
+    assert stats["expired_running"] == 1 and stats["expired_in_queue"] == 0
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf")])
+def test_bad_timeout_is_refused(bad):
+    with QueryBatcher(square_items, 4, 100) as b:
+        with pytest.raises(ValueError, match="timeout must be"):
+            b.submit([(0, 0, 1)], timeout=bad)
+
+
+def test_stress_256_threads_against_a_queue_of_32():
+    """Every call either gets its own correct rows or Overloaded; none hangs, every admitted
+    item reaches fn exactly once, and the queue never holds more than max_queue items."""
+    n_threads, calls = 256, 4
+    fn_items: list = []
+
+    def fn(items):
+        fn_items.extend(items)
+        time.sleep(0.0005)  # a batch takes time: the queue fills
+        return square_items(items)
+
+    outcomes: dict[tuple[int, int], object] = {}
+    lock = threading.Lock()
+
+    def caller(cid):
+        for seq in range(calls):
+            items = [
+                (cid, seq * 10 + k, cid * 100 + seq * 10 + k) for k in range(1 + (cid + seq) % 3)
+            ]
+            try:
+                got = b.submit(items, timeout=60)
+                assert got == square_items(items), (cid, seq)
+                outcome = ("ok", len(items))
+            except Overloaded as exc:
+                assert exc.limit == 32
+                outcome = ("overloaded", len(items))
+            with lock:
+                assert (cid, seq) not in outcomes, "answered twice"
+                outcomes[(cid, seq)] = outcome
+
+    with QueryBatcher(fn, max_batch=8, max_wait_us=200, max_queue=32) as b:
+        results = run_threads(n_threads, caller)
+        stats = b.stats()
+    assert all(r is None for r in results.values()), [r for r in results.values() if r][:3]
+    assert len(outcomes) == n_threads * calls
+    ok_items = sum(n for kind, n in outcomes.values() if kind == "ok")
+    rejected = sum(1 for kind, _n in outcomes.values() if kind == "overloaded")
+    assert rejected > 0, "256 threads never filled a queue of 32"
+    assert ok_items > 0
+    assert len(fn_items) == ok_items == stats["items"], "an admitted item was lost or run twice"
+    assert len(set(fn_items)) == len(fn_items)
+    assert stats["rejected_requests"] == rejected
+    assert stats["max_queued_items"] <= 32, stats
+    assert stats["queued_items"] == 0
+    buckets = stats["batch_size_buckets"]
+    assert buckets[-1] == (float("inf"), stats["batches"])
+    assert [le for le, _c in buckets[:-1]] == [1.0, 2.0, 4.0, 8.0]
+    assert all(c1 <= c2 for (_a, c1), (_b, c2) in zip(buckets, buckets[1:], strict=False))
+
+
+def test_huge_timeout_is_no_deadline():
+    with QueryBatcher(square_items, 4, 100) as b:
+        assert b.submit([(0, 0, 2)], timeout=1e300) == [(0, 0, 5)]

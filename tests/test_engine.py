@@ -5,16 +5,30 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 
 import numpy as np
 import pytest
 
 import univl_fast
 from tests.engine_helpers import PRECISION, assert_same_ranking, exact_hits
+from univl_fast.engine import DEFAULT_QUEUE_FACTOR
+from univl_fast.errors import DeadlineExceeded, Overloaded
 from univl_fast.types import Hit
 
 # session fixtures shared by the engine / CLI tests: corpus, flat_index, queries
 pytest_plugins = ["tests.engine_fixtures"]
+
+
+def run_clients(n_threads: int, client, timeout_s: float) -> None:
+    """Runs client(t) on n_threads threads; fails if one is still running after timeout_s."""
+    threads = [threading.Thread(target=client, args=(t,)) for t in range(n_threads)]
+    for th in threads:
+        th.start()
+    deadline = time.monotonic() + timeout_s
+    for th in threads:
+        th.join(max(0.0, deadline - time.monotonic()))
+    assert not any(th.is_alive() for th in threads), "a client thread hung"
 
 
 @pytest.fixture(scope="module")
@@ -220,12 +234,7 @@ def test_batcher_stress_64_threads(tiny_engine, flat_index, queries, reference, 
             except BaseException as exc:  # noqa: BLE001
                 errors.append(f"thread {t}: {type(exc).__name__}: {exc}")
 
-        threads = [threading.Thread(target=client, args=(t,)) for t in range(n_threads)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join(120)
-        assert not any(th.is_alive() for th in threads), "a client thread hung"
+        run_clients(n_threads, client, timeout_s=120)
         stats = eng.batcher_stats()
     assert not errors, errors[:5]
     total = sum(counted)
@@ -324,3 +333,108 @@ def test_repr_and_properties(plain):
     assert len(plain.manifest_sha256) == 64
     assert "Engine(" in repr(plain)
     assert plain.batcher_stats() == {}
+
+
+# ------------------------------------------------------------------ backpressure and deadlines
+
+
+def test_stress_256_threads_against_max_queue_32(tiny_engine, flat_index, queries, reference):
+    """Each call gets its own correct hits or Overloaded (at once, naming the limit); none
+    hangs, none is answered twice, and the queue never holds more than 32 queries."""
+    n_threads, calls = 256, 3
+    with univl_fast.load(
+        tiny_engine, index=flat_index, precision=PRECISION, max_batch=8, max_queue=32
+    ) as eng:
+        outcomes: dict[tuple[int, int], str] = {}
+        errors: list[str] = []
+        lock = threading.Lock()
+        start = threading.Barrier(n_threads)
+
+        def client(t: int) -> None:
+            rng = random.Random(1000 + t)
+            try:
+                start.wait()
+                for c in range(calls):
+                    batch = [rng.choice(queries) for _ in range(rng.randint(1, 2))]
+                    try:
+                        got = eng.search(batch, k=5, timeout=120)
+                        for q, hits in zip(batch, got, strict=True):
+                            assert_same_ranking(hits, reference[q], 5, f"thread {t} {q!r}")
+                        outcome = "ok"
+                    except Overloaded as exc:
+                        assert exc.limit == 32 and "max_queue=32" in str(exc)
+                        outcome = "overloaded"
+                    with lock:
+                        assert (t, c) not in outcomes, "answered twice"
+                        outcomes[(t, c)] = outcome
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(f"thread {t}: {type(exc).__name__}: {exc}")
+
+        run_clients(n_threads, client, timeout_s=180)
+        stats = eng.stats()
+    assert not errors, errors[:5]
+    assert len(outcomes) == n_threads * calls
+    n_over = sum(1 for o in outcomes.values() if o == "overloaded")
+    assert 0 < n_over < len(outcomes), n_over
+    assert stats["rejected_requests"] == n_over
+    assert stats["requests"] == len(outcomes) - n_over  # every admitted call was answered
+    assert stats["max_queued_items"] <= 32, stats
+    assert stats["queued_items"] == 0 and stats["max_queue"] == 32
+
+
+@pytest.mark.parametrize("batching", [True, False])
+def test_deadline_exceeded(tiny_engine, flat_index, queries, batching):
+    with univl_fast.load(
+        tiny_engine, index=flat_index, precision=PRECISION, batching=batching
+    ) as eng:
+        eng.search(queries[:2], k=3)  # warm
+        with pytest.raises(DeadlineExceeded, match=r"timeout=1e-06 s") as info:
+            eng.search(queries[:32], k=3, timeout=1e-6)
+        assert info.value.timeout_s == 1e-6
+        assert isinstance(info.value, TimeoutError)
+        assert len(eng.search(queries[:2], k=3, timeout=60)) == 2  # still serving
+        stats = eng.stats()
+    assert stats["batching"] is batching
+    assert stats["expired_in_queue"] + stats["expired_running"] == 1
+
+
+def test_timeout_and_max_queue_are_checked(plain, tiny_engine, flat_index, queries):
+    for bad in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="timeout must be a positive"):
+            plain.search(queries[:1], k=3, timeout=bad)
+    with pytest.raises(TypeError, match="timeout must be a number"):
+        plain.search(queries[:1], k=3, timeout="1")
+    with pytest.raises(ValueError, match="max_queue must be >= 1"):
+        univl_fast.load(tiny_engine, index=flat_index, precision=PRECISION, max_queue=0)
+    with univl_fast.load(tiny_engine, index=flat_index, precision=PRECISION, max_batch=8) as eng:
+        assert eng.config.queue_limit == DEFAULT_QUEUE_FACTOR * 8
+        assert eng.stats()["max_queue"] == DEFAULT_QUEUE_FACTOR * 8
+
+
+def test_stats_have_the_same_keys_on_both_paths(plain, tiny_engine, flat_index, queries):
+    plain.search(queries[:3], k=3)
+    with univl_fast.load(tiny_engine, index=flat_index, precision=PRECISION) as eng:
+        eng.search(queries[:3], k=3)
+        batched = eng.stats()
+    unbatched = plain.stats()
+    assert set(batched) == set(unbatched)
+    assert batched["batching"] is True and unbatched["batching"] is False
+    for s in (batched, unbatched):
+        assert s["items"] >= 3 and s["batches"] >= 1
+        assert s["batch_size_buckets"][-1] == (float("inf"), s["batches"])
+
+
+@pytest.mark.parametrize("batching", [True, False])
+def test_search_reports_its_stage_times(tiny_engine, flat_index, queries, batching):
+    with univl_fast.load(
+        tiny_engine, index=flat_index, precision=PRECISION, batching=batching
+    ) as eng:
+        t = {}
+        t0 = time.perf_counter()
+        eng.search(queries[:3], k=3, timings=t)
+        wall = time.perf_counter() - t0
+    assert set(t) == {"queue_s", "encode_s", "search_s", "total_s", "batch_items"}
+    assert t["encode_s"] > 0 and t["search_s"] > 0 and t["batch_items"] == 3
+    assert t["queue_s"] + t["encode_s"] + t["search_s"] <= t["total_s"] <= wall
+    if not batching:
+        assert t["queue_s"] < t["encode_s"]  # no queue: only argument checks before encoding

@@ -17,12 +17,40 @@ Query semantics (the same on both paths):
   hits of the call's other queries, and concurrent callers are not affected;
 - searching without an index raises ``RuntimeError`` naming ``load(..., index=...)``;
 - an index built from a different engine is refused on load (engine manifest hash).
+
+Backpressure and deadlines (for services; ``univl_fast.errors``):
+- with batching on, at most ``max_queue`` queries wait for the batcher (default
+  ``16 * max_batch``); a call that would overflow the queue raises ``Overloaded`` at once
+  (``.limit`` = max_queue, ``.retry_after_s`` = a hint from the recent batch time);
+- ``search(..., timeout=s)`` raises ``DeadlineExceeded`` (``.timeout_s`` = s) when the hits are
+  not ready within s seconds. A call still queued then is removed and never run; one whose batch
+  is already running is abandoned (the batch finishes for the others, its rows are dropped).
+  With ``batching=False`` there is no queue: the call runs on the caller's thread and the
+  deadline is checked after encoding and after the index search, so it raises
+  ``DeadlineExceeded`` at the first of those points past the deadline (it cannot interrupt a
+  stage that is running);
+- ``stats()`` returns the same counters on both paths (queue depth, batch sizes, rejections,
+  deadlines; see ``univl_fast.batching.STATS_DOC``).
+
+Fork safety: an Engine made (and used) before ``os.fork()`` works in the child, as in
+gunicorn ``--preload`` or a ``multiprocessing`` fork pool: the batcher restarts its workers in
+the child, the compiled kernels make their own threads there, and the encoder's sessions are
+re-opened on first use (ONNX Runtime is not fork-safe: a lock of its thread pool may be held
+at fork() by a thread that exists only in the parent). That costs each child one session load
+and its own copy of the model weights; the index is shared copy-on-write. faiss's OpenMP
+regions entered from the thread that forked run single-threaded in the child (libgomp has no
+fork handler); other threads, such as the batcher's, use all cores.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import os
+import sys
 import threading
+import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,7 +58,7 @@ from typing import Any
 
 import numpy as np
 
-from univl_fast.errors import UnivlFastError
+from univl_fast.errors import DeadlineExceeded, UnivlFastError
 from univl_fast.types import MODALITIES, Hit
 
 __all__ = [
@@ -40,7 +68,10 @@ __all__ = [
     "load",
     "DEFAULT_MAX_BATCH",
     "DEFAULT_MAX_WAIT_US",
+    "DEFAULT_QUEUE_FACTOR",
 ]
+
+logger = logging.getLogger(__name__)
 
 # Tuned with bench/bench_e2e.py (bench/results/e2e.md). Closed-loop clients resubmit while the
 # previous batch runs, so by the time the worker is free they are all queued: any wait of
@@ -49,6 +80,10 @@ __all__ = [
 # queued (1 client: up to max_wait_us per call). 64 covers the 64-client case in one batch.
 DEFAULT_MAX_BATCH = 64
 DEFAULT_MAX_WAIT_US = 500
+# max_queue=None: this many times max_batch queries may wait (64 -> 1024: 16 batches of work,
+# enough for 64+ concurrent clients sending a few queries each without a refusal, while a flood
+# is refused at once instead of waiting without bound). Same as univl_fast.batching's default.
+DEFAULT_QUEUE_FACTOR = 16
 
 
 @dataclass
@@ -64,9 +99,19 @@ class EngineConfig:
     # gain over 1 (-8% to +11% by client count over three interleaved runs) and a worse p99, so
     # the default stays 1.
     workers: int = 1
+    # Most queries waiting for the batcher (None: DEFAULT_QUEUE_FACTOR * max_batch); a search
+    # that would overflow it raises univl_fast.errors.Overloaded at once.
+    max_queue: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def queue_limit(self) -> int:
+        """max_queue, resolved (the default sized from max_batch)."""
+        if self.max_queue is None:
+            return DEFAULT_QUEUE_FACTOR * int(self.max_batch)
+        return int(self.max_queue)
 
 
 class SearchError(UnivlFastError, ValueError):
@@ -103,8 +148,22 @@ class Engine:
     batcher's worker thread.
     """
 
-    def __init__(self, encoder: Any, index: Any = None, config: EngineConfig | None = None):
+    def __init__(
+        self,
+        encoder: Any,
+        index: Any = None,
+        config: EngineConfig | None = None,
+        reopen: Any = None,
+    ):
+        """reopen: a callable returning a fresh encoder like ``encoder`` (``load`` passes one):
+        a process forked from this one calls it once, on first use, because ONNX Runtime's
+        sessions are not fork-safe (their thread pools' locks may be held by threads that stay
+        in the parent)."""
         self.encoder = encoder
+        self._reopen = reopen
+        self._stale_encoder = False  # set in a forked child: re-open before the next use
+        self._reopen_lock = threading.Lock()
+        self._narrow_threads = None
         self.index = index
         self.config = config or EngineConfig()
         if self.config.max_batch < 1:
@@ -113,6 +172,11 @@ class Engine:
             raise ValueError(f"max_wait_us must be >= 0, got {self.config.max_wait_us}")
         if self.config.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.config.workers}")
+        mq = self.config.max_queue
+        if mq is not None and (isinstance(mq, bool) or not isinstance(mq, (int, np.integer))):
+            raise TypeError(f"max_queue must be an int or None, got {type(mq).__name__}")
+        if mq is not None and mq < 1:
+            raise ValueError(f"max_queue must be >= 1 (or None for the default), got {mq}")
         self._closed = False
         self._close_lock = threading.Lock()
         self._batcher = None
@@ -120,19 +184,24 @@ class Engine:
         self._narrow = None  # encoder view with a cores/workers-thread text session
         self._busy = 0  # batches inside _run_worker_batch (guarded by _busy_lock)
         self._busy_lock = threading.Lock()
+        self._plain = _PlainCounters()  # stats of the unbatched path
+        _live_engines.add(self)  # its locks are re-made in a forked child
         if self.config.batching and index is not None:
             from univl_fast.batching import QueryBatcher
 
             self.workers = int(self.config.workers)
-            fn = self._run_batch
             if self.workers > 1:
                 from univl_fast.runtime.backends import ThreadSettings, physical_cores
 
                 per_worker = max(1, physical_cores() // self.workers)
-                self._narrow = encoder.with_text_threads(ThreadSettings(intra_op=per_worker))
-                fn = self._run_worker_batch
+                self._narrow_threads = ThreadSettings(intra_op=per_worker)
+                self._narrow = encoder.with_text_threads(self._narrow_threads)
             self._batcher = QueryBatcher(
-                fn, int(self.config.max_batch), int(self.config.max_wait_us), self.workers
+                self._batch_fn,
+                int(self.config.max_batch),
+                int(self.config.max_wait_us),
+                self.workers,
+                self.config.queue_limit,
             )
 
     # ------------------------------------------------------------------ encoding
@@ -148,43 +217,82 @@ class Engine:
 
     def encode_queries(self, texts: Sequence[str], on_error: str = "raise") -> Any:
         """Queries -> (n, d) float32 unit rows (``on_error``: see ``runtime.Encoder``)."""
-        return self.encoder.encode_queries(list(texts), on_error=on_error)
+        return self._current_encoder().encode_queries(list(texts), on_error=on_error)
 
     def encode_text_docs(self, texts: Sequence[str], on_error: str = "raise") -> Any:
         """Text documents -> (n, d) float32 unit rows."""
-        return self.encoder.encode_text_docs(list(texts), on_error=on_error)
+        return self._current_encoder().encode_text_docs(list(texts), on_error=on_error)
 
     def encode_image_docs(
         self, images: Sequence[Any], captions: Sequence[str], on_error: str = "raise"
     ) -> Any:
         """Image documents (paths, bytes or PIL images, with their captions) -> (n, d) float32
         unit rows: L2-normalize(image embedding + caption embedding)."""
-        return self.encoder.encode_image_docs(list(images), list(captions), on_error=on_error)
+        return self._current_encoder().encode_image_docs(
+            list(images), list(captions), on_error=on_error
+        )
+
+    def _current_encoder(self) -> Any:
+        """self.encoder, re-opened first in a process forked since it was made (see __init__)."""
+        if self._stale_encoder:
+            with self._reopen_lock:
+                if self._stale_encoder:
+                    self.encoder = self._reopen()
+                    if self._narrow_threads is not None:
+                        self._narrow = self.encoder.with_text_threads(self._narrow_threads)
+                    self._stale_encoder = False
+                    logger.info("forked child %d: engine sessions re-opened", os.getpid())
+        return self.encoder
 
     # ------------------------------------------------------------------ search
     def search(
-        self, queries: Sequence[str], k: int = 10, modality: str | None = None
+        self,
+        queries: Sequence[str],
+        k: int = 10,
+        modality: str | None = None,
+        timeout: float | None = None,
+        timings: dict[str, float] | None = None,
     ) -> list[list[Hit]]:
         """Encode ``queries`` and search the index.
 
         queries: list of n strings. k: hits per query (>= 1; more than the corpus gives all
         documents). modality: None (joint index), "text" or "image" (restrict to one modality,
-        the paper's Text / Image settings).
+        the paper's Text / Image settings). timeout: seconds (> 0) or None (no deadline).
+        timings: a dict to fill, when given, with this call's stages in seconds: ``queue_s``
+        (waiting for the batcher; 0 unbatched), ``encode_s`` and ``search_s`` (of the batch
+        that ran it), ``total_s``, and ``batch_items`` (queries in that batch).
         Returns n lists of Hit(doc_id, modality, score), best first; an empty or whitespace-only
         query gets an empty list.
+        Raises ``univl_fast.errors.Overloaded`` at once when the batcher's queue is full and
+        ``univl_fast.errors.DeadlineExceeded`` when the deadline passes (see the module doc).
         """
+        t_call = time.perf_counter()
         items = self._check_search_args(queries, k, modality)
+        timeout = _check_timeout(timeout)
         if not items:
             return []
         if self._batcher is not None:
             try:
-                results = self._batcher.submit(items)
-            except RuntimeError:
-                if self._closed:
+                tagged = self._batcher.submit(items, timeout)
+            except RuntimeError as exc:
+                if self._closed and not isinstance(exc, UnivlFastError):
                     raise RuntimeError("Engine.search: the engine is closed") from None
                 raise
+            results = [r for r, _stamp in tagged]
+            t_batch, clock = tagged[0][1]
         else:
-            results = self._run_batch(items)
+            deadline = None if timeout is None else time.monotonic() + timeout
+            clock = {}
+            with self._plain.call(len(items)) as call:
+                t_batch = time.perf_counter()
+                results = self._run_batch(items, deadline=deadline, timeout=timeout, clock=clock)
+                call.ok()
+        if timings is not None:
+            timings["queue_s"] = max(0.0, t_batch - t_call)
+            timings["encode_s"] = clock.get("encode_s", 0.0)
+            timings["search_s"] = clock.get("search_s", 0.0)
+            timings["batch_items"] = clock.get("batch_items", len(items))
+            timings["total_s"] = time.perf_counter() - t_call
         failed = [(i, r.reason) for i, r in enumerate(results) if isinstance(r, _Failed)]
         if failed:
             partial = [None if isinstance(r, _Failed) else r for r in results]
@@ -220,7 +328,19 @@ class Engine:
             items.append((q, int(k), modality))
         return items
 
-    def _run_worker_batch(self, items: list[_Item]) -> list[Any]:
+    def _batch_fn(self, items: list[_Item]) -> list[tuple[Any, tuple[float, dict[str, float]]]]:
+        """The batcher's fn: runs one batch and tags every row with (batch start, its stage
+        times), so each caller can report its own queue / encode / search times."""
+        t0 = time.perf_counter()
+        clock: dict[str, float] = {}
+        if self.workers > 1:
+            results = self._run_worker_batch(items, clock)
+        else:
+            results = self._run_batch(items, clock=clock)
+        stamp = (t0, clock)
+        return [(r, stamp) for r in results]
+
+    def _run_worker_batch(self, items: list[_Item], clock: dict[str, float]) -> list[Any]:
         """A batch on one of several workers. Alone, it encodes with the full thread count
         (lowest latency under light load); while another batch is running it uses the
         cores/workers-thread session, so concurrent batches do not fight over one thread pool.
@@ -229,12 +349,20 @@ class Engine:
             self._busy += 1
             alone = self._busy == 1
         try:
-            return self._run_batch(items, self.encoder if alone else self._narrow)
+            encoder = self._current_encoder()
+            return self._run_batch(items, encoder if alone else self._narrow, clock=clock)
         finally:
             with self._busy_lock:
                 self._busy -= 1
 
-    def _run_batch(self, items: list[_Item], encoder: Any = None) -> list[Any]:
+    def _run_batch(
+        self,
+        items: list[_Item],
+        encoder: Any = None,
+        deadline: float | None = None,
+        timeout: float | None = None,
+        clock: dict[str, float] | None = None,
+    ) -> list[Any]:
         """Encode and search a batch of items -> per item a list of Hit, or ``_Failed`` for a
         query the encoder rejected (e.g. text with lone surrogates).
 
@@ -243,13 +371,21 @@ class Engine:
         index search at their largest k, then each item's hits are cut to its own k. Any other
         exception propagates: the batcher then re-runs each caller's request alone, so it
         reaches only the callers whose items cause it.
+        deadline (time.monotonic() seconds, plain path only): checked after the encode and after
+        the index search; past it, raises DeadlineExceeded naming ``timeout``.
+        clock: filled with encode_s, search_s (seconds) and batch_items when given.
         """
+        if clock is not None:
+            clock["batch_items"] = len(items)
         results: list[Any] = [[] for _ in items]
         live = [i for i, (text, _k, _m) in enumerate(items) if text.strip()]
         if not live:
             return results
-        encoder = encoder if encoder is not None else self.encoder
+        encoder = encoder if encoder is not None else self._current_encoder()
+        t0 = time.perf_counter()
         enc = encoder.encode_queries([items[i][0] for i in live], on_error="skip")
+        t1 = time.perf_counter()
+        _check_deadline(deadline, timeout, "encoding")
         for err in enc.errors:
             results[live[err.index]] = _Failed(err.reason)
         vectors = enc.embeddings  # (n_good, d) float32, rows for the positions enc.indices
@@ -264,6 +400,10 @@ class Engine:
             for i, row_hits in zip(positions, hits, strict=True):
                 k = items[i][1]
                 results[i] = row_hits if len(row_hits) <= k else row_hits[:k]
+        if clock is not None:
+            clock["encode_s"] = t1 - t0
+            clock["search_s"] = time.perf_counter() - t1
+        _check_deadline(deadline, timeout, "the index search")
         return results
 
     # ------------------------------------------------------------------ lifecycle
@@ -272,6 +412,36 @@ class Engine:
         if self._batcher is None:
             return {}
         return dict(self._batcher.stats())
+
+    def stats(self) -> dict[str, Any]:
+        """Serving counters with the same keys on both paths (for metrics exporters):
+        ``univl_fast.batching.STATS_DOC`` plus ``batching`` (bool). With batching off there is
+        no queue: ``queued_*``, ``rejected_requests`` and ``expired_in_queue`` stay 0, each call
+        counts as one batch, and ``expired_running`` counts DeadlineExceeded calls."""
+        if self._batcher is not None:
+            out = dict(self._batcher.stats())
+        else:
+            out = self._plain.stats(self.config)
+        out["batching"] = self._batcher is not None
+        return out
+
+    def _after_fork_in_child(self) -> None:
+        # A lock held by another thread at fork() stays held in the child, where that thread
+        # does not exist: make new ones (the compiled batcher handles its own state).
+        self._close_lock = threading.Lock()
+        self._busy_lock = threading.Lock()
+        self._busy = 0
+        self._plain.after_fork_in_child()
+        self._reopen_lock = threading.Lock()
+        if self._reopen is not None:
+            self._stale_encoder = True
+        else:
+            logger.warning(
+                "forked child %d: this Engine was made without univl_fast.load, so its encoder "
+                "sessions cannot be re-opened and are reused (ONNX Runtime is not fork-safe: "
+                "load the engine in the child, or build it with Engine(..., reopen=...))",
+                os.getpid(),
+            )
 
     def close(self) -> None:
         """Stop the batcher: batches in flight finish, later searches raise RuntimeError."""
@@ -303,8 +473,135 @@ class Engine:
         return (
             f"Engine(dim={getattr(self.encoder, 'dim', '?')}, index_docs={n}, "
             f"batching={self.config.batching}, max_batch={self.config.max_batch}, "
-            f"max_wait_us={self.config.max_wait_us}, workers={self.workers})"
+            f"max_wait_us={self.config.max_wait_us}, workers={self.workers}, "
+            f"max_queue={self.config.queue_limit})"
         )
+
+
+def _check_timeout(timeout: Any) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float, np.integer, np.floating)):
+        raise TypeError(
+            f"Engine.search: timeout must be a number of seconds or None, got "
+            f"{type(timeout).__name__}"
+        )
+    t = float(timeout)
+    if not math.isfinite(t) or t <= 0:
+        raise ValueError(
+            f"Engine.search: timeout must be a positive, finite number of seconds, got {timeout!r}"
+        )
+    return t
+
+
+def _check_deadline(deadline: float | None, timeout: float | None, stage: str) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise DeadlineExceeded(
+            f"Engine.search: deadline exceeded: timeout={timeout:.3g} s passed during {stage} "
+            "(batching=False: checked after each stage; the results are discarded)",
+            timeout_s=timeout,
+        )
+
+
+class _PlainCounters:
+    """stats() of the unbatched path: the batcher's keys, one batch per call."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, float] = dict.fromkeys(
+            ("batches", "items", "failed_batches", "expired_running", "max_batch_size"), 0
+        )
+        self._size_counts: dict[int, int] = {}
+
+    def after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
+
+    def call(self, n: int) -> _PlainCall:
+        return _PlainCall(self, n)
+
+    def record(self, n: int, ok: bool, expired: bool) -> None:
+        with self._lock:
+            c = self._counts
+            c["batches"] += 1
+            c["items"] += n
+            c["max_batch_size"] = max(c["max_batch_size"], n)
+            c["failed_batches"] += 0 if ok or expired else 1
+            c["expired_running"] += 1 if expired else 0
+            self._size_counts[n] = self._size_counts.get(n, 0) + 1
+
+    def stats(self, config: EngineConfig) -> dict[str, Any]:
+        with self._lock:
+            c = dict(self._counts)
+            sizes = dict(self._size_counts)
+        les = [1]
+        while les[-1] < config.max_batch:
+            les.append(les[-1] * 2)
+        buckets = [(float(le), sum(v for s, v in sizes.items() if s <= le)) for le in les]
+        buckets.append((math.inf, int(c["batches"])))
+        batches = int(c["batches"])
+        return {
+            "batches": batches,
+            "items": int(c["items"]),
+            "requests": batches,
+            "mean_batch_size": c["items"] / batches if batches else 0.0,
+            "max_batch_size": int(c["max_batch_size"]),
+            "failed_batches": int(c["failed_batches"]),
+            "retried_requests": 0,
+            "queued_items": 0,
+            "queued_requests": 0,
+            "max_queued_items": 0,
+            "rejected_requests": 0,
+            "expired_in_queue": 0,
+            "expired_running": int(c["expired_running"]),
+            "started_requests": batches,
+            "queue_wait_s_sum": 0.0,
+            "retry_after_s": 0.0,
+            "restarts_after_fork": 0,
+            "batch_size_buckets": buckets,
+            "closed": False,
+            "max_batch": int(config.max_batch),
+            "max_wait_us": int(config.max_wait_us),
+            "num_workers": 0,
+            "max_queue": config.queue_limit,
+        }
+
+
+class _PlainCall:
+    def __init__(self, counters: _PlainCounters, n: int):
+        self._counters, self._n, self._ok = counters, n, False
+
+    def ok(self) -> None:
+        self._ok = True
+
+    def __enter__(self) -> _PlainCall:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self._counters.record(
+            self._n, self._ok, exc_type is not None and issubclass(exc_type, DeadlineExceeded)
+        )
+
+
+# Engines alive in this process, for the fork handler below.
+_live_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def _engines_after_fork_in_child() -> None:
+    engines = list(_live_engines)
+    for eng in engines:
+        eng._after_fork_in_child()
+    faiss = sys.modules.get("faiss")
+    if engines and faiss is not None:
+        # faiss runs on libgomp, which keeps no fork handler: a parallel region entered in the
+        # child from the thread that forked (if it ran one in the parent) waits forever for the
+        # parent's OpenMP workers. One thread for this thread's regions avoids that pool; other
+        # threads (the batcher's workers, a server's request threads) start fresh pools.
+        faiss.omp_set_num_threads(1)
+        logger.debug("forked child: faiss OpenMP regions of the forking thread run single-threaded")
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_engines_after_fork_in_child)
 
 
 def load(
@@ -317,6 +614,7 @@ def load(
     max_batch: int = DEFAULT_MAX_BATCH,
     max_wait_us: int = DEFAULT_MAX_WAIT_US,
     workers: int = 1,
+    max_queue: int | None = None,
     **encoder_kwargs: Any,
 ) -> Engine:
     """Load an exported engine dir and, optionally, an index dir built from it.
@@ -324,7 +622,8 @@ def load(
     precision: "fp32" | "fp16" | "int8" (default: the fastest whose parity passed).
     backend: "onnxruntime" | "tensorrt" (default: the best available here).
     batching / max_batch / max_wait_us / workers: how concurrent ``search`` calls are coalesced
-    (see :class:`EngineConfig`).
+    (see :class:`EngineConfig`). max_queue: most queries waiting for the batcher (None:
+    ``DEFAULT_QUEUE_FACTOR * max_batch``); beyond it ``search`` raises ``Overloaded`` at once.
     Other keyword arguments go to ``univl_fast.runtime.Encoder``.
     Raises ValueError when the index was built from a different engine.
     """
@@ -332,12 +631,20 @@ def load(
 
     engine_dir = Path(engine_dir)
     encoder = Encoder(engine_dir, precision=precision, backend=backend, **encoder_kwargs)
+
+    def reopen() -> Any:  # the same encoder, new sessions (in a forked child)
+        return Encoder(engine_dir, precision=encoder.precision, backend=backend, **encoder_kwargs)
+
     idx = None
     if index is not None:
         from univl_fast.index import load_index
 
         idx = load_index(index, engine_sha256=encoder.manifest_sha256)
     config = EngineConfig(
-        batching=batching, max_batch=max_batch, max_wait_us=max_wait_us, workers=workers
+        batching=batching,
+        max_batch=max_batch,
+        max_wait_us=max_wait_us,
+        workers=workers,
+        max_queue=max_queue,
     )
-    return Engine(encoder, idx, config)
+    return Engine(encoder, idx, config, reopen=reopen)

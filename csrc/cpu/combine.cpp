@@ -1,14 +1,22 @@
 // Run-time kernel selection and the threaded driver for the CPU combine.
+//
+// Threads: a small pool of our own (not OpenMP: libgomp's team does not survive fork(), so a
+// pre-forking server's workers would hang in their first combine, and its regions are slow when
+// entered from threads other than the main one). The pool belongs to the process that made it:
+// a child forked later makes its own on first use (the parent's workers do not exist there).
 #include "cpu/combine.h"
+
+#include <sched.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstdlib>
+#include <functional>
+#include <mutex>
 #include <thread>
-
-#ifdef UNIVL_WITH_OPENMP
-#include <omp.h>
-#endif
 
 namespace univl {
 namespace {
@@ -86,14 +94,122 @@ constexpr int64_t kMinElementsPerThread = 1 << 15;
 // Outputs at least this large are written with non-temporal stores (where a kernel has them).
 constexpr int64_t kStreamMinBytes = int64_t{64} << 20;
 
+// Caller + (threads - 1) workers running numbered tasks of one job at a time.
+class Pool {
+ public:
+  explicit Pool(int threads) : owner_pid_(getpid()) {
+    for (int i = 1; i < threads; ++i) workers_.emplace_back([this] { worker_main(); });
+  }
+  // Never destroyed: the process-wide pool lives until exit (its idle workers sleep), and a
+  // forked child's copy has no threads to stop.
+  ~Pool() = delete;
+
+  long owner_pid() const { return owner_pid_; }
+
+  // Runs task(t) for every t in [0, tasks) on the caller and the workers; returns when all are
+  // done. Returns false without running anything when another call is using the pool.
+  bool try_run(int tasks, const std::function<void(int)>& task) {
+    std::unique_lock<std::mutex> run(run_mu_, std::try_to_lock);
+    if (!run.owns_lock()) return false;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      job_ = &task;
+      tasks_ = tasks;
+      pending_.store(tasks);
+      ++epoch_;
+      cursor_.store(epoch_ << 32);  // (epoch, next task)
+      published_.store(epoch_, std::memory_order_release);
+    }
+    wake_.notify_all();
+    work(epoch_, tasks, task);
+    int spins = 0;
+    while (pending_.load(std::memory_order_acquire) > 0) {
+      if (++spins < kCallerSpins) continue;
+      std::unique_lock<std::mutex> lk(mu_);
+      done_.wait(lk, [&] { return pending_.load() == 0; });
+    }
+    return true;
+  }
+
+ private:
+  static constexpr int kCallerSpins = 20000;
+  static constexpr auto kIdleSpin = std::chrono::microseconds(50);
+
+  // Claims and runs tasks of run `epoch` until none is left. A claim succeeds only while that
+  // run is current, so a late worker never runs a finished job.
+  void work(uint64_t epoch, int tasks, const std::function<void(int)>& task) {
+    for (;;) {
+      uint64_t c = cursor_.load();
+      if ((c >> 32) != epoch || static_cast<int>(c & 0xffffffffu) >= tasks) return;
+      if (!cursor_.compare_exchange_weak(c, c + 1)) continue;
+      task(static_cast<int>(c & 0xffffffffu));
+      if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+        std::lock_guard<std::mutex> lk(mu_);
+        done_.notify_all();
+      }
+    }
+  }
+
+  void worker_main() {
+    uint64_t seen = 0;
+    for (;;) {
+      const auto t0 = std::chrono::steady_clock::now();
+      while (published_.load(std::memory_order_acquire) == seen &&
+             std::chrono::steady_clock::now() - t0 < kIdleSpin) {
+        std::this_thread::yield();
+      }
+      const std::function<void(int)>* job;
+      int tasks;
+      {
+        std::unique_lock<std::mutex> lk(mu_);
+        wake_.wait(lk, [&] { return epoch_ != seen; });
+        seen = epoch_;
+        job = job_;
+        tasks = tasks_;
+      }
+      work(seen, tasks, *job);
+    }
+  }
+
+  const long owner_pid_;
+  std::vector<std::thread> workers_;
+  std::mutex run_mu_;  // one job at a time
+  std::mutex mu_;      // guards epoch_, job_, tasks_
+  std::condition_variable wake_;
+  std::condition_variable done_;
+  uint64_t epoch_ = 0;
+  const std::function<void(int)>* job_ = nullptr;
+  int tasks_ = 0;
+  std::atomic<uint64_t> published_{0};
+  std::atomic<uint64_t> cursor_{0};
+  std::atomic<int> pending_{0};
+};
+
+// The pool of this process, made on first use (again in a forked child: the parent's workers
+// are not there; the parent's pool object is left as it is).
+Pool* process_pool() {
+  static std::atomic<Pool*> pool{nullptr};
+  Pool* p = pool.load(std::memory_order_acquire);
+  if (p && p->owner_pid() == getpid()) return p;
+  Pool* fresh = new Pool(cpu_num_threads());
+  if (pool.compare_exchange_strong(p, fresh, std::memory_order_acq_rel)) return fresh;
+  // Another thread installed one first: ours stays unused (its workers sleep; rare, bounded).
+  return p;
+}
+
 }  // namespace
 
 int cpu_num_threads() {
-#ifdef UNIVL_WITH_OPENMP
-  return std::max(1, omp_get_max_threads());
-#else
-  return std::max(1u, std::thread::hardware_concurrency());
-#endif
+  static const int n = [] {
+    if (const char* env = std::getenv("UNIVL_FAST_COMBINE_THREADS")) {
+      const int v = std::atoi(env);
+      if (v >= 1 && v <= 1024) return v;
+    }
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) return std::max(1, CPU_COUNT(&set));
+    return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  }();
+  return n;
 }
 
 void combine_image_docs_cpu(const CombineArgs& in) {
@@ -120,20 +236,11 @@ void combine_image_docs_cpu(const CombineArgs& in) {
     const int64_t r1 = args.n * (t + 1) / threads;
     if (r0 < r1) fn(args, r0, r1);
   };
-#ifdef UNIVL_WITH_OPENMP
-#pragma omp parallel num_threads(threads)
-  {
-    // The runtime may grant fewer threads than asked for: cover every block regardless.
-    const int team = omp_get_num_threads();
-    for (int t = omp_get_thread_num(); t < threads; t += team) block(t);
+  const std::function<void(int)> task = block;
+  if (!process_pool()->try_run(threads, task)) {
+    // Another thread's combine holds the pool: run on this thread alone.
+    for (int t = 0; t < threads; ++t) block(t);
   }
-#else
-  std::vector<std::thread> pool;
-  pool.reserve(threads - 1);
-  for (int t = 1; t < threads; ++t) pool.emplace_back(block, t);
-  block(0);
-  for (auto& th : pool) th.join();
-#endif
 }
 
 std::vector<std::string> combine_simd_compiled() {

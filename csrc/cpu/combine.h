@@ -58,7 +58,8 @@ std::string combine_simd_selected();
 // Forces a variant (tests, benchmarks). Returns false if it is not supported here.
 bool combine_set_simd(const std::string& name);
 
-// Threads the CPU kernels may use (OpenMP max threads, or hardware concurrency without OpenMP).
+// Threads the CPU combine may use: the CPUs this process may run on (sched_getaffinity), or
+// UNIVL_FAST_COMBINE_THREADS (1..1024) when set. Read once.
 int cpu_num_threads();
 
 }  // namespace univl

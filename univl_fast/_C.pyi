@@ -1,0 +1,102 @@
+"""Type stubs of univl_fast._C, the compiled core (csrc/bindings.cpp, csrc/text_tower_bindings.cpp).
+
+tests/test_errors.py checks that every public name of the built module has a stub here.
+"""
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+# ------------------------------------------------------------------ combine (UniVL-DR Eq. 3)
+
+def combine_image_docs(
+    a: npt.ArrayLike, b: npt.ArrayLike, *, out: npt.NDArray[np.float32] | None = None
+) -> npt.NDArray[np.float32]:
+    """out[i] = (a[i] + b[i]) / ||a[i] + b[i]||_2 on the CPU (float32/float16 in, float32 out)."""
+
+def combine_image_docs_cuda(
+    a: npt.ArrayLike, b: npt.ArrayLike, *, out: npt.NDArray[np.float32] | None = None
+) -> npt.NDArray[np.float32]:
+    """Same on the current CUDA device; RuntimeError on a build or machine without CUDA."""
+
+def set_simd_variant(name: str) -> str:
+    """Forces the CPU combine kernel ('scalar', 'avx2', 'avx512'); returns the previous one."""
+
+# ------------------------------------------------------------------ CUDA and build info
+
+def cuda_device_count() -> int: ...
+def cuda_driver_version() -> int: ...
+def build_info() -> dict[str, Any]:
+    """compiler, cxx_standard, build_type, pybind11, cmake, python, arch, simd_compiled,
+    simd_supported, simd_selected, text_tower_isas, openmp (always False: no OpenMP runtime),
+    openmp_version (None), threads, cuda, nvcc_version, cuda_architectures, cuda_runtime,
+    cuda_runtime_version."""
+
+# ------------------------------------------------------------------ native text tower
+
+def text_tower_isas() -> list[str]:
+    """ISA builds of the native text tower this CPU runs, best last."""
+
+class TextTower:
+    def __init__(
+        self,
+        arrays: dict[str, npt.NDArray[Any]],
+        *,
+        vocab: int,
+        width: int,
+        heads: int,
+        layers: int,
+        hidden: int,
+        context: int,
+        embed_dim: int,
+        act: str,
+        pool: str,
+        eos_id: int,
+        ln_eps: float,
+        threads: int = 1,
+        isa: str = "auto",
+    ) -> None: ...
+    def run(self, ids: npt.ArrayLike) -> npt.NDArray[np.float32]:
+        """int64 ids (batch, seq) -> float32 (batch, embed_dim) raw embeddings."""
+    def with_threads(self, threads: int) -> TextTower: ...
+    @property
+    def isa(self) -> str: ...
+    @property
+    def threads(self) -> int: ...
+    @property
+    def weight_bytes(self) -> int: ...
+
+# ------------------------------------------------------------------ query batcher
+
+class QueryBatcher:
+    """Coalesces concurrent submit() calls into batched fn(items) calls on worker threads.
+
+    Raises univl_fast.errors.Overloaded (queue full) and DeadlineExceeded (timeout) from
+    submit; survives fork() (the child's first submit restarts the workers)."""
+
+    def __init__(
+        self,
+        fn: Callable[[list[Any]], Sequence[Any]],
+        max_batch: int = 64,
+        max_wait_us: int = 2000,
+        num_workers: int = 1,
+        max_queue: int | None = None,
+    ) -> None: ...
+    def submit(self, items: Sequence[Any], timeout: float | None = None) -> list[Any]: ...
+    def close(self) -> None: ...
+    def stats(self) -> dict[str, Any]:
+        """See univl_fast.batching.STATS_DOC."""
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def max_batch(self) -> int: ...
+    @property
+    def max_wait_us(self) -> int: ...
+    @property
+    def num_workers(self) -> int: ...
+    @property
+    def max_queue(self) -> int: ...
+    def __enter__(self) -> QueryBatcher: ...
+    def __exit__(self, *args: object) -> None: ...
