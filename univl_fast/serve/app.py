@@ -1,0 +1,588 @@
+"""``create_app(engine, config)``: the FastAPI application of ``univl-fast serve``.
+
+Endpoints: ``POST /v1/search``, ``POST /v1/embeddings`` (OpenAI-shaped; JSON or multipart
+image upload), ``GET /health``, ``GET /ready``, ``GET /info``, ``GET /metrics``, the search
+page ``GET /`` with ``GET /v1/docs/{doc_id}/image``, and OpenAPI at ``/docs``.
+
+Engine work runs on a thread pool of ``max_queue`` threads, so the event loop never blocks.
+Admission is counted before the pool: a request over ``max_queue`` admitted ones is answered
+429 with ``Retry-After`` at once, and so is the library's own ``Overloaded``; a request whose
+deadline (``request_timeout_s`` from its arrival) passes gets 504, and its slot is freed only
+when its work has really finished, so memory and threads stay bounded under any load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import inspect
+import io
+import logging
+import math
+import os
+import platform
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import TypeAdapter, ValidationError
+
+import univl_fast
+from univl_fast.errors import DeadlineExceeded, Overloaded
+from univl_fast.serve.config import ServeConfig
+from univl_fast.serve.metrics import ServeMetrics
+from univl_fast.serve.middleware import ARRIVED, STAGES, ServeMiddleware
+from univl_fast.serve.schemas import (
+    EmbeddingsRequest,
+    EmbeddingsResponse,
+    ImageInput,
+    SearchRequest,
+    SearchResponse,
+)
+from univl_fast.serve.stages import StageClock
+
+log = logging.getLogger("univl_fast.serve")
+
+T = TypeVar("T")
+
+WARMUP_QUERY = "warm-up query"
+
+
+@dataclass
+class ServeState:
+    """What the routes share in one worker process."""
+
+    engine: Any
+    config: ServeConfig
+    metrics: ServeMetrics
+    clock: StageClock
+    docs: Any = None  # DocStore when --data was given
+    info: dict[str, Any] = field(default_factory=dict)
+    executor: ThreadPoolExecutor | None = None
+    admitted: int = 0  # requests holding an engine slot (guarded by the event loop)
+    ready: bool = False
+    draining: bool = False
+    search_has_timeout: bool = False
+
+
+def create_app(
+    engine: Any,
+    config: ServeConfig | None = None,
+    *,
+    docs: Any = None,
+    metrics: ServeMetrics | None = None,
+) -> FastAPI:
+    """The service over a loaded ``Engine`` (with an index).
+
+    docs: a ``univl_fast.serve.docs.DocStore`` for snippets and thumbnails (default: built from
+    ``config.data_dir`` when set). The app does not close the engine: its owner does.
+    """
+    config = config or ServeConfig()
+    if engine.index is None:
+        raise ValueError("create_app: the engine has no index; load it with index=INDEX_DIR")
+    metrics = metrics or ServeMetrics()
+    if docs is None and config.data_dir:
+        from univl_fast.serve.docs import DocStore
+
+        docs = DocStore(config.data_dir)
+    clock = StageClock(metrics)
+    clock.install(engine)
+    state = ServeState(engine=engine, config=config, metrics=metrics, clock=clock, docs=docs)
+    state.search_has_timeout = "timeout" in inspect.signature(engine.search).parameters
+    state.info = _info(engine, config)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        # Threads do not survive fork: each worker process makes its own pool here.
+        state.executor = ThreadPoolExecutor(config.max_queue, thread_name_prefix="univl-serve")
+        warm = asyncio.get_running_loop().create_task(_warm_up(state))
+        try:
+            yield
+        finally:
+            state.draining = True
+            warm.cancel()
+            state.executor.shutdown(wait=True, cancel_futures=False)
+
+    app = FastAPI(
+        title="univl-fast",
+        version=univl_fast.__version__,
+        description="Universal multi-modal dense retrieval (UniVL-DR): search and embeddings.",
+        lifespan=lifespan,
+    )
+    app.state.serve = state
+    _add_error_handlers(app, state)
+    _add_routes(app, state)
+    app.add_middleware(ServeMiddleware, config=config, metrics=metrics)
+    return app
+
+
+# ---------------------------------------------------------------------------- engine calls
+async def _warm_up(state: ServeState) -> None:
+    """One search (and so one encoder + index run) before /ready says yes."""
+    try:
+        await asyncio.get_running_loop().run_in_executor(
+            state.executor, lambda: state.engine.search([WARMUP_QUERY], k=1)
+        )
+    except Exception:  # noqa: BLE001 - a failed warm-up leaves /ready at 503 and says why
+        log.exception("warm-up search failed; /ready stays 503")
+        return
+    state.ready = True
+    log.info("ready")
+
+
+def _retry_after(seconds: float) -> str:
+    return str(max(1, math.ceil(seconds)))  # Retry-After takes whole seconds
+
+
+async def run_admitted(state: ServeState, request: Request, fn: Callable[[float], T]) -> T:
+    """Run ``fn(remaining_deadline_s)`` on the engine pool, or refuse at once.
+
+    Raises Overloaded (-> 429) when ``max_queue`` requests are already admitted, and
+    DeadlineExceeded (-> 504) when the request's deadline passes first. The slot is held until
+    ``fn`` has returned, even after a 504, so admitted work never exceeds ``max_queue``.
+    """
+    cfg = state.config
+    scope_state = request.scope.setdefault("state", {})
+    stages = scope_state.setdefault(STAGES, {})
+    if state.draining:
+        raise HTTPException(503, "the service is shutting down")
+    if state.admitted >= cfg.max_queue:
+        raise Overloaded(
+            f"the service is full: {cfg.max_queue} requests admitted (max_queue); retry later",
+            limit=cfg.max_queue,
+            retry_after_s=cfg.retry_after_s,
+        )
+    arrived = scope_state.get(ARRIVED, time.perf_counter())
+    remaining = cfg.request_timeout_s - (time.perf_counter() - arrived)
+    if remaining <= 0:
+        raise DeadlineExceeded(
+            f"request deadline of {cfg.request_timeout_s:g} s passed before it could start",
+            timeout_s=cfg.request_timeout_s,
+        )
+    state.admitted += 1
+    state.metrics.queue_depth.inc()
+    loop = asyncio.get_running_loop()
+    assert state.executor is not None
+    queued = time.perf_counter()
+
+    def timed() -> tuple[T, float]:
+        started = time.perf_counter()
+        return fn(cfg.request_timeout_s - (started - arrived)), started
+
+    future = loop.run_in_executor(state.executor, timed)
+
+    def release(_: object) -> None:
+        state.admitted -= 1
+        state.metrics.queue_depth.dec()
+
+    future.add_done_callback(release)
+    try:
+        result, started = await asyncio.wait_for(asyncio.shield(future), remaining)
+    except asyncio.TimeoutError:
+        raise DeadlineExceeded(
+            f"request deadline of {cfg.request_timeout_s:g} s passed",
+            timeout_s=cfg.request_timeout_s,
+        ) from None
+    stages["queue"] = started - queued
+    return result
+
+
+def _stage_times(state: ServeState, request: Request, queries: list[str], since: float) -> None:
+    """Split the engine wait of a search into queue / encode / search (Server-Timing)."""
+    stages = request.scope["state"][STAGES]
+    waited = time.perf_counter() - since
+    got = state.clock.take(queries, since)
+    if got is None:
+        return
+    encode_s, search_s = got
+    stages["queue"] = stages.get("queue", 0.0) + max(0.0, waited - encode_s - search_s)
+    stages["encode"] = encode_s
+    stages["search"] = search_s
+    state.metrics.stage.labels("queue").observe(stages["queue"])
+
+
+# ---------------------------------------------------------------------------- routes
+def _limit_error(loc: list[Any], message: str) -> HTTPException:
+    return HTTPException(422, [{"loc": loc, "msg": message, "type": "limit"}])
+
+
+def _check_texts(texts: list[str], cfg: ServeConfig, field_name: str) -> None:
+    if len(texts) > cfg.max_inputs:
+        raise _limit_error(
+            ["body", field_name],
+            f"{len(texts)} inputs, more than the limit of {cfg.max_inputs} per request",
+        )
+    for i, text in enumerate(texts):
+        if len(text) > cfg.max_query_chars:
+            raise _limit_error(
+                ["body", field_name, i],
+                f"{len(text)} characters, more than the limit of {cfg.max_query_chars}",
+            )
+
+
+def _add_routes(app: FastAPI, state: ServeState) -> None:
+    cfg = state.config
+
+    @app.get("/health", tags=["probes"])
+    async def health() -> dict[str, Any]:
+        """Liveness: the process answers (``pid``: the worker process that did)."""
+        return {"status": "ok", "pid": os.getpid()}
+
+    @app.get("/ready", tags=["probes"])
+    async def ready() -> JSONResponse:
+        """Readiness: 200 once the engine and index are loaded and warm; 503 before, and while
+        shutting down."""
+        if state.draining:
+            return JSONResponse({"status": "draining"}, status_code=503)
+        if not state.ready:
+            return JSONResponse({"status": "warming up"}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/info", tags=["service"])
+    async def info() -> dict[str, Any]:
+        """Model, precision, runtime, index, measured recall, limits and versions."""
+        return state.info
+
+    @app.get("/metrics", tags=["service"])
+    async def metrics() -> Response:
+        """Prometheus exposition."""
+        body, ctype = state.metrics.render()
+        return Response(body, media_type=ctype)
+
+    @app.post("/v1/search", response_model=SearchResponse, tags=["search"])
+    async def search(body: SearchRequest, request: Request) -> SearchResponse:
+        """Ranked documents per query. A query the engine cannot encode gets ``error`` and no
+        hits; the others are answered."""
+        _check_texts(body.queries, cfg, "queries")
+        if not 1 <= body.k <= cfg.max_k:
+            raise _limit_error(["body", "k"], f"k must be in 1..{cfg.max_k}, got {body.k}")
+        if body.include_text and state.docs is None:
+            raise _limit_error(["body", "include_text"], "this service was started without --data")
+        queries = list(body.queries)
+        since = time.perf_counter()
+
+        def work(remaining: float) -> tuple[list[Any], dict[int, str]]:
+            return _search(state, queries, body.k, body.modality, remaining)
+
+        hits, errors = await run_admitted(state, request, work)
+        _stage_times(state, request, queries, since)
+        results = []
+        for i, row in enumerate(hits):
+            rows = [
+                {
+                    "doc_id": h.doc_id,
+                    "modality": h.modality,
+                    "score": float(h.score),
+                    "text": state.docs.text(h.doc_id) if body.include_text else None,
+                }
+                for h in (row or [])
+            ]
+            results.append({"hits": rows, "error": errors.get(i)})
+        return SearchResponse(results=results, k=body.k, modality=body.modality)
+
+    @app.post(
+        "/v1/embeddings",
+        response_model=EmbeddingsResponse,
+        tags=["embeddings"],
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {"$ref": "#/components/schemas/EmbeddingsRequest"}
+                    },
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "image": {
+                                    "type": "array",
+                                    "items": {"type": "string", "format": "binary"},
+                                },
+                                "caption": {"type": "array", "items": {"type": "string"}},
+                                "encoding_format": {"type": "string", "enum": ["float", "base64"]},
+                            },
+                            "required": ["image"],
+                        }
+                    },
+                },
+            }
+        },
+    )
+    async def embeddings(request: Request) -> EmbeddingsResponse:
+        """Unit float32 embeddings, OpenAI-shaped. JSON: ``input`` is a string or a list of
+        strings and/or image documents ``{image: base64, caption}``. multipart/form-data: one or
+        more ``image`` files with a ``caption`` each (in the same order)."""
+        ctype = request.headers.get("content-type", "")
+        if ctype.startswith("multipart/form-data"):
+            items, fmt = await _multipart_items(request, cfg)
+        else:
+            items, fmt = await _json_items(request)
+        if len(items) > cfg.max_inputs:
+            raise _limit_error(
+                ["body", "input"],
+                f"{len(items)} inputs, more than the limit of {cfg.max_inputs} per request",
+            )
+        _check_texts([x for x in items if isinstance(x, str)], cfg, "input")
+
+        def work(_remaining: float) -> tuple[np.ndarray, list[int], dict[int, str], int]:
+            return _embed(state, items)
+
+        vectors, good, errors, tokens = await run_admitted(state, request, work)
+        data = []
+        for row, i in enumerate(good):
+            vec = np.ascontiguousarray(vectors[row], dtype="<f4")
+            emb: Any = base64.b64encode(vec.tobytes()).decode() if fmt == "base64" else vec.tolist()
+            data.append({"index": i, "embedding": emb})
+        return EmbeddingsResponse(
+            data=data,
+            model=str(state.info.get("model") or "univl-fast"),
+            usage={"prompt_tokens": tokens, "total_tokens": tokens},
+            errors=[{"index": i, "message": m} for i, m in sorted(errors.items())],
+        )
+
+    @app.get("/v1/docs/{doc_id}/image", tags=["documents"])
+    async def doc_image(doc_id: str) -> Response:
+        """The image file of an image document (from the dataset's imgs.tsv)."""
+        if state.docs is None:
+            raise HTTPException(404, "this service was started without --data")
+        loop = asyncio.get_running_loop()
+        try:
+            data = await loop.run_in_executor(state.executor, state.docs.image, doc_id)
+        except Exception as exc:  # noqa: BLE001 - a broken tsv line is this doc's problem only
+            raise HTTPException(500, f"image {doc_id}: {exc}") from None
+        if data is None:
+            raise HTTPException(404, f"no image document {doc_id!r}")
+        from univl_fast.serve.docs import image_content_type
+
+        return Response(
+            data,
+            media_type=image_content_type(data),
+            headers={"cache-control": "public, max-age=3600"},
+        )
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> HTMLResponse:
+        from univl_fast.serve.page import page_html
+
+        return HTMLResponse(page_html(), headers={"cache-control": "no-cache"})
+
+
+def _search(
+    state: ServeState, queries: list[str], k: int, modality: str | None, remaining: float
+) -> tuple[list[Any], dict[int, str]]:
+    """engine.search on a pool thread -> (hits per query, {position: error})."""
+    from univl_fast.engine import SearchError
+
+    kwargs: dict[str, Any] = {}
+    if state.search_has_timeout:
+        if remaining <= 0:
+            raise DeadlineExceeded(
+                f"request deadline of {state.config.request_timeout_s:g} s passed",
+                timeout_s=state.config.request_timeout_s,
+            )
+        kwargs["timeout"] = remaining
+    try:
+        return state.engine.search(queries, k=k, modality=modality, **kwargs), {}
+    except SearchError as exc:
+        return exc.results, dict(exc.errors)
+
+
+_ITEMS = TypeAdapter(EmbeddingsRequest)
+
+
+async def _json_items(request: Request) -> tuple[list[Any], str]:
+    raw = await request.body()
+    try:
+        body = _ITEMS.validate_json(raw)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False)) from None
+    items: list[Any] = [body.input] if isinstance(body.input, str) else list(body.input)
+    out: list[Any] = []
+    for i, item in enumerate(items):
+        if isinstance(item, ImageInput):
+            try:
+                data = base64.b64decode(item.image, validate=True)
+            except ValueError:
+                raise _limit_error(["body", "input", i, "image"], "not valid base64") from None
+            out.append((data, item.caption))
+        else:
+            out.append(item)
+    return out, body.encoding_format
+
+
+async def _multipart_items(request: Request, cfg: ServeConfig) -> tuple[list[Any], str]:
+    form = await request.form(max_files=cfg.max_inputs + 1, max_fields=2 * cfg.max_inputs + 4)
+    images = form.getlist("image")
+    captions = form.getlist("caption")
+    fmt = form.get("encoding_format") or "float"
+    if fmt not in ("float", "base64"):
+        raise _limit_error(["body", "encoding_format"], "must be 'float' or 'base64'")
+    if not images:
+        raise _limit_error(["body", "image"], "multipart upload without an 'image' file")
+    if captions and len(captions) != len(images):
+        raise _limit_error(
+            ["body", "caption"],
+            f"{len(images)} images but {len(captions)} captions (give one per image, or none)",
+        )
+    out: list[Any] = []
+    for i, upload in enumerate(images):
+        if isinstance(upload, str):
+            raise _limit_error(["body", "image", i], "must be a file upload")
+        caption = captions[i] if captions else ""
+        out.append((await upload.read(), str(caption)))
+    return out, str(fmt)
+
+
+def _embed(
+    state: ServeState, items: list[Any]
+) -> tuple[np.ndarray, list[int], dict[int, str], int]:
+    """Embed text items and (bytes, caption) image items -> (rows, their input positions,
+    {position: error}, tokens)."""
+    engine, cfg = state.engine, state.config
+    errors: dict[int, str] = {}
+    texts = [(i, x) for i, x in enumerate(items) if isinstance(x, str)]
+    images: list[tuple[int, bytes, str]] = []
+    for i, x in enumerate(items):
+        if isinstance(x, str):
+            continue
+        data, caption = x
+        problem = _image_problem(data, cfg.max_image_pixels)
+        if problem:
+            errors[i] = problem
+        else:
+            images.append((i, data, caption))
+    parts: list[tuple[int, np.ndarray]] = []
+    if texts:
+        res = engine.encode_text_docs([t for _, t in texts], on_error="skip")
+        for err in res.errors:
+            errors[texts[err.index][0]] = err.reason
+        parts += [
+            (texts[j][0], row) for j, row in zip(res.indices.tolist(), res.embeddings, strict=True)
+        ]
+    if images:
+        res = engine.encode_image_docs(
+            [d for _, d, _ in images], [c for _, _, c in images], on_error="skip"
+        )
+        for err in res.errors:
+            errors[images[err.index][0]] = err.reason
+        parts += [
+            (images[j][0], row) for j, row in zip(res.indices.tolist(), res.embeddings, strict=True)
+        ]
+    parts.sort(key=lambda p: p[0])
+    dim = int(engine.dim)
+    vectors = np.stack([r for _, r in parts]) if parts else np.zeros((0, dim), np.float32)
+    tokenizer = getattr(engine.encoder, "tokenizer", None)
+    tokens = 0
+    if tokenizer is not None:
+        ctx = int(getattr(engine.encoder, "context_length", 77))
+        captions = [c for _, _, c in images]
+        tokens = sum(len(tokenizer.token_ids(t, ctx)) for t in [t for _, t in texts] + captions)
+    return vectors.astype(np.float32, copy=False), [p[0] for p in parts], errors, tokens
+
+
+def _image_problem(data: bytes, max_pixels: int) -> str | None:
+    """Why an uploaded image is refused before decoding (None when its header is fine). Reads
+    the header only, so a decompression bomb costs nothing."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            w, h = img.size
+    except Exception:  # noqa: BLE001 - undecodable: the encoder reports it with its reason
+        return None
+    if w * h > max_pixels:
+        return f"image of {w}x{h} = {w * h} pixels, more than the limit of {max_pixels}"
+    return None
+
+
+# ---------------------------------------------------------------------------- errors
+def _add_error_handlers(app: FastAPI, state: ServeState) -> None:
+    @app.exception_handler(Overloaded)
+    async def overloaded(_request: Request, exc: Overloaded) -> JSONResponse:
+        retry = exc.retry_after_s if exc.retry_after_s is not None else state.config.retry_after_s
+        return JSONResponse(
+            {"detail": str(exc), "limit": exc.limit},
+            status_code=429,
+            headers={"retry-after": _retry_after(retry)},
+        )
+
+    @app.exception_handler(DeadlineExceeded)
+    async def deadline(_request: Request, exc: DeadlineExceeded) -> JSONResponse:
+        return JSONResponse({"detail": str(exc), "timeout_s": exc.timeout_s}, status_code=504)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return JSONResponse(
+                {"detail": "the request body is not valid JSON", "errors": _jsonable(errors)},
+                status_code=400,
+            )
+        return JSONResponse({"detail": _jsonable(errors)}, status_code=422)
+
+
+def _jsonable(errors: Any) -> Any:
+    """Validation errors without their non-JSON parts (exception objects in ``ctx``)."""
+    out = []
+    for e in errors:
+        e = dict(e)
+        if "ctx" in e:
+            e["ctx"] = {k: str(v) for k, v in e["ctx"].items()}
+        if isinstance(e.get("input"), bytes):
+            e["input"] = e["input"].decode("utf-8", "replace")
+        out.append(e)
+    return out
+
+
+# ---------------------------------------------------------------------------- /info
+def _version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
+def _info(engine: Any, config: ServeConfig) -> dict[str, Any]:
+    enc = engine.encoder
+    manifest = getattr(enc, "manifest", {}) or {}
+    index_manifest = dict(getattr(engine.index, "manifest", {}) or {})
+    tuning = index_manifest.get("tuning", {}) or {}
+    engine_cfg = getattr(engine, "config", None)
+    return {
+        "service": "univl-fast",
+        "model": manifest.get("model_name") or (manifest.get("model_config") or {}).get("name"),
+        "dim": int(engine.dim),
+        "precision": getattr(enc, "precision", None),
+        "backend": getattr(enc, "backend", None),
+        "text_runtime": getattr(enc, "text_runtime", None),
+        "engine_sha256": getattr(enc, "manifest_sha256", None),
+        "engine": engine_cfg.to_dict() if hasattr(engine_cfg, "to_dict") else None,
+        "index": {
+            "factory": index_manifest.get("factory"),
+            "ntotal": int(engine.index.ntotal),
+            "modality_counts": index_manifest.get("modality_counts"),
+            "search_params": index_manifest.get("search_params"),
+            "recall": tuning.get("recall_at_k"),
+            "recall_k": tuning.get("k"),
+            "target_recall": tuning.get("target_recall"),
+        },
+        "limits": config.public_dict(),
+        "versions": {
+            "univl_fast": univl_fast.__version__,
+            "python": platform.python_version(),
+            "onnxruntime": _version("onnxruntime"),
+            "faiss": _version("faiss-cpu") or _version("faiss-gpu"),
+            "fastapi": _version("fastapi"),
+            "uvicorn": _version("uvicorn"),
+        },
+    }
