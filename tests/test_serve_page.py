@@ -18,7 +18,9 @@ from univl_fast.serve import ServeConfig, create_app
 
 pytest_plugins = ["tests.engine_fixtures"]
 
-K = 10
+# Results shown. The tiny random model ranks text docs first for most questions; 30 reaches
+# the first image docs of several, so the unfiltered list mixes both modalities.
+K = 30
 WAIT_S = 30
 
 
@@ -78,8 +80,10 @@ def test_page_search_thumbnails_and_filter(
     query = mixed[0]
     with eng, thread_server(create_app(eng, ServeConfig(data_dir=str(synth_tiny)))) as url:
         browser.get(url + "/")
-        box = browser.find_element(By.ID, "q")
-        box.send_keys(query)
+        browser.find_element(By.ID, "q").send_keys(query)
+        k_box = browser.find_element(By.ID, "k")
+        k_box.clear()
+        k_box.send_keys(str(K))
         browser.find_element(By.ID, "go").click()
         wait = WebDriverWait(browser, WAIT_S)
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results li.hit")) == K)
@@ -112,6 +116,6 @@ def test_page_search_thumbnails_and_filter(
                 wait.until(lambda d: len([w for w in d.execute_script(widths_js) if w > 0]) == K)
             else:
                 assert browser.find_elements(By.CSS_SELECTOR, "#results img.thumb") == []
-        shot = tmp_path / "serve_page_text.png"
-        assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 1000
-        _artifact(shot)
+            shot = tmp_path / f"serve_page_{modality}.png"
+            assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 1000
+            _artifact(shot)

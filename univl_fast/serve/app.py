@@ -151,8 +151,8 @@ async def run_admitted(state: ServeState, request: Request, fn: Callable[[float]
     cfg = state.config
     scope_state = request.scope.setdefault("state", {})
     stages = scope_state.setdefault(STAGES, {})
-    if state.draining:
-        raise HTTPException(503, "the service is shutting down")
+    # No refusal while draining: a request that reached the app was accepted before the
+    # shutdown began (uvicorn stops accepting at once), and graceful means it is answered.
     if state.admitted >= cfg.max_queue:
         raise Overloaded(
             f"the service is full: {cfg.max_queue} requests admitted (max_queue); retry later",

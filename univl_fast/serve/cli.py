@@ -84,9 +84,14 @@ def _load_engine(args: argparse.Namespace, config: ServeConfig):
 
     from univl_fast.engine import load
 
-    kwargs = {}
+    kwargs: dict = {}
     if "max_queue" in inspect.signature(load).parameters:
+        # the library bounds its batcher queue and survives fork (issue 11, part 1)
         kwargs["max_queue"] = config.max_queue
+    elif args.workers > 1:
+        # an older library whose batcher thread does not survive fork: plain path per worker
+        log.warning("this univl_fast has no fork-safe batcher: workers search unbatched")
+        kwargs["batching"] = False
     return load(
         args.engine, index=args.index, precision=args.precision, backend=args.backend, **kwargs
     )
