@@ -242,3 +242,34 @@ def test_include_text_needs_data(tiny_engine, flat_index, queries):
         )
         assert r.status_code == 422 and "--data" in r.text
         assert httpx.get(f"{url}/v1/docs/x/image", timeout=30).status_code == 404
+
+
+def test_accepted_connections_turn_nagle_off():
+    """The listening socket says TCP, so asyncio (and so uvicorn) sets TCP_NODELAY on every
+    accepted connection; without it a keep-alive response's body waits ~40 ms for the client's
+    delayed ACK of its headers."""
+    import asyncio
+    import socket
+
+    from univl_fast.serve.prefork import bind_socket
+
+    sock = bind_socket("127.0.0.1", 0)
+
+    async def accepted_nodelay() -> int:
+        loop = asyncio.get_running_loop()
+        got: asyncio.Future[int] = loop.create_future()
+
+        class Probe(asyncio.Protocol):
+            def connection_made(self, transport):
+                s = transport.get_extra_info("socket")
+                got.set_result(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                transport.close()
+
+        server = await loop.create_server(Probe, sock=sock)
+        async with server:
+            _reader, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+            value = await asyncio.wait_for(got, 10)
+            writer.close()
+        return value
+
+    assert asyncio.run(accepted_nodelay()) == 1
