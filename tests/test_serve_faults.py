@@ -191,3 +191,22 @@ def test_api_key_401_and_no_work(engine, queries):
         r = httpx.post(f"{base}/v1/search", json=body, headers=good, timeout=30)
         assert r.status_code == 200
         assert engine.batcher_stats()["requests"] == before + 1
+
+
+def test_engine_queue_full_answers_429(tiny_engine, flat_index, queries):
+    """The engine's own bound (queries waiting for its batcher) also answers 429 at once."""
+    eng = univl_fast.load(tiny_engine, index=flat_index, precision=PRECISION, max_queue=4)
+    cfg = ServeConfig(max_queue=64, max_inputs=64)
+    heavy = {"queries": [f"{q} {i}" for i, q in enumerate(queries[:4])], "k": 10}
+    with eng, thread_server(create_app(eng, cfg)) as base, httpx.Client(timeout=30) as client:
+
+        def one(_: int) -> httpx.Response:
+            return client.post(f"{base}/v1/search", json=heavy)
+
+        with ThreadPoolExecutor(12) as pool:
+            answers = list(pool.map(one, range(36)))
+        refused = [r for r in answers if r.status_code == 429]
+        assert {r.status_code for r in answers} == {200, 429}
+        assert all(int(r.headers["retry-after"]) >= 1 for r in refused)
+        assert all(r.json()["limit"] == 4 for r in refused)
+        assert eng.stats()["rejected_requests"] >= len(refused)

@@ -79,22 +79,12 @@ def _config(args: argparse.Namespace) -> ServeConfig:
     )
 
 
-def _load_engine(args: argparse.Namespace, config: ServeConfig):
-    import inspect
-
+def _load_engine(args: argparse.Namespace):
     from univl_fast.engine import load
 
-    kwargs: dict = {}
-    if "max_queue" in inspect.signature(load).parameters:
-        # the library bounds its batcher queue and survives fork (issue 11, part 1)
-        kwargs["max_queue"] = config.max_queue
-    elif args.workers > 1:
-        # an older library whose batcher thread does not survive fork: plain path per worker
-        log.warning("this univl_fast has no fork-safe batcher: workers search unbatched")
-        kwargs["batching"] = False
-    return load(
-        args.engine, index=args.index, precision=args.precision, backend=args.backend, **kwargs
-    )
+    # The engine's own queue bound (queries waiting for its batcher) stays at its default; the
+    # service bounds admitted requests itself (--max-queue). Either being full answers 429.
+    return load(args.engine, index=args.index, precision=args.precision, backend=args.backend)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -129,7 +119,7 @@ def _serve(args: argparse.Namespace, config: ServeConfig) -> int:
     from univl_fast.serve.prefork import Prefork, bind_socket, run_in_process, url_of
 
     try:
-        engine = _load_engine(args, config)
+        engine = _load_engine(args)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"univl-fast serve: {exc}", file=sys.stderr)
         return 1

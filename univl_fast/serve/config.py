@@ -36,8 +36,8 @@ class ServeConfig:
     request_timeout_s: float = 10.0  # deadline of one search / embeddings request -> 504
     body_timeout_s: float = 10.0  # the whole body must arrive within this -> 408
     # Requests admitted at once per worker process (running or waiting for the engine); one
-    # more is answered 429 at once. Also the engine's batcher queue bound where the library
-    # has one (univl_fast.load(..., max_queue=...)).
+    # more is answered 429 at once. The engine's own bound (queries waiting for its batcher,
+    # univl_fast.load(..., max_queue=...)) raises Overloaded, also answered 429.
     max_queue: int = 64
     retry_after_s: float = 1.0  # the Retry-After a 429 carries (rounded up to whole seconds)
     graceful_timeout_s: float = 30.0  # on SIGTERM, in-flight requests get this long to finish
