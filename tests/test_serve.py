@@ -105,6 +105,8 @@ def test_embeddings_text(client, plain):
     np.testing.assert_allclose(got, ref, atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
     assert body["usage"]["prompt_tokens"] > len(texts)  # sot + words + eot per text
+    timing = r.headers["server-timing"]
+    assert float(timing.split("encode;dur=")[1].split(",")[0]) > 0
 
     r = client.post("/v1/embeddings", json={"input": texts[0], "encoding_format": "base64"})
     assert r.status_code == 200, r.text

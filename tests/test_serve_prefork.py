@@ -20,7 +20,12 @@ pytest_plugins = ["tests.engine_fixtures"]
 
 
 @pytest.fixture(scope="module")
-def server(tiny_engine, flat_index, synth_tiny):
+def metrics_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("prometheus_multiproc")
+
+
+@pytest.fixture(scope="module")
+def server(tiny_engine, flat_index, synth_tiny, metrics_dir):
     srv = CliServer(
         [
             "--engine",
@@ -33,7 +38,8 @@ def server(tiny_engine, flat_index, synth_tiny):
             "2",
             "--graceful-timeout",
             "10",
-        ]
+        ],
+        env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
     )
     try:
         wait_ready(srv.url)
@@ -68,7 +74,7 @@ def test_logs_url_and_docs(server):
     assert f"{server.url}/docs" in line and "2 worker" in line
 
 
-def test_workers_answer_and_metrics_sum(server, queries):
+def test_workers_answer_and_metrics_sum(server, queries, metrics_dir):
     pids = _wait_workers(server, 2)
     seen = set()
     for i in range(12):
@@ -87,6 +93,10 @@ def test_workers_answer_and_metrics_sum(server, queries):
         and 'status="200"' in line
     )
     assert total >= 12  # counted across both worker processes
+    # both workers write their values where /metrics sums them (multiprocess mode): each one's
+    # warm-up search observed the stage histograms
+    writers = {int(p.stem.rsplit("_", 1)[1]) for p in metrics_dir.glob("histogram_*.db")}
+    assert pids <= writers
 
 
 def test_sigkilled_worker_is_replaced_while_the_other_serves(server, queries):

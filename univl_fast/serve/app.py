@@ -134,7 +134,7 @@ async def _warm_up(state: ServeState) -> None:
         log.exception("warm-up search failed; /ready stays 503")
         return
     state.ready = True
-    log.info("ready")
+    log.info("worker %d ready", os.getpid())
 
 
 def _retry_after(seconds: float) -> str:
@@ -202,7 +202,8 @@ def _stage_times(state: ServeState, request: Request, queries: list[str], since:
     if got is None:
         return
     encode_s, search_s = got
-    stages["queue"] = stages.get("queue", 0.0) + max(0.0, waited - encode_s - search_s)
+    # the wait covers the hand-off to a pool thread too: all of it that was not its batch's work
+    stages["queue"] = max(0.0, waited - encode_s - search_s)
     stages["encode"] = encode_s
     stages["search"] = search_s
     state.metrics.stage.labels("queue").observe(stages["queue"])
@@ -332,10 +333,11 @@ def _add_routes(app: FastAPI, state: ServeState) -> None:
             )
         _check_texts([x for x in items if isinstance(x, str)], cfg, "input")
 
-        def work(_remaining: float) -> tuple[np.ndarray, list[int], dict[int, str], int]:
+        def work(_remaining: float) -> tuple[np.ndarray, list[int], dict[int, str], int, float]:
             return _embed(state, items)
 
-        vectors, good, errors, tokens = await run_admitted(state, request, work)
+        vectors, good, errors, tokens, encode_s = await run_admitted(state, request, work)
+        request.scope["state"][STAGES]["encode"] = encode_s
         data = []
         for row, i in enumerate(good):
             vec = np.ascontiguousarray(vectors[row], dtype="<f4")
@@ -443,10 +445,11 @@ async def _multipart_items(request: Request, cfg: ServeConfig) -> tuple[list[Any
 
 def _embed(
     state: ServeState, items: list[Any]
-) -> tuple[np.ndarray, list[int], dict[int, str], int]:
+) -> tuple[np.ndarray, list[int], dict[int, str], int, float]:
     """Embed text items and (bytes, caption) image items -> (rows, their input positions,
-    {position: error}, tokens)."""
+    {position: error}, tokens, seconds spent encoding)."""
     engine, cfg = state.engine, state.config
+    t0 = time.perf_counter()
     errors: dict[int, str] = {}
     texts = [(i, x) for i, x in enumerate(items) if isinstance(x, str)]
     images: list[tuple[int, bytes, str]] = []
@@ -476,6 +479,8 @@ def _embed(
         parts += [
             (images[j][0], row) for j, row in zip(res.indices.tolist(), res.embeddings, strict=True)
         ]
+    encode_s = time.perf_counter() - t0
+    state.metrics.stage.labels("encode").observe(encode_s)
     parts.sort(key=lambda p: p[0])
     dim = int(engine.dim)
     vectors = np.stack([r for _, r in parts]) if parts else np.zeros((0, dim), np.float32)
@@ -485,7 +490,8 @@ def _embed(
         ctx = int(getattr(engine.encoder, "context_length", 77))
         captions = [c for _, _, c in images]
         tokens = sum(len(tokenizer.token_ids(t, ctx)) for t in [t for _, t in texts] + captions)
-    return vectors.astype(np.float32, copy=False), [p[0] for p in parts], errors, tokens
+    good = [p[0] for p in parts]
+    return vectors.astype(np.float32, copy=False), good, errors, tokens, encode_s
 
 
 def _image_problem(data: bytes, max_pixels: int) -> str | None:

@@ -41,11 +41,16 @@ class StageClock:
         self._current = threading.local()  # the batch the encoder last ran on this thread
 
     def install(self, engine: Any) -> None:
-        """Wrap ``engine.encoder`` and ``engine.index`` (idempotent)."""
-        if not isinstance(engine.encoder, _TimedEncoder):
-            engine.encoder = _TimedEncoder(engine.encoder, self)
-        if engine.index is not None and not isinstance(engine.index, _TimedIndex):
-            engine.index = _TimedIndex(engine.index, self)
+        """Wrap ``engine.encoder`` and ``engine.index``; an engine wrapped before (by another
+        app over the same engine) reports to this clock from now on."""
+        for name, wrapper in (("encoder", _TimedEncoder), ("index", _TimedIndex)):
+            part = getattr(engine, name)
+            if part is None:
+                continue
+            if isinstance(part, wrapper):
+                part._clock = self
+            else:
+                setattr(engine, name, wrapper(part, self))
 
     def _encoded(self, texts: Sequence[Any], timing: BatchTiming) -> None:
         self._current.timing = timing
