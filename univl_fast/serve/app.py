@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import inspect
 import io
 import logging
 import math
@@ -69,7 +68,6 @@ class ServeState:
     admitted: int = 0  # requests holding an engine slot (guarded by the event loop)
     ready: bool = False
     draining: bool = False
-    search_has_timeout: bool = False
 
 
 def create_app(
@@ -95,7 +93,6 @@ def create_app(
     clock = StageClock(metrics)
     clock.install(engine)
     state = ServeState(engine=engine, config=config, metrics=metrics, clock=clock, docs=docs)
-    state.search_has_timeout = "timeout" in inspect.signature(engine.search).parameters
     state.info = _info(engine, config)
 
     @asynccontextmanager
@@ -162,10 +159,7 @@ async def run_admitted(state: ServeState, request: Request, fn: Callable[[float]
     arrived = scope_state.get(ARRIVED, time.perf_counter())
     remaining = cfg.request_timeout_s - (time.perf_counter() - arrived)
     if remaining <= 0:
-        raise DeadlineExceeded(
-            f"request deadline of {cfg.request_timeout_s:g} s passed before it could start",
-            timeout_s=cfg.request_timeout_s,
-        )
+        raise DeadlineExceeded("before the work could start", timeout_s=cfg.request_timeout_s)
     state.admitted += 1
     state.metrics.queue_depth.inc()
     loop = asyncio.get_running_loop()
@@ -187,8 +181,7 @@ async def run_admitted(state: ServeState, request: Request, fn: Callable[[float]
         result, started = await asyncio.wait_for(asyncio.shield(future), remaining)
     except asyncio.TimeoutError:
         raise DeadlineExceeded(
-            f"request deadline of {cfg.request_timeout_s:g} s passed",
-            timeout_s=cfg.request_timeout_s,
+            "while the engine was working", timeout_s=cfg.request_timeout_s
         ) from None
     stages["queue"] = started - queued
     return result
@@ -383,16 +376,13 @@ def _search(
     """engine.search on a pool thread -> (hits per query, {position: error})."""
     from univl_fast.engine import SearchError
 
-    kwargs: dict[str, Any] = {}
-    if state.search_has_timeout:
-        if remaining <= 0:
-            raise DeadlineExceeded(
-                f"request deadline of {state.config.request_timeout_s:g} s passed",
-                timeout_s=state.config.request_timeout_s,
-            )
-        kwargs["timeout"] = remaining
+    if remaining <= 0:
+        raise DeadlineExceeded(
+            "before the search was submitted", timeout_s=state.config.request_timeout_s
+        )
     try:
-        return state.engine.search(queries, k=k, modality=modality, **kwargs), {}
+        # the engine's own deadline drops the request from its queue if it is still waiting
+        return state.engine.search(queries, k=k, modality=modality, timeout=remaining), {}
     except SearchError as exc:
         return exc.results, dict(exc.errors)
 
@@ -522,7 +512,12 @@ def _add_error_handlers(app: FastAPI, state: ServeState) -> None:
 
     @app.exception_handler(DeadlineExceeded)
     async def deadline(_request: Request, exc: DeadlineExceeded) -> JSONResponse:
-        return JSONResponse({"detail": str(exc), "timeout_s": exc.timeout_s}, status_code=504)
+        # the engine's own DeadlineExceeded names the time left to it; answer with the request's
+        limit = state.config.request_timeout_s
+        return JSONResponse(
+            {"detail": f"request deadline of {limit:g} s passed ({exc})", "timeout_s": limit},
+            status_code=504,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
