@@ -2,10 +2,9 @@
 
 Modules: ``config`` (limits, ServeConfig), ``schemas`` (request/response bodies), ``auth``
 (bearer key), ``middleware`` (body limits, timing headers, access log), ``metrics``
-(Prometheus), ``stages`` (queue/encode/search timing), ``docs`` (snippets and images for the
-page), ``page`` (the search page), ``app`` (create_app), ``prefork`` (the pre-forking runner),
-``cli`` (the command). Needs the ``serve`` extra: ``pip install univl-fast[serve]``.
-"""
+(Prometheus), ``docs`` (snippets and images for the page), ``page`` (the search page),
+``app`` (create_app), ``prefork`` (the pre-forking runner), ``cli`` (the command). Needs the
+``serve`` extra: ``pip install univl-fast[serve]``."""
 
 from __future__ import annotations
 

@@ -45,7 +45,6 @@ from univl_fast.serve.schemas import (
     SearchRequest,
     SearchResponse,
 )
-from univl_fast.serve.stages import StageClock
 
 log = logging.getLogger("univl_fast.serve")
 
@@ -61,7 +60,6 @@ class ServeState:
     engine: Any
     config: ServeConfig
     metrics: ServeMetrics
-    clock: StageClock
     docs: Any = None  # DocStore when --data was given
     info: dict[str, Any] = field(default_factory=dict)
     executor: ThreadPoolExecutor | None = None
@@ -90,9 +88,7 @@ def create_app(
         from univl_fast.serve.docs import DocStore
 
         docs = DocStore(config.data_dir)
-    clock = StageClock(metrics)
-    clock.install(engine)
-    state = ServeState(engine=engine, config=config, metrics=metrics, clock=clock, docs=docs)
+    state = ServeState(engine=engine, config=config, metrics=metrics, docs=docs)
     state.info = _info(engine, config)
 
     @asynccontextmanager
@@ -187,19 +183,20 @@ async def run_admitted(state: ServeState, request: Request, fn: Callable[[float]
     return result
 
 
-def _stage_times(state: ServeState, request: Request, queries: list[str], since: float) -> None:
-    """Split the engine wait of a search into queue / encode / search (Server-Timing)."""
+def _stage_times(state: ServeState, request: Request, timings: dict[str, float]) -> None:
+    """A search's stages (Server-Timing, access log, histograms): queue = the hand-off to a
+    pool thread + the wait for the engine's batcher; encode and search = of the batch that
+    carried it (``Engine.search(timings=...)``)."""
     stages = request.scope["state"][STAGES]
-    waited = time.perf_counter() - since
-    got = state.clock.take(queries, since)
-    if got is None:
+    if not timings:  # nothing to encode (only empty queries)
         return
-    encode_s, search_s = got
-    # the wait covers the hand-off to a pool thread too: all of it that was not its batch's work
-    stages["queue"] = max(0.0, waited - encode_s - search_s)
-    stages["encode"] = encode_s
-    stages["search"] = search_s
-    state.metrics.stage.labels("queue").observe(stages["queue"])
+    stages["queue"] = stages.get("queue", 0.0) + timings.get("queue_s", 0.0)
+    stages["encode"] = timings.get("encode_s", 0.0)
+    stages["search"] = timings.get("search_s", 0.0)
+    m = state.metrics
+    for stage in ("queue", "encode", "search"):
+        m.stage.labels(stage).observe(stages[stage])
+    m.batch.observe(timings.get("batch_items", 0))
 
 
 # ---------------------------------------------------------------------------- routes
@@ -260,13 +257,13 @@ def _add_routes(app: FastAPI, state: ServeState) -> None:
         if body.include_text and state.docs is None:
             raise _limit_error(["body", "include_text"], "this service was started without --data")
         queries = list(body.queries)
-        since = time.perf_counter()
+        timings: dict[str, float] = {}
 
         def work(remaining: float) -> tuple[list[Any], dict[int, str]]:
-            return _search(state, queries, body.k, body.modality, remaining)
+            return _search(state, queries, body.k, body.modality, remaining, timings)
 
         hits, errors = await run_admitted(state, request, work)
-        _stage_times(state, request, queries, since)
+        _stage_times(state, request, timings)
         results = []
         for i, row in enumerate(hits):
             rows = [
@@ -371,9 +368,15 @@ def _add_routes(app: FastAPI, state: ServeState) -> None:
 
 
 def _search(
-    state: ServeState, queries: list[str], k: int, modality: str | None, remaining: float
+    state: ServeState,
+    queries: list[str],
+    k: int,
+    modality: str | None,
+    remaining: float,
+    timings: dict[str, float],
 ) -> tuple[list[Any], dict[int, str]]:
-    """engine.search on a pool thread -> (hits per query, {position: error})."""
+    """engine.search on a pool thread -> (hits per query, {position: error}); fills
+    ``timings`` with the call's stages."""
     from univl_fast.engine import SearchError
 
     if remaining <= 0:
@@ -382,7 +385,10 @@ def _search(
         )
     try:
         # the engine's own deadline drops the request from its queue if it is still waiting
-        return state.engine.search(queries, k=k, modality=modality, timeout=remaining), {}
+        hits = state.engine.search(
+            queries, k=k, modality=modality, timeout=remaining, timings=timings
+        )
+        return hits, {}
     except SearchError as exc:
         return exc.results, dict(exc.errors)
 

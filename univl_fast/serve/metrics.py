@@ -2,9 +2,11 @@
 
 - ``univl_fast_http_requests_total{route,method,status}``: answered requests;
 - ``univl_fast_http_request_seconds{route}``: time from the request's arrival to its answer;
-- ``univl_fast_stage_seconds{stage}``: ``queue`` (per request: waiting for a worker thread and
-  for its batch), ``encode`` and ``search`` (per engine batch);
-- ``univl_fast_batch_queries``: queries per encoder batch (how well requests coalesce);
+- ``univl_fast_stage_seconds{stage}``: per search request, ``queue`` (waiting for a pool thread
+  and for the engine's batcher), ``encode`` and ``search`` (of the batch that carried it);
+  embeddings requests observe ``encode``;
+- ``univl_fast_batch_queries``: per search request, the queries in the engine batch that carried
+  it (how well requests coalesce);
 - ``univl_fast_queue_depth``: requests admitted and not yet answered (429 beyond ``max_queue``).
 
 With ``--workers N`` every process writes its values to files under
@@ -94,14 +96,14 @@ class ServeMetrics:
         )
         self.stage = Histogram(
             "univl_fast_stage_seconds",
-            "Time per stage: queue (per request), encode and search (per engine batch)",
+            "Time per stage of a request: queue, encode and search (of its engine batch)",
             ["stage"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.batch = Histogram(
             "univl_fast_batch_queries",
-            "Queries per encoder batch of the engine",
+            "Queries in the engine batch that carried a search request",
             buckets=BATCH_BUCKETS,
             registry=r,
         )
