@@ -8,6 +8,7 @@ import base64
 import io
 import json
 import logging
+import time
 
 import httpx
 import numpy as np
@@ -203,17 +204,23 @@ def test_metrics_count_requests_and_stages(client, queries):
 
 
 def test_timing_headers_and_access_log(client, queries, caplog):
+    def logged(rid: str) -> list[dict]:
+        lines = [json.loads(rec.getMessage()) for rec in caplog.records]
+        return [x for x in lines if x["request_id"] == rid]
+
     with caplog.at_level(logging.INFO, logger="univl_fast.serve.access"):
         r = client.post("/v1/search", json={"queries": [queries[3]], "k": 3})
+        rid = r.headers["x-request-id"]
+        deadline = time.monotonic() + 10  # the line is written once the answer has gone out
+        while not logged(rid) and time.monotonic() < deadline:
+            time.sleep(0.01)
     assert r.status_code == 200
     timing = dict(part.strip().split(";dur=") for part in r.headers["server-timing"].split(","))
     assert set(timing) == {"queue", "encode", "search", "total"}
     t = {k: float(v) for k, v in timing.items()}
     assert t["encode"] > 0 and t["search"] > 0 and t["queue"] >= 0
     assert t["total"] >= t["encode"] + t["search"]
-    rid = r.headers["x-request-id"]
-    lines = [json.loads(rec.getMessage()) for rec in caplog.records]
-    (line,) = [x for x in lines if x["request_id"] == rid]
+    (line,) = logged(rid)
     assert line["path"] == "/v1/search" and line["method"] == "POST" and line["status"] == 200
     assert line["ms"] > 0 and line["encode_ms"] > 0 and line["bytes_in"] > 0
 
@@ -232,6 +239,7 @@ def test_doc_image_and_page(client, synth_tiny_dataset):
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     html = page.text
     assert 'id="q"' in html and 'id="modality"' in html and "/v1/search" in html
+    assert 'data-docs="1"' in html
     # self-contained: no script, style or image from elsewhere
     assert "<script src" not in html and "https://" not in html and "<link" not in html
 
@@ -244,6 +252,8 @@ def test_include_text_needs_data(tiny_engine, flat_index, queries):
         )
         assert r.status_code == 422 and "--data" in r.text
         assert httpx.get(f"{url}/v1/docs/x/image", timeout=30).status_code == 404
+        # the page knows: it asks for no snippets and shows no thumbnails
+        assert 'data-docs="0"' in httpx.get(f"{url}/", timeout=30).text
 
 
 def test_accepted_connections_turn_nagle_off():

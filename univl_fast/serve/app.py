@@ -364,7 +364,9 @@ def _add_routes(app: FastAPI, state: ServeState) -> None:
     async def page() -> HTMLResponse:
         from univl_fast.serve.page import page_html
 
-        return HTMLResponse(page_html(), headers={"cache-control": "no-cache"})
+        return HTMLResponse(
+            page_html(state.docs is not None), headers={"cache-control": "no-cache"}
+        )
 
 
 def _search(
