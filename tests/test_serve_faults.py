@@ -188,6 +188,8 @@ def test_api_key_401_and_no_work(engine, queries):
         assert httpx.get(f"{base}/metrics", timeout=10).status_code == 401
         assert httpx.get(f"{base}/health", timeout=10).status_code == 200
         assert httpx.get(f"{base}/ready", timeout=10).status_code == 200
+        for open_path in ("/", "/docs", "/openapi.json"):  # no data in these
+            assert httpx.get(f"{base}{open_path}", timeout=10).status_code == 200
         r = httpx.post(f"{base}/v1/search", json=body, headers=good, timeout=30)
         assert r.status_code == 200
         assert engine.batcher_stats()["requests"] == before + 1

@@ -1,8 +1,9 @@
 """Optional bearer API key, compared in constant time.
 
-``/health`` and ``/ready`` (probes) stay open; so do the page and its static parts, which hold
-no data. Every other path needs ``Authorization: Bearer <key>`` when a key is configured, and is
-refused with 401 before its body is read or any work is done.
+``/health`` and ``/ready`` (probes) stay open; so do the page and the API docs, which hold no
+data (the page asks for the key when the API answers 401). Every other path needs
+``Authorization: Bearer <key>`` when a key is configured, and is refused with 401 before its
+body is read or any work is done.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 import hmac
 
 # Paths a load balancer or a person's browser reaches without the key.
-OPEN_PATHS = frozenset({"/health", "/ready", "/", "/favicon.ico"})
+OPEN_PATHS = frozenset(
+    {"/health", "/ready", "/", "/favicon.ico", "/docs", "/docs/oauth2-redirect", "/openapi.json"}
+)
 
 
 def needs_key(path: str) -> bool:
