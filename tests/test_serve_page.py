@@ -119,3 +119,36 @@ def test_page_search_thumbnails_and_filter(
             shot = tmp_path / f"serve_page_{modality}.png"
             assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 1000
             _artifact(shot)
+
+
+def test_page_asks_for_the_api_key(browser, tiny_engine, flat_index, synth_tiny, queries):
+    """With --api-key-file, the page's first search gets 401 and shows the key field; with the
+    key typed in, results and thumbnails (fetched with the key) appear."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    eng = univl_fast.load(tiny_engine, index=flat_index, precision=PRECISION)
+    cfg = ServeConfig(data_dir=str(synth_tiny), api_key="page-key-123")
+    with eng, thread_server(create_app(eng, cfg)) as url:
+        browser.get(url + "/")
+        browser.execute_script("localStorage.clear();")
+        Select(browser.find_element(By.ID, "modality")).select_by_value("image")
+        browser.find_element(By.ID, "q").send_keys(queries[0])
+        browser.find_element(By.ID, "go").click()
+        wait = WebDriverWait(browser, WAIT_S)
+        key = browser.find_element(By.ID, "key")
+        wait.until(lambda d: key.is_displayed())
+        assert "API key" in browser.find_element(By.ID, "status").text
+        assert browser.find_elements(By.CSS_SELECTOR, "#results li.hit") == []
+        key.send_keys("page-key-123")
+        browser.find_element(By.ID, "go").click()
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results li.hit")) == 10)
+        wait.until(
+            lambda d: (
+                d.execute_script(
+                    "return Array.from(document.querySelectorAll('#results img.thumb'))"
+                    ".filter(i => i.complete && i.naturalWidth > 0).length;"
+                )
+                == 10
+            )
+        )
