@@ -1,10 +1,11 @@
 """The HTTP service (``univl-fast serve``): FastAPI + uvicorn + prometheus-client, torch-free.
 
-Modules: ``config`` (limits, ServeConfig), ``schemas`` (request/response bodies), ``auth``
-(bearer key), ``middleware`` (body limits, timing headers, access log), ``metrics``
-(Prometheus), ``docs`` (snippets and images for the page), ``page`` (the search page),
-``app`` (create_app), ``prefork`` (the pre-forking runner), ``cli`` (the command). Needs the
-``serve`` extra: ``pip install univl-fast[serve]``."""
+Modules: ``config`` (ServeConfig: limits and settings), ``schemas`` (request/response bodies),
+``limits`` (422s naming a limit), ``auth`` (bearer key), ``middleware`` (body limits, timing
+headers, access log), ``metrics`` (Prometheus), ``embeddings`` (/v1/embeddings inputs and
+work), ``info`` (/info), ``docs`` (snippets and images for the page), ``page`` (the search
+page), ``app`` (create_app: routes, admission, errors), ``prefork`` (the pre-forking runner),
+``cli`` (the command). Needs the ``serve`` extra: ``pip install univl-fast[serve]``."""
 
 from __future__ import annotations
 

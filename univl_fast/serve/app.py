@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import logging
 import math
 import os
-import platform
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -31,17 +29,17 @@ import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from pydantic import TypeAdapter, ValidationError
 
 import univl_fast
 from univl_fast.errors import DeadlineExceeded, Overloaded
 from univl_fast.serve.config import ServeConfig
+from univl_fast.serve.embeddings import embed, json_items, multipart_items
+from univl_fast.serve.info import service_info
+from univl_fast.serve.limits import check_texts, limit_error
 from univl_fast.serve.metrics import ServeMetrics
 from univl_fast.serve.middleware import ARRIVED, STAGES, ServeMiddleware
 from univl_fast.serve.schemas import (
-    EmbeddingsRequest,
     EmbeddingsResponse,
-    ImageInput,
     SearchRequest,
     SearchResponse,
 )
@@ -89,7 +87,7 @@ def create_app(
 
         docs = DocStore(config.data_dir)
     state = ServeState(engine=engine, config=config, metrics=metrics, docs=docs)
-    state.info = _info(engine, config)
+    state.info = service_info(engine, config)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -200,24 +198,6 @@ def _stage_times(state: ServeState, request: Request, timings: dict[str, float])
 
 
 # ---------------------------------------------------------------------------- routes
-def _limit_error(loc: list[Any], message: str) -> HTTPException:
-    return HTTPException(422, [{"loc": loc, "msg": message, "type": "limit"}])
-
-
-def _check_texts(texts: list[str], cfg: ServeConfig, field_name: str) -> None:
-    if len(texts) > cfg.max_inputs:
-        raise _limit_error(
-            ["body", field_name],
-            f"{len(texts)} inputs, more than the limit of {cfg.max_inputs} per request",
-        )
-    for i, text in enumerate(texts):
-        if len(text) > cfg.max_query_chars:
-            raise _limit_error(
-                ["body", field_name, i],
-                f"{len(text)} characters, more than the limit of {cfg.max_query_chars}",
-            )
-
-
 def _add_routes(app: FastAPI, state: ServeState) -> None:
     cfg = state.config
 
@@ -251,11 +231,11 @@ def _add_routes(app: FastAPI, state: ServeState) -> None:
     async def search(body: SearchRequest, request: Request) -> SearchResponse:
         """Ranked documents per query. A query the engine cannot encode gets ``error`` and no
         hits; the others are answered."""
-        _check_texts(body.queries, cfg, "queries")
+        check_texts(body.queries, cfg, "queries")
         if not 1 <= body.k <= cfg.max_k:
-            raise _limit_error(["body", "k"], f"k must be in 1..{cfg.max_k}, got {body.k}")
+            raise limit_error(["body", "k"], f"k must be in 1..{cfg.max_k}, got {body.k}")
         if body.include_text and state.docs is None:
-            raise _limit_error(["body", "include_text"], "this service was started without --data")
+            raise limit_error(["body", "include_text"], "this service was started without --data")
         queries = list(body.queries)
         timings: dict[str, float] = {}
 
@@ -313,21 +293,22 @@ def _add_routes(app: FastAPI, state: ServeState) -> None:
         more ``image`` files with a ``caption`` each (in the same order)."""
         ctype = request.headers.get("content-type", "")
         if ctype.startswith("multipart/form-data"):
-            items, fmt = await _multipart_items(request, cfg)
+            items, fmt = await multipart_items(request, cfg)
         else:
-            items, fmt = await _json_items(request)
+            items, fmt = await json_items(request)
         if len(items) > cfg.max_inputs:
-            raise _limit_error(
+            raise limit_error(
                 ["body", "input"],
                 f"{len(items)} inputs, more than the limit of {cfg.max_inputs} per request",
             )
-        _check_texts([x for x in items if isinstance(x, str)], cfg, "input")
+        check_texts([x for x in items if isinstance(x, str)], cfg, "input")
 
         def work(_remaining: float) -> tuple[np.ndarray, list[int], dict[int, str], int, float]:
-            return _embed(state, items)
+            return embed(state.engine, items, cfg.max_image_pixels)
 
         vectors, good, errors, tokens, encode_s = await run_admitted(state, request, work)
         request.scope["state"][STAGES]["encode"] = encode_s
+        state.metrics.stage.labels("encode").observe(encode_s)
         data = []
         for row, i in enumerate(good):
             vec = np.ascontiguousarray(vectors[row], dtype="<f4")
@@ -395,118 +376,6 @@ def _search(
         return exc.results, dict(exc.errors)
 
 
-_ITEMS = TypeAdapter(EmbeddingsRequest)
-
-
-async def _json_items(request: Request) -> tuple[list[Any], str]:
-    raw = await request.body()
-    try:
-        body = _ITEMS.validate_json(raw)
-    except ValidationError as exc:
-        raise RequestValidationError(exc.errors(include_url=False)) from None
-    items: list[Any] = [body.input] if isinstance(body.input, str) else list(body.input)
-    out: list[Any] = []
-    for i, item in enumerate(items):
-        if isinstance(item, ImageInput):
-            try:
-                data = base64.b64decode(item.image, validate=True)
-            except ValueError:
-                raise _limit_error(["body", "input", i, "image"], "not valid base64") from None
-            out.append((data, item.caption))
-        else:
-            out.append(item)
-    return out, body.encoding_format
-
-
-async def _multipart_items(request: Request, cfg: ServeConfig) -> tuple[list[Any], str]:
-    form = await request.form(max_files=cfg.max_inputs + 1, max_fields=2 * cfg.max_inputs + 4)
-    images = form.getlist("image")
-    captions = form.getlist("caption")
-    fmt = form.get("encoding_format") or "float"
-    if fmt not in ("float", "base64"):
-        raise _limit_error(["body", "encoding_format"], "must be 'float' or 'base64'")
-    if not images:
-        raise _limit_error(["body", "image"], "multipart upload without an 'image' file")
-    if captions and len(captions) != len(images):
-        raise _limit_error(
-            ["body", "caption"],
-            f"{len(images)} images but {len(captions)} captions (give one per image, or none)",
-        )
-    out: list[Any] = []
-    for i, upload in enumerate(images):
-        if isinstance(upload, str):
-            raise _limit_error(["body", "image", i], "must be a file upload")
-        caption = captions[i] if captions else ""
-        out.append((await upload.read(), str(caption)))
-    return out, str(fmt)
-
-
-def _embed(
-    state: ServeState, items: list[Any]
-) -> tuple[np.ndarray, list[int], dict[int, str], int, float]:
-    """Embed text items and (bytes, caption) image items -> (rows, their input positions,
-    {position: error}, tokens, seconds spent encoding)."""
-    engine, cfg = state.engine, state.config
-    t0 = time.perf_counter()
-    errors: dict[int, str] = {}
-    texts = [(i, x) for i, x in enumerate(items) if isinstance(x, str)]
-    images: list[tuple[int, bytes, str]] = []
-    for i, x in enumerate(items):
-        if isinstance(x, str):
-            continue
-        data, caption = x
-        problem = _image_problem(data, cfg.max_image_pixels)
-        if problem:
-            errors[i] = problem
-        else:
-            images.append((i, data, caption))
-    parts: list[tuple[int, np.ndarray]] = []
-    if texts:
-        res = engine.encode_text_docs([t for _, t in texts], on_error="skip")
-        for err in res.errors:
-            errors[texts[err.index][0]] = err.reason
-        parts += [
-            (texts[j][0], row) for j, row in zip(res.indices.tolist(), res.embeddings, strict=True)
-        ]
-    if images:
-        res = engine.encode_image_docs(
-            [d for _, d, _ in images], [c for _, _, c in images], on_error="skip"
-        )
-        for err in res.errors:
-            errors[images[err.index][0]] = err.reason
-        parts += [
-            (images[j][0], row) for j, row in zip(res.indices.tolist(), res.embeddings, strict=True)
-        ]
-    encode_s = time.perf_counter() - t0
-    state.metrics.stage.labels("encode").observe(encode_s)
-    parts.sort(key=lambda p: p[0])
-    dim = int(engine.dim)
-    vectors = np.stack([r for _, r in parts]) if parts else np.zeros((0, dim), np.float32)
-    tokenizer = getattr(engine.encoder, "tokenizer", None)
-    tokens = 0
-    if tokenizer is not None:
-        ctx = int(getattr(engine.encoder, "context_length", 77))
-        captions = [c for _, _, c in images]
-        tokens = sum(len(tokenizer.token_ids(t, ctx)) for t in [t for _, t in texts] + captions)
-    good = [p[0] for p in parts]
-    return vectors.astype(np.float32, copy=False), good, errors, tokens, encode_s
-
-
-def _image_problem(data: bytes, max_pixels: int) -> str | None:
-    """Why an uploaded image is refused before decoding (None when its header is fine). Reads
-    the header only, so a decompression bomb costs nothing."""
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            w, h = img.size
-    except Exception:  # noqa: BLE001 - undecodable: the encoder reports it with its reason
-        return None
-    if w * h > max_pixels:
-        return f"image of {w}x{h} = {w * h} pixels, more than the limit of {max_pixels}"
-    return None
-
-
 # ---------------------------------------------------------------------------- errors
 def _add_error_handlers(app: FastAPI, state: ServeState) -> None:
     @app.exception_handler(Overloaded)
@@ -549,49 +418,3 @@ def _jsonable(errors: Any) -> Any:
             e["input"] = e["input"].decode("utf-8", "replace")
         out.append(e)
     return out
-
-
-# ---------------------------------------------------------------------------- /info
-def _version(dist: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return None
-
-
-def _info(engine: Any, config: ServeConfig) -> dict[str, Any]:
-    enc = engine.encoder
-    manifest = getattr(enc, "manifest", {}) or {}
-    index_manifest = dict(getattr(engine.index, "manifest", {}) or {})
-    tuning = index_manifest.get("tuning", {}) or {}
-    engine_cfg = getattr(engine, "config", None)
-    return {
-        "service": "univl-fast",
-        "model": manifest.get("model_name") or (manifest.get("model_config") or {}).get("name"),
-        "dim": int(engine.dim),
-        "precision": getattr(enc, "precision", None),
-        "backend": getattr(enc, "backend", None),
-        "text_runtime": getattr(enc, "text_runtime", None),
-        "engine_sha256": getattr(enc, "manifest_sha256", None),
-        "engine": engine_cfg.to_dict() if hasattr(engine_cfg, "to_dict") else None,
-        "index": {
-            "factory": index_manifest.get("factory"),
-            "ntotal": int(engine.index.ntotal),
-            "modality_counts": index_manifest.get("modality_counts"),
-            "search_params": index_manifest.get("search_params"),
-            "recall": tuning.get("recall_at_k"),
-            "recall_k": tuning.get("k"),
-            "target_recall": tuning.get("target_recall"),
-        },
-        "limits": config.public_dict(),
-        "versions": {
-            "univl_fast": univl_fast.__version__,
-            "python": platform.python_version(),
-            "onnxruntime": _version("onnxruntime"),
-            "faiss": _version("faiss-cpu") or _version("faiss-gpu"),
-            "fastapi": _version("fastapi"),
-            "uvicorn": _version("uvicorn"),
-        },
-    }
