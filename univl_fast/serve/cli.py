@@ -88,10 +88,9 @@ def _load_engine(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(message)s",
-        stream=sys.stderr,
+    # univl-fast's main shows the package's logs on stderr; this sets how much of them
+    logging.getLogger("univl_fast").setLevel(
+        getattr(logging, str(args.log_level).upper(), logging.INFO)
     )
     if args.workers < 1:
         print(f"univl-fast serve: --workers must be >= 1, got {args.workers}", file=sys.stderr)
