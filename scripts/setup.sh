@@ -14,6 +14,20 @@ echo "[setup] torch==2.14.1 torchvision==0.29.1"
 $PIP install -q torch==2.14.1 torchvision==0.29.1
 echo "[setup] build tools"
 $PIP install -q "setuptools>=68" wheel "pybind11>=2.12" "cmake>=3.24" ninja
+# The search page's browser test: Debian's Chromium and its driver (Selenium drives them; no
+# browser is downloaded by anything else). apt-get update runs only when they are missing.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1; then
+    echo "[setup] chromium + chromium-driver (apt)"
+    SUDO=""
+    if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
+    $SUDO apt-get update -q >/dev/null
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null \
+      || echo "[setup] WARNING: could not install chromium; the browser test will be skipped"
+  else
+    echo "[setup] WARNING: no apt-get: install chromium + chromedriver for the browser test"
+  fi
+fi
 echo "[setup] univl-fast[dev] (builds univl_fast._C)"
 $PIP install -q --no-build-isolation -e ".[dev]"
 .venv/bin/python -m univl_fast.info --brief

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -129,6 +130,15 @@ def test_demo_end_to_end_tiny(tmp_path, capsys):
     assert "PyTorch stage 2 (UniVL-DR), exact" in out.out
     assert "int8 engine + index" in out.out and "fp32 engine + index" in out.out
     assert "text-answerable" in out.out and "image-answerable" in out.out
+    # the closing hint serves the demo's own engine, index and data
+    hint = next(ln for ln in out.out.splitlines() if "univl-fast serve" in ln)
+    shown = {f: Path(hint.split(f"{f} ")[1].split()[0]) for f in ("--engine", "--index", "--data")}
+    assert shown["--engine"] == work / "engine"
+    assert shown["--index"] == work / "index_int8"
+    assert shown["--data"] == work / "data"
+    assert (shown["--index"] / "manifest.json").is_file() and (
+        shown["--data"] / "imgs.tsv"
+    ).is_file()
     results = json.loads((work / "results.json").read_text())
     assert len(results) == 4
     torch_row = results["PyTorch stage 2 (UniVL-DR), exact"]

@@ -16,6 +16,7 @@ CLI_MODULES = {
     "evaluate_cli.py",
     "info.py",
     "search_cli.py",
+    "serve/cli.py",
     "data/bm25.py",
     "data/synth_cli.py",
     "data/validate.py",

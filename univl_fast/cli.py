@@ -28,6 +28,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "univl_fast.evaluate_cli",
         "the paper's metrics, with a checkpoint or an engine+index",
     ),
+    "serve": (
+        "univl_fast.serve.cli",
+        "HTTP service: search, embeddings, search page, metrics",
+    ),
     "demo": ("univl_fast.demo", "the whole flow on the built-in benchmark"),
     "info": ("univl_fast.info", "what was built and what is available here"),
 }

@@ -350,7 +350,20 @@ class Demo:
             f"demo finished in {total / 60:.1f} min; outputs in {self.work} "
             f"(results.md, results.json, examples.json)"
         )
+        print(
+            "search it in a browser: .venv/bin/univl-fast serve "
+            f"--engine {_shown(self.engine)} --index {_shown(self.index['int8'])} "
+            f"--data {_shown(self.data)}  then open http://127.0.0.1:8080/"
+        )
         return 0
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when it lies below it (shorter to type)."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _cached(path: Path, make: Callable[[], Any]) -> Any:

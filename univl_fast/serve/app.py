@@ -1,0 +1,420 @@
+"""``create_app(engine, config)``: the FastAPI application of ``univl-fast serve``.
+
+Endpoints: ``POST /v1/search``, ``POST /v1/embeddings`` (OpenAI-shaped; JSON or multipart
+image upload), ``GET /health``, ``GET /ready``, ``GET /info``, ``GET /metrics``, the search
+page ``GET /`` with ``GET /v1/docs/{doc_id}/image``, and OpenAPI at ``/docs``.
+
+Engine work runs on a thread pool of ``max_queue`` threads, so the event loop never blocks.
+Admission is counted before the pool: a request over ``max_queue`` admitted ones is answered
+429 with ``Retry-After`` at once, and so is the library's own ``Overloaded``; a request whose
+deadline (``request_timeout_s`` from its arrival) passes gets 504, and its slot is freed only
+when its work has really finished, so memory and threads stay bounded under any load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+import univl_fast
+from univl_fast.errors import DeadlineExceeded, Overloaded
+from univl_fast.serve.config import ServeConfig
+from univl_fast.serve.embeddings import embed, json_items, multipart_items
+from univl_fast.serve.info import service_info
+from univl_fast.serve.limits import check_texts, limit_error
+from univl_fast.serve.metrics import ServeMetrics
+from univl_fast.serve.middleware import ARRIVED, STAGES, ServeMiddleware
+from univl_fast.serve.schemas import (
+    EmbeddingsResponse,
+    SearchRequest,
+    SearchResponse,
+)
+
+log = logging.getLogger("univl_fast.serve")
+
+T = TypeVar("T")
+
+WARMUP_QUERY = "warm-up query"
+
+
+@dataclass
+class ServeState:
+    """What the routes share in one worker process."""
+
+    engine: Any
+    config: ServeConfig
+    metrics: ServeMetrics
+    docs: Any = None  # DocStore when --data was given
+    info: dict[str, Any] = field(default_factory=dict)
+    executor: ThreadPoolExecutor | None = None
+    admitted: int = 0  # requests holding an engine slot (guarded by the event loop)
+    ready: bool = False
+    draining: bool = False
+
+
+def create_app(
+    engine: Any,
+    config: ServeConfig | None = None,
+    *,
+    docs: Any = None,
+    metrics: ServeMetrics | None = None,
+) -> FastAPI:
+    """The service over a loaded ``Engine`` (with an index).
+
+    docs: a ``univl_fast.serve.docs.DocStore`` for snippets and thumbnails (default: built from
+    ``config.data_dir`` when set). The app does not close the engine: its owner does.
+    """
+    config = config or ServeConfig()
+    if engine.index is None:
+        raise ValueError("create_app: the engine has no index; load it with index=INDEX_DIR")
+    metrics = metrics or ServeMetrics()
+    if docs is None and config.data_dir:
+        from univl_fast.serve.docs import DocStore
+
+        docs = DocStore(config.data_dir)
+    state = ServeState(engine=engine, config=config, metrics=metrics, docs=docs)
+    state.info = service_info(engine, config)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        # Threads do not survive fork: each worker process makes its own pool here.
+        state.executor = ThreadPoolExecutor(config.max_queue, thread_name_prefix="univl-serve")
+        warm = asyncio.get_running_loop().create_task(_warm_up(state))
+        try:
+            yield
+        finally:
+            state.draining = True
+            warm.cancel()
+            state.executor.shutdown(wait=True, cancel_futures=False)
+
+    app = FastAPI(
+        title="univl-fast",
+        version=univl_fast.__version__,
+        description="Universal multi-modal dense retrieval (UniVL-DR): search and embeddings.",
+        lifespan=lifespan,
+    )
+    app.state.serve = state
+    _add_error_handlers(app, state)
+    _add_routes(app, state)
+    app.add_middleware(ServeMiddleware, config=config, metrics=metrics)
+    return app
+
+
+# ---------------------------------------------------------------------------- engine calls
+async def _warm_up(state: ServeState) -> None:
+    """One search (and so one encoder + index run) before /ready says yes."""
+    try:
+        await asyncio.get_running_loop().run_in_executor(
+            state.executor, lambda: state.engine.search([WARMUP_QUERY], k=1)
+        )
+    except Exception:  # noqa: BLE001 - a failed warm-up leaves /ready at 503 and says why
+        log.exception("warm-up search failed; /ready stays 503")
+        return
+    state.ready = True
+    log.info("worker %d ready", os.getpid())
+
+
+def _retry_after(seconds: float) -> str:
+    return str(max(1, math.ceil(seconds)))  # Retry-After takes whole seconds
+
+
+async def run_admitted(state: ServeState, request: Request, fn: Callable[[float], T]) -> T:
+    """Run ``fn(remaining_deadline_s)`` on the engine pool, or refuse at once.
+
+    Raises Overloaded (-> 429) when ``max_queue`` requests are already admitted, and
+    DeadlineExceeded (-> 504) when the request's deadline passes first. The slot is held until
+    ``fn`` has returned, even after a 504, so admitted work never exceeds ``max_queue``.
+    """
+    cfg = state.config
+    scope_state = request.scope.setdefault("state", {})
+    stages = scope_state.setdefault(STAGES, {})
+    # No refusal while draining: a request that reached the app was accepted before the
+    # shutdown began (uvicorn stops accepting at once), and graceful means it is answered.
+    if state.admitted >= cfg.max_queue:
+        raise Overloaded(
+            f"the service is full: {cfg.max_queue} requests admitted (max_queue); retry later",
+            limit=cfg.max_queue,
+            retry_after_s=cfg.retry_after_s,
+        )
+    arrived = scope_state.get(ARRIVED, time.perf_counter())
+    remaining = cfg.request_timeout_s - (time.perf_counter() - arrived)
+    if remaining <= 0:
+        raise DeadlineExceeded("before the work could start", timeout_s=cfg.request_timeout_s)
+    state.admitted += 1
+    state.metrics.queue_depth.inc()
+    loop = asyncio.get_running_loop()
+    assert state.executor is not None
+    queued = time.perf_counter()
+
+    def timed() -> tuple[T, float]:
+        started = time.perf_counter()
+        return fn(cfg.request_timeout_s - (started - arrived)), started
+
+    future = loop.run_in_executor(state.executor, timed)
+
+    def release(_: object) -> None:
+        state.admitted -= 1
+        state.metrics.queue_depth.dec()
+
+    future.add_done_callback(release)
+    try:
+        result, started = await asyncio.wait_for(asyncio.shield(future), remaining)
+    except asyncio.TimeoutError:
+        raise DeadlineExceeded(
+            "while the engine was working", timeout_s=cfg.request_timeout_s
+        ) from None
+    stages["queue"] = started - queued
+    return result
+
+
+def _stage_times(state: ServeState, request: Request, timings: dict[str, float]) -> None:
+    """A search's stages (Server-Timing, access log, histograms): queue = the hand-off to a
+    pool thread + the wait for the engine's batcher; encode and search = of the batch that
+    carried it (``Engine.search(timings=...)``)."""
+    stages = request.scope["state"][STAGES]
+    if not timings:  # nothing to encode (only empty queries)
+        return
+    stages["queue"] = stages.get("queue", 0.0) + timings.get("queue_s", 0.0)
+    stages["encode"] = timings.get("encode_s", 0.0)
+    stages["search"] = timings.get("search_s", 0.0)
+    m = state.metrics
+    for stage in ("queue", "encode", "search"):
+        m.stage.labels(stage).observe(stages[stage])
+    m.batch.observe(timings.get("batch_items", 0))
+
+
+# ---------------------------------------------------------------------------- routes
+def _add_routes(app: FastAPI, state: ServeState) -> None:
+    cfg = state.config
+
+    @app.get("/health", tags=["probes"])
+    async def health() -> dict[str, Any]:
+        """Liveness: the process answers (``pid``: the worker process that did)."""
+        return {"status": "ok", "pid": os.getpid()}
+
+    @app.get("/ready", tags=["probes"])
+    async def ready() -> JSONResponse:
+        """Readiness: 200 once the engine and index are loaded and warm; 503 before, and while
+        shutting down."""
+        if state.draining:
+            return JSONResponse({"status": "draining"}, status_code=503)
+        if not state.ready:
+            return JSONResponse({"status": "warming up"}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/info", tags=["service"])
+    async def info() -> dict[str, Any]:
+        """Model, precision, runtime, index, measured recall, limits and versions."""
+        return state.info
+
+    @app.get("/metrics", tags=["service"])
+    async def metrics() -> Response:
+        """Prometheus exposition."""
+        body, ctype = state.metrics.render()
+        return Response(body, media_type=ctype)
+
+    @app.post("/v1/search", response_model=SearchResponse, tags=["search"])
+    async def search(body: SearchRequest, request: Request) -> SearchResponse:
+        """Ranked documents per query. A query the engine cannot encode gets ``error`` and no
+        hits; the others are answered."""
+        check_texts(body.queries, cfg, "queries")
+        if not 1 <= body.k <= cfg.max_k:
+            raise limit_error(["body", "k"], f"k must be in 1..{cfg.max_k}, got {body.k}")
+        if body.include_text and state.docs is None:
+            raise limit_error(["body", "include_text"], "this service was started without --data")
+        queries = list(body.queries)
+        timings: dict[str, float] = {}
+
+        def work(remaining: float) -> tuple[list[Any], dict[int, str]]:
+            return _search(state, queries, body.k, body.modality, remaining, timings)
+
+        hits, errors = await run_admitted(state, request, work)
+        _stage_times(state, request, timings)
+        results = []
+        for i, row in enumerate(hits):
+            rows = [
+                {
+                    "doc_id": h.doc_id,
+                    "modality": h.modality,
+                    "score": float(h.score),
+                    "text": state.docs.text(h.doc_id) if body.include_text else None,
+                }
+                for h in (row or [])
+            ]
+            results.append({"hits": rows, "error": errors.get(i)})
+        return SearchResponse(results=results, k=body.k, modality=body.modality)
+
+    @app.post(
+        "/v1/embeddings",
+        response_model=EmbeddingsResponse,
+        tags=["embeddings"],
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {"$ref": "#/components/schemas/EmbeddingsRequest"}
+                    },
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "image": {
+                                    "type": "array",
+                                    "items": {"type": "string", "format": "binary"},
+                                },
+                                "caption": {"type": "array", "items": {"type": "string"}},
+                                "encoding_format": {"type": "string", "enum": ["float", "base64"]},
+                            },
+                            "required": ["image"],
+                        }
+                    },
+                },
+            }
+        },
+    )
+    async def embeddings(request: Request) -> EmbeddingsResponse:
+        """Unit float32 embeddings, OpenAI-shaped. JSON: ``input`` is a string or a list of
+        strings and/or image documents ``{image: base64, caption}``. multipart/form-data: one or
+        more ``image`` files with a ``caption`` each (in the same order)."""
+        ctype = request.headers.get("content-type", "")
+        if ctype.startswith("multipart/form-data"):
+            items, fmt = await multipart_items(request, cfg)
+        else:
+            items, fmt = await json_items(request)
+        if len(items) > cfg.max_inputs:
+            raise limit_error(
+                ["body", "input"],
+                f"{len(items)} inputs, more than the limit of {cfg.max_inputs} per request",
+            )
+        check_texts([x for x in items if isinstance(x, str)], cfg, "input")
+
+        def work(_remaining: float) -> tuple[np.ndarray, list[int], dict[int, str], int, float]:
+            return embed(state.engine, items, cfg.max_image_pixels)
+
+        vectors, good, errors, tokens, encode_s = await run_admitted(state, request, work)
+        request.scope["state"][STAGES]["encode"] = encode_s
+        state.metrics.stage.labels("encode").observe(encode_s)
+        data = []
+        for row, i in enumerate(good):
+            vec = np.ascontiguousarray(vectors[row], dtype="<f4")
+            emb: Any = base64.b64encode(vec.tobytes()).decode() if fmt == "base64" else vec.tolist()
+            data.append({"index": i, "embedding": emb})
+        return EmbeddingsResponse(
+            data=data,
+            model=str(state.info.get("model") or "univl-fast"),
+            usage={"prompt_tokens": tokens, "total_tokens": tokens},
+            errors=[{"index": i, "message": m} for i, m in sorted(errors.items())],
+        )
+
+    @app.get("/v1/docs/{doc_id}/image", tags=["documents"])
+    async def doc_image(doc_id: str) -> Response:
+        """The image file of an image document (from the dataset's imgs.tsv)."""
+        if state.docs is None:
+            raise HTTPException(404, "this service was started without --data")
+        loop = asyncio.get_running_loop()
+        try:
+            data = await loop.run_in_executor(state.executor, state.docs.image, doc_id)
+        except Exception as exc:  # noqa: BLE001 - a broken tsv line is this doc's problem only
+            raise HTTPException(500, f"image {doc_id}: {exc}") from None
+        if data is None:
+            raise HTTPException(404, f"no image document {doc_id!r}")
+        from univl_fast.serve.docs import image_content_type
+
+        return Response(
+            data,
+            media_type=image_content_type(data),
+            headers={"cache-control": "public, max-age=3600"},
+        )
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> HTMLResponse:
+        from univl_fast.serve.page import page_html
+
+        return HTMLResponse(
+            page_html(state.docs is not None), headers={"cache-control": "no-cache"}
+        )
+
+
+def _search(
+    state: ServeState,
+    queries: list[str],
+    k: int,
+    modality: str | None,
+    remaining: float,
+    timings: dict[str, float],
+) -> tuple[list[Any], dict[int, str]]:
+    """engine.search on a pool thread -> (hits per query, {position: error}); fills
+    ``timings`` with the call's stages."""
+    from univl_fast.engine import SearchError
+
+    if remaining <= 0:
+        raise DeadlineExceeded(
+            "before the search was submitted", timeout_s=state.config.request_timeout_s
+        )
+    try:
+        # the engine's own deadline drops the request from its queue if it is still waiting
+        hits = state.engine.search(
+            queries, k=k, modality=modality, timeout=remaining, timings=timings
+        )
+        return hits, {}
+    except SearchError as exc:
+        return exc.results, dict(exc.errors)
+
+
+# ---------------------------------------------------------------------------- errors
+def _add_error_handlers(app: FastAPI, state: ServeState) -> None:
+    @app.exception_handler(Overloaded)
+    async def overloaded(_request: Request, exc: Overloaded) -> JSONResponse:
+        retry = exc.retry_after_s if exc.retry_after_s is not None else state.config.retry_after_s
+        return JSONResponse(
+            {"detail": str(exc), "limit": exc.limit},
+            status_code=429,
+            headers={"retry-after": _retry_after(retry)},
+        )
+
+    @app.exception_handler(DeadlineExceeded)
+    async def deadline(_request: Request, exc: DeadlineExceeded) -> JSONResponse:
+        # the engine's own DeadlineExceeded names the time left to it; answer with the request's
+        limit = state.config.request_timeout_s
+        return JSONResponse(
+            {"detail": f"request deadline of {limit:g} s passed ({exc})", "timeout_s": limit},
+            status_code=504,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return JSONResponse(
+                {"detail": "the request body is not valid JSON", "errors": _jsonable(errors)},
+                status_code=400,
+            )
+        return JSONResponse({"detail": _jsonable(errors)}, status_code=422)
+
+
+def _jsonable(errors: Any) -> Any:
+    """Validation errors without their non-JSON parts (exception objects in ``ctx``)."""
+    out = []
+    for e in errors:
+        e = dict(e)
+        if "ctx" in e:
+            e["ctx"] = {k: str(v) for k, v in e["ctx"].items()}
+        if isinstance(e.get("input"), bytes):
+            e["input"] = e["input"].decode("utf-8", "replace")
+        out.append(e)
+    return out

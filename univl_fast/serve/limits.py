@@ -1,0 +1,28 @@
+"""Request limits that depend on the service's settings, answered as 422 naming the limit
+(FastAPI's validation-error shape: ``{"detail": [{"loc", "msg", "type"}]}``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import HTTPException
+
+from univl_fast.serve.config import ServeConfig
+
+
+def limit_error(loc: list[Any], message: str) -> HTTPException:
+    return HTTPException(422, [{"loc": loc, "msg": message, "type": "limit"}])
+
+
+def check_texts(texts: list[str], cfg: ServeConfig, field_name: str) -> None:
+    if len(texts) > cfg.max_inputs:
+        raise limit_error(
+            ["body", field_name],
+            f"{len(texts)} inputs, more than the limit of {cfg.max_inputs} per request",
+        )
+    for i, text in enumerate(texts):
+        if len(text) > cfg.max_query_chars:
+            raise limit_error(
+                ["body", field_name, i],
+                f"{len(text)} characters, more than the limit of {cfg.max_query_chars}",
+            )
