@@ -40,7 +40,7 @@ def test_flags(monkeypatch):
         ("UNIVL_FAST_INTRA_OP_THREADS", "2.5", "an integer >= 1"),
         ("UNIVL_FAST_TEAM_SPIN_US", "-1", r"an integer >= 0 and <= 1000000"),
         ("UNIVL_FAST_TEAM_SPIN_US", "5000000", r"an integer >= 0 and <= 1000000"),
-        ("UNIVL_SIMD", "avx1024", "one of scalar, avx2, avx512"),
+        ("UNIVL_FAST_SIMD", "avx1024", "one of scalar, avx2, avx512"),
     ],
 )
 def test_bad_values_name_the_variable_and_value(monkeypatch, name, value, expected):
@@ -74,10 +74,10 @@ def test_knobs_read_by_the_core_are_checked_before_it_reads_them(monkeypatch, tm
     with pytest.raises(EnvVarError, match="UNIVL_FAST_TEAM_SPIN_US='fifty'"):
         NativeTextTower(tmp_path / "missing.npz")
     monkeypatch.delenv("UNIVL_FAST_TEAM_SPIN_US")
-    monkeypatch.setenv("UNIVL_SIMD", "sse9")
+    monkeypatch.setenv("UNIVL_FAST_SIMD", "sse9")
     monkeypatch.setattr(ops, "_core_knobs_checked", False)
     a = np.ones((2, 3), np.float32)
-    with pytest.raises(EnvVarError, match="UNIVL_SIMD='sse9'"):
+    with pytest.raises(EnvVarError, match="UNIVL_FAST_SIMD='sse9'"):
         ops.combine_image_docs(a, a)
 
 

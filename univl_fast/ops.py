@@ -18,7 +18,7 @@ _core_knobs_checked = False
 
 def _core():
     global _core_knobs_checked
-    if not _core_knobs_checked:  # _C reads UNIVL_SIMD once, at its first combine
+    if not _core_knobs_checked:  # _C reads UNIVL_FAST_SIMD once, at its first combine
         check_core_knobs()
         _core_knobs_checked = True
     try:

@@ -74,10 +74,10 @@ const Variant* find_variant(const std::string& name) {
   return nullptr;
 }
 
-// UNIVL_SIMD=scalar|avx2|avx512 caps the choice (for comparisons); default: the best this CPU runs.
+// UNIVL_FAST_SIMD=scalar|avx2|avx512 caps the choice (for comparisons); default: the best this CPU runs.
 const Variant* initial_variant() {
   const Variant* best = best_supported();
-  if (const char* env = std::getenv("UNIVL_SIMD")) {
+  if (const char* env = std::getenv("UNIVL_FAST_SIMD")) {
     const Variant* want = find_variant(env);
     if (want && want->supported) return want;
   }

@@ -81,7 +81,16 @@ KNOBS: dict[str, Knob] = {
             high=1_000_000,
         ),
         Knob(
-            "UNIVL_SIMD",
+            "UNIVL_FAST_COMBINE_THREADS",
+            "int",
+            "CPUs this process may run on",
+            "threads of the CPU combine kernel's own pool (read once, at its first call)",
+            read_by="core",
+            low=1,
+            high=1024,
+        ),
+        Knob(
+            "UNIVL_FAST_SIMD",
             "choice",
             "best this CPU runs",
             "caps the CPU combine kernel's instruction set (comparisons, benchmarks)",
