@@ -28,6 +28,8 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null
     echo "[setup] WARNING: no apt-get: install chromium + chromedriver for the browser test"
   fi
 fi
+echo "[setup] ray[data]==2.60.0 (scale-out, the [ray] extra)"
+$PIP install -q "ray[data]==2.60.0"
 echo "[setup] univl-fast[dev] (builds univl_fast._C)"
 $PIP install -q --no-build-isolation -e ".[dev]"
 .venv/bin/python -m univl_fast.info --brief

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 
@@ -13,20 +11,6 @@ from univl_fast.index.corpus import encode_corpus
 
 class Interrupted(RuntimeError):
     pass
-
-
-@pytest.fixture(scope="module")
-def dataset_with_bad_image(synth_tiny, tmp_path_factory):
-    """A copy of synth_tiny whose second image no longer decodes (same byte length)."""
-    from univl_fast.data import DatasetDir
-
-    root = tmp_path_factory.mktemp("corpus") / "data"
-    shutil.copytree(synth_tiny, root)
-    lines = (root / "imgs.tsv").read_bytes().split(b"\n")
-    image_id, payload = lines[1].split(b"\t", 1)
-    lines[1] = image_id + b"\t" + b"AAAAAAAA" + payload[8:]  # valid base64, broken header
-    (root / "imgs.tsv").write_bytes(b"\n".join(lines))
-    return DatasetDir(root), image_id.decode()
 
 
 @pytest.fixture(scope="module")

@@ -619,7 +619,7 @@ if hasattr(os, "register_at_fork"):
 
 def load(
     engine_dir: str | os.PathLike,
-    index: str | os.PathLike | None = None,
+    index: str | os.PathLike | Any = None,
     precision: str | None = None,
     backend: str | None = None,
     *,
@@ -630,7 +630,8 @@ def load(
     max_queue: int | None = None,
     **encoder_kwargs: Any,
 ) -> Engine:
-    """Load an exported engine dir and, optionally, an index dir built from it.
+    """Load an exported engine dir and, optionally, an index dir built from it (one index or
+    a sharded one), or an index object such as ``scale.ray_shards.RayShardedIndex``.
 
     precision: "fp32" | "fp16" | "int8" (default: the fastest whose parity passed).
     backend: "onnxruntime" | "tensorrt" (default: the best available here).
@@ -651,10 +652,15 @@ def load(
         return Encoder(engine_dir, precision=encoder.precision, backend=backend, **encoder_kwargs)
 
     idx = None
-    if index is not None:
+    if isinstance(index, (str, os.PathLike)):  # an index dir, one index or sharded
         from univl_fast.index import load_index
 
         idx = load_index(index, encoder=encoder)
+    elif index is not None:  # an index object, e.g. univl_fast.scale.ray_shards.RayShardedIndex
+        from univl_fast.scale.sharded import check_binding
+
+        check_binding(index, index.manifest, encoder, None)
+        idx = index
     config = EngineConfig(
         batching=batching,
         max_batch=max_batch,

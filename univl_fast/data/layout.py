@@ -17,6 +17,7 @@ whole-corpus lists hold small dataclasses only, never image bytes.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -101,8 +102,55 @@ class ImageDoc:
 
 
 # -- JSON lines ------------------------------------------------------------------------------
-def iter_jsonl(path: str | os.PathLike, role: str | None = None) -> Iterator[tuple[int, dict]]:
-    """Yield ``(line_number, object)`` for each non-blank line of a JSON-lines file.
+@dataclass(frozen=True, slots=True)
+class Span:
+    """A run of records of a JSON-lines file: bytes [start, stop), first line number, and how
+    many non-blank lines (records) it holds. ``record_spans`` cuts a file into them."""
+
+    start: int
+    stop: int
+    first_lineno: int
+    records: int
+
+
+def _is_blank(line: str) -> bool:
+    return not line.strip()
+
+
+def record_spans(path: str | os.PathLike, every: int) -> list[Span]:
+    """Cut a JSON-lines file into spans of ``every`` records (non-blank lines; the last span may
+    hold fewer), in one streaming pass over its bytes, without parsing JSON. Record j of the
+    file lies in span j // every, as in ``iter_jsonl`` order."""
+    if every < 1:
+        raise ValueError(f"every must be >= 1, got {every}")
+    p = Path(path)
+    if not p.is_file():
+        raise DataFileMissingError(p, f"missing file: {FILE_ROLES.get(p.name, 'a dataset file')}")
+    spans: list[Span] = []
+    start, first, count, pos = 0, 1, 0, 0
+    with open(p, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            if count == 0:
+                start, first = pos, lineno
+            pos += len(raw)
+            if _is_blank(raw.decode("utf-8", "replace")):
+                if count == 0:
+                    start = pos  # a span starts at its first record
+                continue
+            count += 1
+            if count == every:
+                spans.append(Span(start, pos, first, count))
+                count = 0
+    if count:
+        spans.append(Span(start, pos, first, count))
+    return spans
+
+
+def iter_jsonl(
+    path: str | os.PathLike, role: str | None = None, span: Span | None = None
+) -> Iterator[tuple[int, dict]]:
+    """Yield ``(line_number, object)`` for each non-blank line of a JSON-lines file (only the
+    lines of ``span`` when given: one seek, no scan of what comes before).
 
     Raises DataFormatError naming the file (and what it is for) when missing, and the file and
     line number when a line is not a JSON object.
@@ -111,9 +159,15 @@ def iter_jsonl(path: str | os.PathLike, role: str | None = None) -> Iterator[tup
     if not p.is_file():
         what = role or FILE_ROLES.get(p.name, "a dataset file")
         raise DataFileMissingError(p, f"missing file: {what}")
-    with open(p, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
+    with open(p, "rb") as raw_fh:
+        first = 1
+        if span is not None:
+            raw_fh.seek(span.start)
+            raw_fh = io.BytesIO(raw_fh.read(span.stop - span.start))
+            first = span.first_lineno
+        fh = io.TextIOWrapper(raw_fh, encoding="utf-8")
+        for lineno, line in enumerate(fh, first):
+            if _is_blank(line):
                 continue
             try:
                 obj = json.loads(line)
@@ -256,13 +310,19 @@ class DatasetDir:
 
     # -- text corpus --------------------------------------------------------------------
     def _iter_records(
-        self, path: Path, make: Callable[[str, str], T], id_key: str, text_key: str, batch_size: int
+        self,
+        path: Path,
+        make: Callable[[str, str], T],
+        id_key: str,
+        text_key: str,
+        batch_size: int,
+        span: Span | None = None,
     ) -> Iterator[list[T]]:
-        """Stream a JSON-lines corpus file as batches of ``make(id, text)``."""
+        """Stream a JSON-lines corpus file (or one span of it) as batches of ``make(id, text)``."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         batch: list[T] = []
-        for lineno, obj in iter_jsonl(path):
+        for lineno, obj in iter_jsonl(path, span=span):
             doc_id = str(_field(obj, id_key, path, lineno))
             batch.append(make(doc_id, str(_field(obj, text_key, path, lineno))))
             if len(batch) == batch_size:
@@ -279,6 +339,19 @@ class DatasetDir:
 
     def text_docs(self) -> list[TextDoc]:
         return [d for batch in self.iter_text_docs(8192) for d in batch]
+
+    def text_doc_spans(self, every: int) -> list[Span]:
+        """``all_docs.json`` cut into spans of ``every`` documents (partitions for workers)."""
+        return record_spans(self.path / "all_docs.json", every)
+
+    def read_text_docs(self, span: Span) -> list[TextDoc]:
+        """The text documents of one span of ``all_docs.json``."""
+        path = self.path / "all_docs.json"
+        return [
+            d
+            for b in self._iter_records(path, TextDoc, "snippet_id", "fact", 8192, span)
+            for d in b
+        ]
 
     # -- image corpus -------------------------------------------------------------------
     def captions_file(self, captions: str = "plain") -> Path:
@@ -306,6 +379,20 @@ class DatasetDir:
 
     def image_docs(self, captions: str = "plain") -> list[ImageDoc]:
         return [d for batch in self.iter_image_docs(8192, captions) for d in batch]
+
+    def image_doc_spans(self, every: int, captions: str = "plain") -> list[Span]:
+        """The captions file cut into spans of ``every`` image documents (their bytes are read
+        by each worker through ``imgs.lineidx.new`` offsets)."""
+        return record_spans(self.captions_file(captions), every)
+
+    def read_image_docs(self, span: Span, captions: str = "plain") -> list[ImageDoc]:
+        """The image documents (id, caption) of one span of the captions file."""
+        path = self.captions_file(captions)
+        return [
+            d
+            for b in self._iter_records(path, ImageDoc, "image_id", "caption", 8192, span)
+            for d in b
+        ]
 
     @cached_property
     def images(self) -> ImageStore:

@@ -3,7 +3,8 @@
 ``build_index(vectors, doc_ids, modalities, factory=None, target_recall=0.95, encoder=...)``
 builds, fills and tunes an inner-product index; ``Index.search`` / ``search_arrays`` query it;
 ``save_index(index, dir)`` / ``load_index(dir, encoder=...)`` store it, bound to the
-embedding space of the encoder's model (``binding``). See ``factory`` for the
+embedding space of the encoder's model (``binding``); ``load_index`` also reads a sharded
+index dir (``univl_fast.scale.sharded``). See ``factory`` for the
 default index by corpus size and ``tune`` for how search parameters are chosen.
 """
 

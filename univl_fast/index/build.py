@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import faiss
@@ -92,6 +93,185 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="vec", file=sys.stderr, disable=not enabled)
 
 
+def new_index(factory: str, d: int) -> faiss.Index:
+    """An empty inner-product index from a faiss factory string (ValueError if invalid)."""
+    try:
+        return faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        raise ValueError(f"invalid faiss factory string {factory!r}: {exc}") from None
+
+
+def train_index(
+    index: faiss.Index, vectors: np.ndarray, cfg: IndexConfig, progress: bool = True
+) -> float:
+    """Train ``index`` (coarse quantizer, OPQ, PQ codebooks) on a sample of ``vectors`` drawn
+    with ``cfg.seed``; returns the seconds it took (0 when nothing needs training)."""
+    t0 = time.perf_counter()
+    if index.is_trained:
+        return 0.0
+    n = vectors.shape[0]
+    parts = parts_of(index)
+    rng = np.random.default_rng(cfg.seed)
+    nlist = int(parts.ivf.nlist) if parts.ivf is not None else 1
+    if parts.ivf is not None:
+        parts.ivf.cp.seed = cfg.seed
+        if nlist * factory_mod.MIN_POINTS_PER_CENTROID > n:
+            raise ValueError(
+                f"factory {cfg.factory!r}: {nlist} lists need >= "
+                f"{nlist * factory_mod.MIN_POINTS_PER_CENTROID} training vectors, corpus has {n}"
+            )
+    _set_training_costs(index, cfg)
+    n_train = factory_mod.training_size(n, nlist, cfg.train_points_per_centroid)
+    rows = np.sort(rng.choice(n, size=n_train, replace=False)) if n_train < n else None
+    sample = np.ascontiguousarray(vectors[rows] if rows is not None else vectors[:])
+    log.log(
+        logging.INFO if progress else logging.DEBUG,
+        "training %s on %d vectors ...",
+        cfg.factory,
+        sample.shape[0],
+    )
+    index.train(sample)
+    return time.perf_counter() - t0
+
+
+def add_in_chunks(
+    index: faiss.Index, vectors: np.ndarray, chunk: int, progress: bool = False, bar=None
+) -> float:
+    """Add ``vectors`` to ``index`` ``chunk`` rows at a time; returns the seconds it took."""
+    t0 = time.perf_counter()
+    for start in range(0, vectors.shape[0], chunk):
+        block = np.ascontiguousarray(vectors[start : start + chunk], dtype=np.float32)
+        index.add(block)
+        if bar is not None:
+            bar.update(block.shape[0])
+    return time.perf_counter() - t0
+
+
+def tune_and_describe(
+    run_search: Callable[[np.ndarray, int, SearchParams], tuple[np.ndarray, np.ndarray]],
+    index: faiss.Index,
+    vectors: np.ndarray,
+    codes: np.ndarray,
+    tune_queries: np.ndarray | None,
+    cfg: IndexConfig,
+    engine_sha256: str | None,
+    seconds: dict[str, float],
+    progress: bool = True,
+    bound: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Tune the search knobs of a filled index to ``cfg.target_recall`` and return its manifest.
+
+    run_search(queries, k, params) -> (scores, rows) searches the whole index (one faiss index,
+    or every shard of a sharded one); ``index`` is the one (or one representative shard) whose
+    parts and per-vector memory describe it, ``vectors`` all of its rows in row order.
+    """
+    n, d = vectors.shape
+    k, target_recall = cfg.k, cfg.target_recall
+    rng = np.random.default_rng(cfg.seed)
+    parts = parts_of(index)
+    t0 = time.perf_counter()
+    if tune_queries is None:
+        cfg.tune_queries_source = "perturbed-corpus-sample"
+        queries = tune_mod.fallback_tune_queries(vectors, cfg.max_tune_queries, cfg.seed)
+    else:
+        cfg.tune_queries_source = "given"
+        queries = np.ascontiguousarray(tune_queries, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != d:
+            raise ValueError(f"tune_queries must be (m, {d}), got shape {queries.shape}")
+        if queries.shape[0] > cfg.max_tune_queries:
+            pick = np.sort(rng.choice(queries.shape[0], cfg.max_tune_queries, replace=False))
+            queries = queries[pick]
+    mem = memory_figures(index)
+    if parts.ivf is None and parts.refine is None:
+        # exact (Flat or a non-IVF code): recall is measured, nothing to tune
+        params = SearchParams()
+        _, rows_ = run_search(queries, k, params)
+        exact_scores, _ = tune_mod.exact_search(vectors, queries, k)
+        recall = tune_mod.tie_aware_recall(vectors, queries, rows_, exact_scores, k)
+        tuning = tune_mod.TuneResult(params, recall, recall >= target_recall, len(queries), k)
+    else:
+        if progress:
+            log.info("tuning on %d queries for recall@%d >= %s", len(queries), k, target_recall)
+        refine_code = (mem["refine_bytes"] // max(1, int(index.ntotal))) if parts.refine else 0
+        tuning = tune_mod.tune(
+            run_search,
+            vectors,
+            queries,
+            k,
+            target_recall,
+            int(parts.ivf.nlist) if parts.ivf is not None else None,
+            parts.refine is not None,
+            int(mem["code_bytes_per_vector"]),
+            int(refine_code),
+        )
+    seconds = {**seconds, "tune": time.perf_counter() - t0}
+    counts = {name: int((codes == c).sum()) for c, name in enumerate(MODALITY_NAMES)}
+    manifest: dict[str, Any] = {
+        "format": MANIFEST_FORMAT,
+        "factory": cfg.factory,
+        "metric": "inner_product",
+        "dim": d,
+        "ntotal": n,
+        "modality_counts": counts,
+        "nlist": int(parts.ivf.nlist) if parts.ivf is not None else None,
+        "search_params": tuning.params.to_json(),
+        "tuning": {"target_recall": target_recall, **tuning.to_json()},
+        "memory": mem,
+        "build_seconds": {name: round(v, 3) for name, v in seconds.items()},
+        "faiss_version": faiss.__version__,
+        "engine_sha256": engine_sha256,
+        "embedding_space": None,
+        "encoding": None,
+        "config": cfg.to_json(),
+    }
+    if bound:
+        manifest.update(bound)
+    if progress:
+        log.info(
+            "index %s: %d vectors, params %s, recall@%d %.4f vs exact (target %s)",
+            cfg.factory,
+            n,
+            tuning.params,
+            k,
+            tuning.recall,
+            target_recall,
+        )
+    return manifest
+
+
+def prepare_build(
+    vectors: np.ndarray,
+    doc_ids: list[str],
+    modalities: list[str] | np.ndarray,
+    factory: str | None,
+    target_recall: float,
+    k: int,
+    seed: int,
+    config: IndexConfig | None,
+    encoder: Any = None,
+) -> tuple[np.ndarray, list[str], np.ndarray, IndexConfig, dict[str, Any]]:
+    """Checked (vectors, ids, modality codes), the build config (factory chosen by size) and
+    what binds the index to ``encoder`` (``binding.encoder_fields``; {} without one)."""
+    vectors = check_vectors(vectors)
+    n, d = vectors.shape
+    if n == 0:
+        raise ValueError("cannot build an index over 0 vectors")
+    ids = check_doc_ids(doc_ids, n)
+    bound = binding.encoder_fields(encoder) if encoder is not None else {}
+    space = bound.get("embedding_space")
+    if space and int(space["dim"]) != d:
+        raise ValueError(f"vectors are {d}-d, the encoder's embedding space {space['dim']}-d")
+    codes = encode_modalities(modalities)
+    if codes.shape[0] != n:
+        raise ValueError(f"{codes.shape[0]} modalities for {n} vectors")
+    if not 0.0 < target_recall <= 1.0:
+        raise ValueError(f"target_recall must be in (0, 1], got {target_recall}")
+    factory = factory or factory_mod.default_factory(n, d)
+    cfg = config or IndexConfig(factory=factory, dim=d)
+    cfg.factory, cfg.dim, cfg.target_recall, cfg.k, cfg.seed = factory, d, target_recall, k, seed
+    return vectors, ids, codes, cfg, bound
+
+
 def build_index(
     vectors: np.ndarray,
     doc_ids: list[str],
@@ -119,145 +299,34 @@ def build_index(
     to one engine manifest's bytes (the older binding).
     Returns an ``Index`` whose manifest records factory, tuned params, measured recall@k vs
     exact, memory, build times and what binds it to its engine.
+    ``univl_fast.scale.build`` builds the same index as N shards, filled in parallel.
     """
     t_start = time.perf_counter()
-    vectors = check_vectors(vectors)
-    n, d = vectors.shape
-    if n == 0:
-        raise ValueError("cannot build an index over 0 vectors")
-    ids = check_doc_ids(doc_ids, n)
-    bound = binding.encoder_fields(encoder) if encoder is not None else {}
-    space = bound.get("embedding_space")
-    if space and int(space["dim"]) != d:
-        raise ValueError(f"vectors are {d}-d, the encoder's embedding space {space['dim']}-d")
-    codes = encode_modalities(modalities)
-    if codes.shape[0] != n:
-        raise ValueError(f"{codes.shape[0]} modalities for {n} vectors")
-    if not 0.0 < target_recall <= 1.0:
-        raise ValueError(f"target_recall must be in (0, 1], got {target_recall}")
-    factory = factory or factory_mod.default_factory(n, d)
-    cfg = config or IndexConfig(factory=factory, dim=d)
-    cfg.factory, cfg.dim, cfg.target_recall, cfg.k, cfg.seed = factory, d, target_recall, k, seed
-
-    try:
-        index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as exc:
-        raise ValueError(f"invalid faiss factory string {factory!r}: {exc}") from None
-    parts = parts_of(index)
-    rng = np.random.default_rng(seed)
-
-    # ---- train
-    t0 = time.perf_counter()
-    if not index.is_trained:
-        nlist = int(parts.ivf.nlist) if parts.ivf is not None else 1
-        if parts.ivf is not None:
-            parts.ivf.cp.seed = seed
-            if nlist * factory_mod.MIN_POINTS_PER_CENTROID > n:
-                raise ValueError(
-                    f"factory {factory!r}: {nlist} lists need >= "
-                    f"{nlist * factory_mod.MIN_POINTS_PER_CENTROID} training vectors, corpus has {n}"
-                )
-        _set_training_costs(index, cfg)
-        n_train = factory_mod.training_size(n, nlist, cfg.train_points_per_centroid)
-        rows = np.sort(rng.choice(n, size=n_train, replace=False)) if n_train < n else None
-        sample = np.ascontiguousarray(vectors[rows] if rows is not None else vectors[:])
-        log.log(
-            logging.INFO if progress else logging.DEBUG,
-            "training %s on %d vectors ...",
-            factory,
-            sample.shape[0],
-        )
-        index.train(sample)
-        del sample
-    train_s = time.perf_counter() - t0
-
-    # ---- add in chunks
-    t0 = time.perf_counter()
+    vectors, ids, codes, cfg, bound = prepare_build(
+        vectors, doc_ids, modalities, factory, target_recall, k, seed, config, encoder
+    )
+    n = vectors.shape[0]
+    index = new_index(cfg.factory, cfg.dim)
+    train_s = train_index(index, vectors, cfg, progress)
     with _progress(n, "adding", progress) as bar:
-        for start in range(0, n, cfg.add_chunk):
-            block = np.ascontiguousarray(vectors[start : start + cfg.add_chunk], dtype=np.float32)
-            index.add(block)
-            bar.update(block.shape[0])
-    add_s = time.perf_counter() - t0
+        add_s = add_in_chunks(index, vectors, cfg.add_chunk, bar=bar)
     parts = parts_of(index)
-
-    # ---- tune
-    t0 = time.perf_counter()
-    if tune_queries is None:
-        cfg.tune_queries_source = "perturbed-corpus-sample"
-        queries = tune_mod.fallback_tune_queries(vectors, cfg.max_tune_queries, seed)
-    else:
-        cfg.tune_queries_source = "given"
-        queries = np.ascontiguousarray(tune_queries, dtype=np.float32)
-        if queries.ndim != 2 or queries.shape[1] != d:
-            raise ValueError(f"tune_queries must be (m, {d}), got shape {queries.shape}")
-        if queries.shape[0] > cfg.max_tune_queries:
-            pick = np.sort(rng.choice(queries.shape[0], cfg.max_tune_queries, replace=False))
-            queries = queries[pick]
-    mem = memory_figures(index)
 
     def run_search(q: np.ndarray, kk: int, p: SearchParams):
         fp, _keep = faiss_search_parameters(parts, p, None)
         return index.search(q, min(kk, n), params=fp)
 
-    if parts.ivf is None and parts.refine is None:
-        # exact (Flat or a non-IVF code): recall is measured, nothing to tune
-        params = SearchParams()
-        _, rows_ = run_search(queries, k, params)
-        exact_scores, _ = tune_mod.exact_search(vectors, queries, k)
-        recall = tune_mod.tie_aware_recall(vectors, queries, rows_, exact_scores, k)
-        tuning = tune_mod.TuneResult(params, recall, recall >= target_recall, len(queries), k)
-    else:
-        if progress:
-            log.info("tuning on %d queries for recall@%d >= %s", len(queries), k, target_recall)
-        refine_code = (mem["refine_bytes"] // n) if parts.refine is not None else 0
-        tuning = tune_mod.tune(
-            run_search,
-            vectors,
-            queries,
-            k,
-            target_recall,
-            int(parts.ivf.nlist) if parts.ivf is not None else None,
-            parts.refine is not None,
-            int(mem["code_bytes_per_vector"]),
-            int(refine_code),
-        )
-    tune_s = time.perf_counter() - t0
-
-    counts = {name: int((codes == c).sum()) for c, name in enumerate(MODALITY_NAMES)}
-    manifest: dict[str, Any] = {
-        "format": MANIFEST_FORMAT,
-        "factory": factory,
-        "metric": "inner_product",
-        "dim": d,
-        "ntotal": n,
-        "modality_counts": counts,
-        "nlist": int(parts.ivf.nlist) if parts.ivf is not None else None,
-        "search_params": tuning.params.to_json(),
-        "tuning": {"target_recall": target_recall, **tuning.to_json()},
-        "memory": mem,
-        "build_seconds": {
-            "train": round(train_s, 3),
-            "add": round(add_s, 3),
-            "tune": round(tune_s, 3),
-            "total": round(time.perf_counter() - t_start, 3),
-        },
-        "faiss_version": faiss.__version__,
-        "engine_sha256": engine_sha256,
-        "embedding_space": None,
-        "encoding": None,
-        "config": cfg.to_json(),
-    }
-    if bound:
-        manifest.update(bound)
-    if progress:
-        log.info(
-            "index %s: %d vectors, params %s, recall@%d %.4f vs exact (target %s)",
-            factory,
-            n,
-            tuning.params,
-            k,
-            tuning.recall,
-            target_recall,
-        )
+    manifest = tune_and_describe(
+        run_search,
+        index,
+        vectors,
+        codes,
+        tune_queries,
+        cfg,
+        engine_sha256,
+        {"train": train_s, "add": add_s},
+        progress,
+        bound,
+    )
+    manifest["build_seconds"]["total"] = round(time.perf_counter() - t_start, 3)
     return Index(index, ids, codes, manifest, device=device)

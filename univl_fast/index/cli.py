@@ -44,6 +44,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="keep OUT/.work (encoded shards) after a successful build",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    scale = parser.add_argument_group("scale-out (docs/scale-out.md)")
+    scale.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="encode and fill the index on Ray: 'local' (the default when given alone) starts "
+        "one here, 'auto' joins this machine's cluster, or a cluster address",
+    )
+    scale.add_argument("--actors", type=int, default=2, help="Ray encoder actors (default 2)")
+    scale.add_argument(
+        "--cpus-per-actor",
+        type=int,
+        default=1,
+        help="Ray CPUs per encoder actor = its encoder threads (default 1)",
+    )
+    scale.add_argument(
+        "--shards",
+        type=int,
+        default=1,
+        help="write a sharded index of N shards (default 1: one index; with --ray the shards "
+        "are filled on the cluster, one per actor, and merged)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,15 +87,27 @@ def run(args: argparse.Namespace) -> int:
         f"engine {args.engine} ({encoder.precision}, {encoder.backend}), data {args.data}",
         file=sys.stderr,
     )
-    corpus = encode_corpus(
-        encoder,
-        dataset,
-        out / ".work",
-        captions=args.captions,
-        shard_size=args.shard_size,
-        batch_size=args.batch_size,
-        progress=progress,
-    )
+    encode_args = {
+        "captions": args.captions,
+        "shard_size": args.shard_size,
+        "batch_size": args.batch_size,
+        "progress": progress,
+    }
+    if args.ray is not None:
+        from univl_fast.scale.ray_encode import encode_corpus_ray
+        from univl_fast.scale.ray_runtime import init_ray
+
+        init_ray(args.ray)
+        corpus = encode_corpus_ray(
+            encoder,
+            dataset,
+            out / ".work",
+            actors=args.actors,
+            cpus_per_actor=args.cpus_per_actor,
+            **encode_args,
+        )
+    else:
+        corpus = encode_corpus(encoder, dataset, out / ".work", **encode_args)
     rep = corpus.report
     print(rep.summary(), file=sys.stderr)
     for doc_id, reason in rep.bad[:20]:
@@ -84,20 +120,16 @@ def run(args: argparse.Namespace) -> int:
     tune_q = encode_tune_queries(encoder, dataset, seed=args.seed)
     if tune_q is None:
         print("no dev/train queries: tuning on perturbed corpus vectors", file=sys.stderr)
-    index = build_index(
-        corpus.vectors,
-        corpus.doc_ids,
-        corpus.modalities,
-        factory=args.factory,
-        target_recall=args.target_recall,
-        tune_queries=tune_q,
-        k=args.k,
-        encoder=encoder,
-        seed=args.seed,
-        progress=progress,
-        device="cpu",
-    )
-    index.manifest["corpus"] = {
+    build_args = {
+        "factory": args.factory,
+        "target_recall": args.target_recall,
+        "tune_queries": tune_q,
+        "k": args.k,
+        "encoder": encoder,
+        "seed": args.seed,
+        "progress": progress,
+    }
+    corpus_info = {
         "dataset": str(Path(args.data).resolve()),
         "captions": args.captions,
         "precision": encoder.precision,
@@ -107,7 +139,16 @@ def run(args: argparse.Namespace) -> int:
         "counts": rep.counts,
         "tune_queries": "dev+train queries" if tune_q is not None else "perturbed corpus sample",
     }
-    save_index(index, out)
+    if args.ray is not None or args.shards > 1:
+        from univl_fast.scale.cli import build_scaled
+
+        index = build_scaled(args, corpus, build_args, corpus_info, out)
+    else:
+        index = build_index(
+            corpus.vectors, corpus.doc_ids, corpus.modalities, device="cpu", **build_args
+        )
+        index.manifest["corpus"] = corpus_info
+        save_index(index, out)
     if not args.keep_work:
         shutil.rmtree(out / ".work", ignore_errors=True)
     t = index.manifest["tuning"]

@@ -88,7 +88,7 @@ def _write_shard(
         fh.write(buf.getvalue())
 
 
-def _read_shard(path: Path, fingerprint: str, dim: int):
+def read_shard(path: Path, fingerprint: str, dim: int):
     """(vectors, ids, bad) of a finished shard, or None if absent, unreadable or stale."""
     if not path.is_file():
         return None
@@ -108,7 +108,7 @@ def _read_shard(path: Path, fingerprint: str, dim: int):
     return vectors, ids, bad
 
 
-def _prepare_work_dir(work_dir: Path, meta: dict[str, Any]) -> None:
+def prepare_work_dir(work_dir: Path, meta: dict[str, Any]) -> None:
     meta_path = work_dir / META_FILE
     if meta_path.is_file():
         try:
@@ -159,6 +159,81 @@ def _encode_image_shard(encoder, dataset, docs, batch: int):
     return (np.concatenate(vecs) if vecs else np.zeros((0, dim), np.float32)), ids, bad
 
 
+def corpus_meta(encoder, dataset, captions: str, shard_size: int) -> dict[str, Any]:
+    """What ``work_dir/meta.json`` records: a work dir is reused only under the same settings."""
+    return {
+        "format": META_FORMAT,
+        "space": space_key(encoder),
+        "encoding": getattr(encoder, "encoding", None),
+        "captions": captions,
+        "shard_size": shard_size,
+        "dataset": str(Path(dataset.path).resolve()),
+    }
+
+
+def shard_fingerprint(modality: str, docs: list) -> str:
+    """Fingerprint of the documents of one shard (ids + texts, or ids + captions)."""
+    if modality == TEXT:
+        return _fingerprint([d.doc_id for d in docs], [d.text for d in docs])
+    return _fingerprint([d.doc_id for d in docs], [d.caption for d in docs])
+
+
+def encode_or_reuse_shard(
+    encoder,
+    dataset,
+    work: Path,
+    name: str,
+    modality: str,
+    docs: list,
+    batch_size: int,
+    fingerprint: str | None = None,
+) -> tuple[tuple[np.ndarray, list[str], list[tuple[str, str]]], bool]:
+    """((vectors, ids, bad), computed) of shard ``name``: its finished file when that covers
+    exactly ``docs``, else encoded now and written atomically."""
+    fp = fingerprint or shard_fingerprint(modality, docs)
+    path = work / f"{name}.npz"
+    got = read_shard(path, fp, int(encoder.dim))
+    if got is not None:
+        return got, False
+    if modality == TEXT:
+        got = _encode_text_shard(encoder, docs)
+    else:
+        got = _encode_image_shard(encoder, dataset, docs, batch_size)
+    _write_shard(path, got[0], got[1], got[2], fp)
+    return got, True
+
+
+def shard_name(modality: str, j: int) -> str:
+    return f"{modality}-{j:05d}"
+
+
+def assemble(
+    pieces: list[tuple[str, np.ndarray, list[str], list[tuple[str, str]]]],
+    report: CorpusReport,
+    dim: int,
+    dataset_path: Any,
+) -> EncodedCorpus:
+    """Concatenate shards in corpus order [(modality, vectors, ids, bad)] into an
+    EncodedCorpus (fills ``report.bad`` and ``report.counts``; refuses duplicate doc ids)."""
+    all_vecs = [p[1] for p in pieces]
+    all_ids: list[str] = []
+    all_mods: list[str] = []
+    for modality, _vecs, ids, bad in pieces:
+        all_ids.extend(ids)
+        all_mods.extend([modality] * len(ids))
+        report.bad.extend(bad)
+    vectors = np.concatenate(all_vecs) if all_vecs else np.zeros((0, dim), np.float32)
+    report.counts = {TEXT: all_mods.count(TEXT), IMAGE: all_mods.count(IMAGE)}
+    seen: set[str] = set()
+    dups = [i for i in all_ids if i in seen or seen.add(i)]
+    if dups:
+        raise ValueError(
+            f"{dataset_path}: {len(dups)} doc id(s) appear twice in the corpus (text and image "
+            f"ids share one space), e.g. {dups[:5]}"
+        )
+    return EncodedCorpus(vectors, all_ids, all_mods, report)
+
+
 def encode_corpus(
     encoder,
     dataset,
@@ -175,73 +250,44 @@ def encode_corpus(
     on_shard(name, computed): called after each shard is available (computed now or reused);
     an exception from it stops the run with the finished shards kept.
     Returns vectors (n, d) float32 unit rows, doc ids and modalities, text docs first.
+    ``univl_fast.scale.encode.encode_corpus_ray`` does the same on a Ray cluster.
     """
     if shard_size < 1 or batch_size < 1:
         raise ValueError("shard_size and batch_size must be >= 1")
     work = Path(work_dir)
-    meta = {
-        "format": META_FORMAT,
-        "space": space_key(encoder),
-        "encoding": getattr(encoder, "encoding", None),
-        "captions": captions,
-        "shard_size": shard_size,
-        "dataset": str(Path(dataset.path).resolve()),
-    }
-    _prepare_work_dir(work, meta)
-    dim = int(encoder.dim)
+    prepare_work_dir(work, corpus_meta(encoder, dataset, captions, shard_size))
     report = CorpusReport()
-    all_vecs: list[np.ndarray] = []
-    all_ids: list[str] = []
-    all_mods: list[str] = []
+    pieces: list[tuple[str, np.ndarray, list[str], list[tuple[str, str]]]] = []
 
     def shards() -> Iterator[tuple[str, str, list]]:
         for j, docs in enumerate(dataset.iter_text_docs(shard_size)):
-            yield TEXT, f"text-{j:05d}", docs
+            yield TEXT, shard_name(TEXT, j), docs
         for j, docs in enumerate(dataset.iter_image_docs(shard_size, captions)):
-            yield IMAGE, f"image-{j:05d}", docs
+            yield IMAGE, shard_name(IMAGE, j), docs
 
     bar = tqdm(desc="encoding corpus", unit="doc", file=sys.stderr, disable=not progress)
+    n_bad = 0
     try:
         for modality, name, docs in shards():
-            if modality == TEXT:
-                fp = _fingerprint([d.doc_id for d in docs], [d.text for d in docs])
-            else:
-                fp = _fingerprint([d.doc_id for d in docs], [d.caption for d in docs])
-            path = work / f"{name}.npz"
-            got = _read_shard(path, fp, dim)
-            computed = got is None
-            if computed:
-                if modality == TEXT:
-                    got = _encode_text_shard(encoder, docs)
-                else:
-                    got = _encode_image_shard(encoder, dataset, docs, batch_size)
-                _write_shard(path, got[0], got[1], got[2], fp)
-                report.shards_computed.append(name)
-            else:
-                report.shards_reused.append(name)
-            vecs, ids, bad = got
-            all_vecs.append(vecs)
-            all_ids.extend(ids)
-            all_mods.extend([modality] * len(ids))
-            report.bad.extend(bad)
-            for doc_id, reason in bad:
-                log.warning("skipped %s document %s: %s", modality, doc_id, reason)
+            got, computed = encode_or_reuse_shard(
+                encoder, dataset, work, name, modality, docs, batch_size
+            )
+            (report.shards_computed if computed else report.shards_reused).append(name)
+            pieces.append((modality, *got))
+            log_bad(modality, got[2])
+            n_bad += len(got[2])
             bar.update(len(docs))
-            bar.set_postfix(bad=len(report.bad), reused=len(report.shards_reused))
+            bar.set_postfix(bad=n_bad, reused=len(report.shards_reused))
             if on_shard is not None:
                 on_shard(name, computed)
     finally:
         bar.close()
-    vectors = np.concatenate(all_vecs) if all_vecs else np.zeros((0, dim), np.float32)
-    report.counts = {TEXT: all_mods.count(TEXT), IMAGE: all_mods.count(IMAGE)}
-    seen: set[str] = set()
-    dups = [i for i in all_ids if i in seen or seen.add(i)]
-    if dups:
-        raise ValueError(
-            f"{dataset.path}: {len(dups)} doc id(s) appear twice in the corpus (text and image "
-            f"ids share one space), e.g. {dups[:5]}"
-        )
-    return EncodedCorpus(vectors, all_ids, all_mods, report)
+    return assemble(pieces, report, int(encoder.dim), dataset.path)
+
+
+def log_bad(modality: str, bad: list[tuple[str, str]]) -> None:
+    for doc_id, reason in bad:
+        log.warning("skipped %s document %s: %s", modality, doc_id, reason)
 
 
 def encode_tune_queries(encoder, dataset, max_queries: int = 1000, seed: int = 0):

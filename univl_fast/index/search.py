@@ -49,6 +49,32 @@ def encode_modalities(modalities: list[str] | np.ndarray) -> np.ndarray:
     return out
 
 
+def check_queries(queries: Any, dim: int) -> np.ndarray:
+    """(n, dim) float32 C-contiguous finite queries; raises naming the problem."""
+    q = np.asarray(queries)
+    if q.ndim != 2:
+        raise ValueError(f"queries must be a 2-D (n, {dim}) array, got shape {q.shape}")
+    if q.shape[1] != dim:
+        raise ValueError(f"queries have dimension {q.shape[1]} but the index holds {dim}-d vectors")
+    q = np.ascontiguousarray(q, dtype=np.float32)
+    finite = np.isfinite(q).all(axis=1)
+    if not finite.all():
+        raise ValueError(f"queries[{int(np.flatnonzero(~finite)[0])}] contains NaN or inf")
+    return q
+
+
+def hits_of(
+    doc_ids: list[str], modalities: list[str], scores: np.ndarray, rows: np.ndarray
+) -> list[list[Hit]]:
+    """Hits per query from (scores, rows) arrays; rows of -1 (unfilled slots) are dropped."""
+    out: list[list[Hit]] = []
+    for srow, rrow in zip(scores.tolist(), rows.tolist(), strict=True):
+        out.append(
+            [Hit(doc_ids[r], modalities[r], s) for s, r in zip(srow, rrow, strict=True) if r >= 0]
+        )
+    return out
+
+
 class _RowSelector:
     """A faiss IDSelector restricting search to the rows of one modality (kept alive here)."""
 
@@ -153,18 +179,7 @@ class Index:
             ) from None
 
     def _check_queries(self, queries: Any) -> np.ndarray:
-        q = np.asarray(queries)
-        if q.ndim != 2:
-            raise ValueError(f"queries must be a 2-D (n, {self.dim}) array, got shape {q.shape}")
-        if q.shape[1] != self.dim:
-            raise ValueError(
-                f"queries have dimension {q.shape[1]} but the index holds {self.dim}-d vectors"
-            )
-        q = np.ascontiguousarray(q, dtype=np.float32)
-        finite = np.isfinite(q).all(axis=1)
-        if not finite.all():
-            raise ValueError(f"queries[{int(np.flatnonzero(~finite)[0])}] contains NaN or inf")
-        return q
+        return check_queries(queries, self.dim)
 
     def search_arrays(
         self,
@@ -207,11 +222,7 @@ class Index:
     ) -> list[list[Hit]]:
         """Top-k Hits per query (best first); empty query array -> []."""
         scores, rows = self.search_arrays(queries, k, params=params, modality=modality)
-        ids, mods = self.doc_ids, self.modalities
-        out: list[list[Hit]] = []
-        for srow, rrow in zip(scores.tolist(), rows.tolist(), strict=True):
-            out.append([Hit(ids[r], mods[r], s) for s, r in zip(srow, rrow, strict=True) if r >= 0])
-        return out
+        return hits_of(self.doc_ids, self.modalities, scores, rows)
 
     def save(self, directory: str | os.PathLike) -> None:
         """Write this index to ``directory`` (the API name scripts rely on, design.md); the

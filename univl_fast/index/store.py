@@ -91,6 +91,10 @@ def load_index(
     """
     root = Path(directory)
     manifest = read_manifest(root)
+    if manifest.get("layout") == "sharded":  # N shards of one trained index (scale-out)
+        from univl_fast.scale.sharded import load_sharded_index
+
+        return load_sharded_index(root, manifest, engine_sha256, verify, encoder=encoder)
     if encoder is not None:
         engine_sha256 = encoder.manifest_sha256
     binding.check_space(root, manifest, getattr(encoder, "embedding_space", None), engine_sha256)
