@@ -11,6 +11,7 @@
 
 #include "cpu/team.h"
 #include "cpu/text_tower.h"
+#include "native_bindings.h"
 
 namespace py = pybind11;
 using namespace pybind11::literals;
@@ -18,96 +19,11 @@ using namespace pybind11::literals;
 namespace {
 
 using univl::LayerNormW;
-
-const univl::TextKernels* kernels_for(const std::string& isa) {
-  const univl::TextKernels* k = univl::text_kernels_for(isa);
-  if (!k) {
-    std::string have;
-    for (const auto& s : univl::text_tower_supported_isas()) have += (have.empty() ? "" : ", ") + s;
-    throw py::value_error("TextTower: isa '" + isa + "' is not available on this CPU (have: " +
-                          have + ")");
-  }
-  return k;
-}
-
-// Counts a call in flight for as long as it lives, whatever ends the call (an exception
-// included): a count left behind would keep the tower off its team for good.
-class InFlight {
- public:
-  explicit InFlight(std::atomic<int>& n) : n_(n), alone_(n.fetch_add(1) == 0) {}
-  ~InFlight() { n_.fetch_sub(1); }
-  InFlight(const InFlight&) = delete;
-  InFlight& operator=(const InFlight&) = delete;
-  bool alone() const { return alone_; }
-
- private:
-  std::atomic<int>& n_;
-  const bool alone_;
-};
 using univl::QLinear;
 using univl::TextTowerModel;
-
-// The arrays the exporter writes (univl_fast/export/native_text.py); every lookup names the key.
-class ArraySource {
- public:
-  explicit ArraySource(py::dict arrays) : arrays_(std::move(arrays)) {}
-
-  // dtype: what the array must hold (default: T's own); T: how its elements are read
-  template <typename T>
-  py::array_t<T, py::array::c_style> get(const std::string& key, std::vector<int64_t> shape,
-                                         const py::dtype& dtype = py::dtype::of<T>()) {
-    if (!arrays_.contains(key)) throw py::key_error("native text weights: missing '" + key + "'");
-    py::array raw = py::reinterpret_borrow<py::array>(arrays_[key.c_str()]);
-    if (!raw.dtype().equal(dtype))
-      throw py::type_error("native text weights: '" + key + "' has dtype " +
-                           py::str(raw.dtype()).cast<std::string>() + ", expected " +
-                           py::str(dtype).cast<std::string>());
-    auto arr = py::array_t<T, py::array::c_style>::ensure(
-        dtype.equal(py::dtype::of<T>()) ? raw : raw.attr("view")(py::dtype::of<T>()));
-    bool ok = arr && arr.ndim() == static_cast<py::ssize_t>(shape.size());
-    for (size_t i = 0; ok && i < shape.size(); ++i) ok = arr.shape(i) == shape[i];
-    if (!ok) {
-      std::string want;
-      for (auto s : shape) want += (want.empty() ? "" : ", ") + std::to_string(s);
-      std::string got;
-      for (py::ssize_t i = 0; i < raw.ndim(); ++i)
-        got += (i ? ", " : "") + std::to_string(raw.shape(i));
-      throw py::value_error("native text weights: '" + key + "' has shape (" + got +
-                            "), expected (" + want + ")");
-    }
-    return arr;
-  }
-
-  std::vector<float> floats(const std::string& key, std::vector<int64_t> shape) {
-    auto a = get<float>(key, shape);
-    return std::vector<float>(a.data(), a.data() + a.size());
-  }
-
-  // float16 array -> its raw bits
-  std::vector<uint16_t> halves(const std::string& key, std::vector<int64_t> shape) {
-    auto a = get<uint16_t>(key, shape, py::dtype("float16"));
-    return std::vector<uint16_t>(a.data(), a.data() + a.size());
-  }
-
-  LayerNormW layer_norm(const std::string& key, int64_t d) {
-    return LayerNormW{floats(key + ".w", {d}), floats(key + ".b", {d})};
-  }
-
-  void linear(QLinear& out, const std::string& key, int64_t n, int64_t k, bool has_bias) {
-    auto q = get<int8_t>(key + ".q", {n, k});
-    auto s = get<float>(key + ".s", {n});
-    std::vector<float> b;
-    if (has_bias) b = floats(key + ".b", {n});
-    try {
-      out.pack(q.data(), n, k, s.data(), has_bias ? b.data() : nullptr);
-    } catch (const std::invalid_argument& e) {
-      throw py::value_error("native text weights: '" + key + "': " + e.what());
-    }
-  }
-
- private:
-  py::dict arrays_;
-};
+using univl::native_bindings::ArraySource;
+using univl::native_bindings::InFlight;
+using univl::native_bindings::kernels_for;
 
 class PyTextTower {
  public:
@@ -144,7 +60,7 @@ class PyTextTower {
     m.pool = pool == "argmax" ? univl::TextPool::kArgmax : univl::TextPool::kEos;
     m.eos_id = eos_id;
     m.ln_eps = static_cast<float>(ln_eps);
-    ArraySource src(std::move(arrays));
+    ArraySource src(std::move(arrays), "native text weights");
     m.token_embedding = src.halves("token_embedding", {vocab, width});
     m.positional = src.floats("positional_embedding", {context, width});
     m.blocks.resize(layers);

@@ -254,6 +254,11 @@ void ln_quant_rows(const float* x, int64_t r0, int64_t r1, int64_t d, const floa
   }
 }
 
+void ln_rows(const float* x, int64_t r0, int64_t r1, int64_t d, const float* w, const float* b,
+             float eps, float* y) {
+  for (int64_t r = r0; r < r1; ++r) layer_norm_row(x + r * d, d, w, b, eps, y + r * d);
+}
+
 void quant_rows(const float* x, int64_t r0, int64_t r1, int64_t d, QRows a) {
   for (int64_t r = r0; r < r1; ++r)
     quantize_row(x + r * d, d, a.q + r * a.width, a.scale + r, a.zero + r);
@@ -392,25 +397,26 @@ void qgemm(const QLinearView& w, int64_t p0, int64_t p1, const QRows& a, int64_t
 }
 
 // ------------------------------------------------------------------ attention
-// Causal multi-head attention over packed rows (see TextKernels::attention).
+// Multi-head attention over packed rows, causal or full (see TextKernels::attention).
 void attention(const float* qkv, int64_t d, int64_t heads, const int64_t* len,
-               const int64_t* off, bool pooled_only, int64_t j0, int64_t j1, float* out,
-               float* scores) {
+               const int64_t* off, bool causal, bool pooled_only, int64_t j0, int64_t j1,
+               float* out, float* scores) {
   const int64_t hd = d / heads;
   const float scale = 1.0f / __builtin_sqrtf(static_cast<float>(hd));
   for (int64_t job = j0; job < j1; ++job) {
     const int64_t b = job / heads, h = job % heads, n = len[b], base = off[b];
     for (int64_t i = pooled_only ? n - 1 : 0; i < n; ++i) {
       const float* q = qkv + (base + i) * 3 * d + h * hd;
+      const int64_t keys = causal ? i + 1 : n;  // rows [0, keys) are attended to
       float mx = -__builtin_inff();
-      for (int64_t j = 0; j <= i; ++j) {
+      for (int64_t j = 0; j < keys; ++j) {
         const float* k = qkv + (base + j) * 3 * d + d + h * hd;
         scores[j] = dot(q, k, hd) * scale;
         mx = max_f(mx, scores[j]);
       }
       float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
-      for (int64_t j = 0; j <= i; ++j) {
+      for (int64_t j = 0; j < keys; ++j) {
         scores[j] = exp_poly(scores[j] - mx);
         sum += scores[j];
       }
@@ -418,7 +424,7 @@ void attention(const float* qkv, int64_t d, int64_t heads, const int64_t* len,
       float* o = (pooled_only ? out + b * d : out + (base + i) * d) + h * hd;
 #pragma omp simd
       for (int64_t t = 0; t < hd; ++t) o[t] = 0.0f;
-      for (int64_t j = 0; j <= i; ++j) {
+      for (int64_t j = 0; j < keys; ++j) {
         const float* v = qkv + (base + j) * 3 * d + 2 * d + h * hd;
         axpy(o, scores[j] * inv, v, hd);
       }
@@ -427,7 +433,7 @@ void attention(const float* qkv, int64_t d, int64_t heads, const int64_t* len,
 }
 
 constexpr TextKernels kTextKernels{&embed,      &ln_quant_rows, &quant_rows, &act_quant_rows,
-                                   &activation, &qgemm,         &attention};
+                                   &activation, &qgemm,         &attention,  &ln_rows};
 
 }  // namespace
 }  // namespace UNIVL_TT_NS

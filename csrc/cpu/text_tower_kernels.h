@@ -1,7 +1,8 @@
-// The native text tower's per-ISA kernels: what text_tower_impl.h compiles once per instruction
-// set, and the plain views they work on. The driver (text_tower.cpp, baseline target) owns the
-// model, the workspace and the thread team, splits each stage's work and calls these through
-// one table per ISA.
+// The native towers' per-ISA kernels (text and image share them): what text_tower_impl.h
+// compiles once per instruction set, and the plain views they work on. The drivers
+// (tower_driver.cpp, text_tower.cpp, image_tower.cpp; baseline target) own the models, the
+// workspace and the thread team, split each stage's work and call these through one table per
+// ISA.
 //
 // Why plain views and no std containers here: text_tower_avx512.cpp is compiled with AVX-512
 // flags for the whole file. Any inline function or template it instantiates with external
@@ -63,12 +64,16 @@ struct TextKernels {
   // panel pairs (32 output columns each) [p0, p1) for `rows` rows of a
   void (*qgemm)(const QLinearView& w, int64_t p0, int64_t p1, const QRows& a, int64_t rows,
                 GemmOut o);
-  // causal attention jobs (sequence b, head h) = j in [j0, j1): b = j / heads, h = j % heads.
-  // qkv: packed rows x 3d; pooled_only: only each sequence's last row is a query and out has
-  // one row per sequence; scores: scratch of >= max(len) floats.
+  // attention jobs (sequence b, head h) = j in [j0, j1): b = j / heads, h = j % heads.
+  // qkv: packed rows x 3d; causal: row i attends to rows <= i (text), else to every row of its
+  // sequence (image); pooled_only: only each sequence's last row is a query and out has one
+  // row per sequence; scores: scratch of >= max(len) floats.
   void (*attention)(const float* qkv, int64_t d, int64_t heads, const int64_t* len,
-                    const int64_t* off, bool pooled_only, int64_t j0, int64_t j1, float* out,
-                    float* scores);
+                    const int64_t* off, bool causal, bool pooled_only, int64_t j0, int64_t j1,
+                    float* out, float* scores);
+  // rows [r0, r1) of x (d wide): LayerNorm (w, b, eps) into y (y may be x)
+  void (*ln_rows)(const float* x, int64_t r0, int64_t r1, int64_t d, const float* w,
+                  const float* b, float eps, float* y);
 };
 
 // nullptr when not compiled for this target.

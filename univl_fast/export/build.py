@@ -122,7 +122,9 @@ def export_engine(
     (root / MANIFEST_NAME).unlink(missing_ok=True)
 
     with_native = config.native_text and "int8" in config.precisions
+    with_native_image = config.native_image and "int8" in config.precisions
     steps = 1 + 2 * (1 + len(config.precisions)) + (2 if config.tensorrt else 0) + with_native
+    steps += with_native_image
     bar = tqdm(total=steps, desc="export", file=sys.stderr, disable=not progress, unit="step")
 
     # tokenizer: the runtime needs neither torch nor open_clip
@@ -211,6 +213,24 @@ def export_engine(
     if with_native:
         bar.set_description("export native text int8")
         native = _export_native_text(clip, art, inputs, ref, config)
+        bar.update(1)
+    if with_native_image:
+        bar.set_description("export native image int8")
+        native.update(
+            _export_native_image(
+                clip,
+                root,
+                files,
+                parity,
+                graphs,
+                native,
+                tokenizer,
+                texts,
+                pixels,
+                image_ref,
+                config,
+            )
+        )
         bar.update(1)
 
     plans: dict[str, dict[str, str]] = {}
@@ -407,6 +427,57 @@ def _export_native_text(
     entry = {"kind": "native-text", "tower": "text", "precision": "int8", "format": meta["format"]}
     art.write(rel, data, entry)
     return {"text": {"int8": rel}}
+
+
+def _export_native_image(
+    clip: nn.Module,
+    root: Path,
+    files: dict[str, dict],
+    parity: dict[str, dict[str, dict]],
+    graphs: dict[str, dict[str, str]],
+    native: dict[str, Any],
+    tokenizer: ClipTokenizer,
+    texts: list[str],
+    pixels,
+    image_ref,
+    config: ExportConfig,
+) -> dict[str, Any]:
+    """The native int8 image tower (univl_fast.export.native_image), verified on its own and
+    in the image-document vector with the captions of the engine's int8 text tower (native
+    when written, else the ONNX graph): ``{"image": {"int8": rel}}``, or ``{"image": {},
+    "image_reason": ...}`` when refused."""
+    from univl_fast.export import native_image
+
+    captions = [texts[i % len(texts)] for i in range(len(pixels))]
+    ids, _ = tokenizer(captions)
+    if parity["text"].get("int8-native", {}).get("passed"):
+        from univl_fast.runtime.native_text import NativeTextTower
+
+        caption_raw = NativeTextTower(root / native["text"]["int8"]).run(ids)
+    else:
+        session = verify._session((root / graphs["text"]["int8"]).read_bytes())
+        caption_raw = session.run(None, {session.get_inputs()[0].name: ids})[0]
+    rel, record = native_image.export_native_image(
+        clip,
+        root,
+        pixels,
+        image_ref,
+        caption_raw,
+        verify.text_reference(clip, tokenizer, captions),
+        native_image.Limits(config.lowp_min_cosine),
+    )
+    if "parity" in record:
+        parity["image"]["int8-native"] = record["parity"]
+        parity.setdefault("combined", {})["int8-native-image"] = record["combined"]
+    if rel is None:
+        return {"image": {}, "image_reason": record["reason"]}
+    files[rel] = {
+        "kind": "native-image",
+        "tower": "image",
+        "precision": "int8",
+        "format": record["format"],
+    }
+    return {"image": {"int8": rel}}
 
 
 def summarize(manifest: dict[str, Any]) -> str:

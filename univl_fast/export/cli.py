@@ -52,6 +52,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="do not write {text,image}_fp32.trt.onnx, the standard-op graphs TensorRT plans "
         "are built from (later, on a GPU host); kept with --tensorrt",
     )
+    parser.add_argument(
+        "--no-native-image",
+        action="store_true",
+        help="do not write the native int8 image tower (written with int8 by default)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -64,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         fuse=not args.no_fuse,
         native_text=not args.no_native_text,
         tensorrt_graph=not args.no_tensorrt_graph,
+        native_image=not args.no_native_image,
         data=args.data,
     )
     try:

@@ -60,6 +60,8 @@ class ExportConfig:
     image_int8_ops: list[str] = field(default_factory=lambda: ["MatMul", "Attention"])
     # with int8: also write the native int8 text tower (univl_fast._C.TextTower weights)
     native_text: bool = True
+    # with int8: also write the native int8 image tower (univl_fast._C.ImageTower weights)
+    native_image: bool = True
     # reduce_range: 7-bit weights for CPUs without VNNI (avoids u8s8 saturation there)
     int8_reduce_range: bool = False
     # parity thresholds (per row vs PyTorch: min cosine, max relative L2 error)

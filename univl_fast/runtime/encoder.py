@@ -132,6 +132,8 @@ class Encoder:
     text_runtime: "auto" | "native" | "onnxruntime": who runs the text tower for int8 on the
     CPU, our compiled native tower (``univl_fast.runtime.native_text``) or the ONNX graph;
     auto picks native where it is fast (AVX-512 VNNI). ``self.text_runtime`` says which runs.
+    image_runtime: the same choice for the image tower (``univl_fast.runtime.native_image``;
+    ``UNIVL_FAST_NATIVE_IMAGE=0`` turns auto off); ``self.image_runtime`` says which runs.
     """
 
     def __init__(
@@ -142,6 +144,7 @@ class Encoder:
         batch_size: int = 64,
         threads: ThreadSettings | None = None,
         text_runtime: str | None = None,
+        image_runtime: str | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -172,6 +175,7 @@ class Encoder:
         )
         self._threads = threads
         self.text_runtime: str = self._pick_text_runtime(text_runtime)
+        self.image_runtime: str = self._pick_image_runtime(image_runtime)
         self._towers: dict[str, Any] = {}
         for tower in ("text", "image"):
             self._towers[tower] = self._open(tower)
@@ -272,6 +276,43 @@ class Encoder:
             return backend_runtime
         return "native"
 
+    def _pick_image_runtime(self, want: str | None) -> str:
+        """ "native" (our compiled int8 image tower) or the backend's runtime, chosen like
+        ``_pick_text_runtime``: auto takes native when the engine has it (it is only written
+        when its export parity passed, image rows and image-document vectors), the encoder runs
+        int8 on the CPU and the CPU has AVX-512 VNNI, unless ``UNIVL_FAST_NATIVE_IMAGE=0``."""
+        from univl_fast.runtime.native_image import fast_native_available
+
+        key = (want or "auto").lower()
+        backend_runtime = "tensorrt" if self.backend == "tensorrt" else "onnxruntime"
+        if key == "onnxruntime":
+            return backend_runtime
+        if key not in ("auto", "native"):
+            raise ValueError(f"image_runtime {want!r}: choose auto, native or onnxruntime")
+        native = self.manifest.get("native", {})
+        problem = None
+        if "int8" not in native.get("image", {}):
+            why = native.get("image_reason") or "not exported (re-export with int8 precision)"
+            problem = f"engine {self.engine_dir} has no native image tower: {why}"
+        elif self.backend != "onnxruntime-cpu" or self.precision != "int8":
+            problem = (
+                f"the native image tower is int8 on the CPU; this encoder runs "
+                f"{self.precision!r} on {self.backend!r}"
+            )
+        elif not self.manifest["parity"]["image"].get("int8-native", {}).get("passed"):
+            problem = "the native image tower missed parity at export"
+        if key == "native":
+            if problem:
+                raise EngineError(f"image_runtime='native': {problem}")
+            return "native"
+        if problem or not env_flag("UNIVL_FAST_NATIVE_IMAGE", default=True):
+            return backend_runtime
+        fast, why = fast_native_available()
+        if not fast:
+            log.info("native image tower not used: %s", why)
+            return backend_runtime
+        return "native"
+
     def with_text_threads(self, threads: ThreadSettings) -> Encoder:
         """A view of this encoder whose text tower is a second session opened with ``threads``
         (tokenizer, manifest and image tower shared). The engine's batch workers use it: on a
@@ -296,6 +337,16 @@ class Encoder:
             threads = (self._threads or ThreadSettings()).resolved_intra_op()
             try:
                 return NativeTextTower(path, threads=threads)
+            except ValueError as exc:
+                raise EngineError(f"engine {self.engine_dir}: cannot load {rel}: {exc}") from exc
+        if tower == "image" and self.image_runtime == "native":
+            from univl_fast.runtime.native_image import NativeImageTower
+
+            rel = m["native"]["image"]["int8"]
+            path = verify_file(self.engine_dir, m, rel)
+            threads = (self._threads or ThreadSettings()).resolved_intra_op()
+            try:
+                return NativeImageTower(path, threads=threads)
             except ValueError as exc:
                 raise EngineError(f"engine {self.engine_dir}: cannot load {rel}: {exc}") from exc
         if self.backend == "tensorrt":
@@ -425,5 +476,6 @@ class Encoder:
     def __repr__(self) -> str:
         return (
             f"Encoder({str(self.engine_dir)!r}, precision={self.precision!r}, "
-            f"backend={self.backend!r}, text_runtime={self.text_runtime!r}, dim={self.dim})"
+            f"backend={self.backend!r}, text_runtime={self.text_runtime!r}, "
+            f"image_runtime={self.image_runtime!r}, dim={self.dim})"
         )

@@ -39,7 +39,31 @@ _META_KEYS = (
 
 
 class NativeWeightsError(UnivlFastError, ValueError):
-    """A native text-tower weights file (or array) that cannot be loaded."""
+    """A native tower weights file (or array) that cannot be loaded."""
+
+
+def load_native_npz(
+    path: str | os.PathLike | bytes, fmt: str, tower: str
+) -> tuple[Path, dict, dict[str, np.ndarray]]:
+    """(path, meta, arrays) of a native ``tower`` weights file (or its bytes) of format ``fmt``;
+    NativeWeightsError naming the file for anything else."""
+    in_memory = isinstance(path, (bytes, bytearray))
+    where = Path("<memory>") if in_memory else Path(path)
+    try:
+        with np.load(io.BytesIO(path) if in_memory else where, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise NativeWeightsError(f"{where}: not a readable .npz file ({exc})") from exc
+    try:
+        meta = json.loads(str(arrays.pop("meta")))
+    except (KeyError, ValueError) as exc:
+        raise NativeWeightsError(
+            f"{where}: not a native {tower}-tower file (no valid meta)"
+        ) from exc
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        got = meta.get("format") if isinstance(meta, dict) else None
+        raise NativeWeightsError(f"{where}: format {got!r}, expected {fmt!r}")
+    return where, meta, arrays
 
 
 def embedding_fp16(table: np.ndarray, what: str) -> np.ndarray:
@@ -67,32 +91,47 @@ def fast_native_available() -> tuple[bool, str]:
     return False, "this CPU has no AVX-512 VNNI (the native text tower's fast kernel)"
 
 
-class NativeTextTower:
-    """``run(ids int64 (batch, seq)) -> float32 (batch, embed_dim)`` raw text embeddings."""
+class NativeTower:
+    """What the native towers share: ``run`` (the compiled tower's), thread views and the
+    in-flight count. Subclasses set ``_tower`` (a ``univl_fast._C`` tower), ``path``, ``isa``
+    and ``threads``."""
+
+    _tower = None
+    path: Path
+    isa: str
+    threads: int
+
+    def with_threads(self, threads: int):
+        """The same weights (shared, not copied) run with ``threads`` threads."""
+        view = copy.copy(self)
+        view._tower = self._tower.with_threads(int(threads))
+        view.threads = view._tower.threads
+        return view
+
+    @property
+    def in_flight(self) -> int:
+        """Calls running now on this tower and the views sharing its weights."""
+        return self._tower.in_flight
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self._tower.run(x)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({str(self.path)!r}, isa={self.isa!r}, threads={self.threads})"
+        )
+
+
+class NativeTextTower(NativeTower):
+    """``run(ids int64 (batch, seq)) -> float32 (batch, embed_dim)`` raw text embeddings (ids
+    converted to C-contiguous int64 by the binding)."""
 
     def __init__(self, path: str | os.PathLike | bytes, threads: int = 1, isa: str = "auto"):
         """path: the weights file, or its bytes (the exporter verifies before writing)."""
         from univl_fast import _C
 
         check_core_knobs()  # the tower's team reads UNIVL_FAST_TEAM_SPIN_US itself
-
-        in_memory = isinstance(path, (bytes, bytearray))
-        self.path = Path("<memory>") if in_memory else Path(path)
-        try:
-            with np.load(io.BytesIO(path) if in_memory else self.path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-        except (OSError, ValueError, zipfile.BadZipFile) as exc:
-            raise NativeWeightsError(f"{self.path}: not a readable .npz file ({exc})") from exc
-        try:
-            meta = json.loads(str(arrays.pop("meta")))
-        except (KeyError, ValueError) as exc:
-            raise NativeWeightsError(
-                f"{self.path}: not a native text-tower file (no valid meta)"
-            ) from exc
-        if meta.get("format") != FORMAT:
-            raise NativeWeightsError(
-                f"{self.path}: format {meta.get('format')!r}, expected {FORMAT!r}"
-            )
+        self.path, meta, arrays = load_native_npz(path, FORMAT, "text")
         self.meta = meta
         emb = arrays.get("token_embedding")
         if emb is not None and emb.dtype in (np.float16, np.float32):  # float32: older files
@@ -109,30 +148,14 @@ class NativeTextTower:
         self.weight_bytes: int = self._tower.weight_bytes  # packed int8 weights
         self.embedding_bytes: int = self._tower.embedding_bytes  # float16 token embedding
 
-    def with_threads(self, threads: int) -> NativeTextTower:
-        """The same weights (shared, not copied) run with ``threads`` threads."""
-        view = copy.copy(self)
-        view._tower = self._tower.with_threads(int(threads))
-        view.threads = view._tower.threads
-        return view
-
-    @property
-    def in_flight(self) -> int:
-        """Calls running now on this tower and the views sharing its weights."""
-        return self._tower.in_flight
-
-    def run(self, ids: np.ndarray) -> np.ndarray:
-        return self._tower.run(ids)  # converted to C-contiguous int64 by the binding
-
-    def __repr__(self) -> str:
-        return f"NativeTextTower({str(self.path)!r}, isa={self.isa!r}, threads={self.threads})"
-
 
 __all__ = [
     "FORMAT",
     "NativeTextTower",
+    "NativeTower",
     "NativeWeightsError",
     "embedding_fp16",
     "fast_native_available",
+    "load_native_npz",
     "native_isas",
 ]

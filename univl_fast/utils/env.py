@@ -55,7 +55,7 @@ KNOBS: dict[str, Knob] = {
             "UNIVL_FAST_INTRA_OP_THREADS",
             "int",
             "physical cores",
-            "ONNX Runtime intra-op threads and the native text tower's team size",
+            "ONNX Runtime intra-op threads and the native towers' team size",
             low=1,
             high=4096,
         ),
@@ -70,6 +70,12 @@ KNOBS: dict[str, Knob] = {
             "flag",
             "1",
             "0 keeps `text_runtime='auto'` off the native int8 text tower (ONNX graph instead)",
+        ),
+        Knob(
+            "UNIVL_FAST_NATIVE_IMAGE",
+            "flag",
+            "1",
+            "0 keeps `image_runtime='auto'` off the native int8 image tower (ONNX graph instead)",
         ),
         Knob(
             "UNIVL_FAST_TEAM_SPIN_US",
