@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFilter
+from PIL import Image
 
+from univl_fast.data.photos import photo_like_jpegs
 from univl_fast.runtime.manifest import EngineError, load_manifest
 from univl_fast.runtime.native_image import NativeImageTower, fast_native_available
 from univl_fast.runtime.native_text import NativeWeightsError, native_isas
@@ -38,27 +39,8 @@ def _rel_l2(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def photo_like(n: int, seed: int = 0) -> list[Image.Image]:
-    """Photo-like RGB pictures (no sample-photo package here): 1/f noise (the spectrum of natural
-    images) in correlated colour channels, a sky-like gradient, soft shapes, blurred, JPEG
-    round-tripped, at 320-800 px a side."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        w, h = int(rng.integers(320, 801)), int(rng.integers(320, 801))
-        field = np.zeros((h, w, 3))
-        for octave in range(1, 7):
-            cells = 2**octave
-            noise = rng.standard_normal((cells, cells, 3)) @ rng.standard_normal((3, 3))
-            up = Image.fromarray(noise.astype(np.float32).mean(2)).resize((w, h), Image.BICUBIC)
-            tint = rng.uniform(0.5, 1.5, 3)
-            field += np.asarray(up)[..., None] * tint / octave
-        field += np.linspace(1.5, -1.5, h)[:, None, None] * rng.uniform(0, 1, 3)
-        pic = np.clip(128 + 40 * field, 0, 255).astype(np.uint8)
-        img = Image.fromarray(pic, "RGB").filter(ImageFilter.GaussianBlur(1.2))
-        buf = io.BytesIO()
-        img.save(buf, "JPEG", quality=int(rng.integers(70, 95)))
-        out.append(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
-    return out
+    """Photo-like JPEG pictures at 320-800 px (no sample-photo package here), decoded."""
+    return [Image.open(io.BytesIO(b)).convert("RGB") for b in photo_like_jpegs(n, seed)]
 
 
 def _pixels(images: list[Image.Image], size: int) -> np.ndarray:
