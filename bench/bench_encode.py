@@ -19,6 +19,13 @@ What is measured (each from Python strings / PIL images to unit vectors):
     eager = open_clip's eval transform + ``encode_image`` + ``encode_text`` (captions padded
     to 77) + sum + L2; engine = ``encode_image_docs`` (Pillow/numpy preprocessing, image
     graph, trimmed caption batch, fused combine kernel).
+  * image documents from JPEG files (``--jpeg-docs``, default 32): photo-like JPEGs at
+    320-800 px (``univl_fast.data.photos``) stored as ``imgs.tsv`` + ``imgs.lineidx.new``
+    like a user's corpus; documents/s from the file (read by offset, base64-decoded, JPEG
+    decoded, preprocessed, encoded, combined) to unit vectors, every path doing that same
+    work. ``int8-draft`` decodes JPEGs at a reduced DCT scale (not exact: its min cosine vs
+    ``int8`` on the corpus is reported); ``int8-decode-ahead`` decodes the next batch on a
+    thread while the tower runs.
 
 Set-up, cached under ``runs/bench/encode/`` (gitignored), made in subprocesses: a random
 checkpoint of the model (random weights cost the same as trained ones) exported with
@@ -119,7 +126,11 @@ class Eager:
 
 
 def engine_encoder(
-    engine: Path, precision: str, spin: bool | None = None, text_runtime: str | None = None
+    engine: Path,
+    precision: str,
+    spin: bool | None = None,
+    text_runtime: str | None = None,
+    **kw,
 ):
     from univl_fast.runtime import Encoder, ThreadSettings
 
@@ -129,7 +140,35 @@ def engine_encoder(
         batch_size=64,
         threads=ThreadSettings(spin=spin),
         text_runtime=text_runtime,
+        **kw,
     )
+
+
+def jpeg_corpus(n: int, root: Path = ROOT):
+    """(ImageStore, ids) of ``n`` photo-like JPEGs in imgs.tsv form, written once."""
+    from univl_fast.data.images import ImageStore
+    from univl_fast.data.photos import photo_like_jpegs, write_image_corpus
+
+    d = root / f"jpeg_corpus_{n}"
+    if not (d / "imgs.lineidx.new").is_file():
+        write_image_corpus(d, photo_like_jpegs(n, seed=0))
+    store = ImageStore(d / "imgs.tsv", d / "imgs.lineidx.new")
+    return store, store.ids()
+
+
+def encode_from_store(enc, store, ids: list[str], caps: list[str]) -> np.ndarray:
+    """File to unit vectors: read each image's bytes from imgs.tsv, then encode (the engine
+    decodes bytes itself; eager decodes with Pillow, as a user's open_clip script would)."""
+    blobs = [store.read_bytes(i) for i in ids]
+    if isinstance(enc, Eager):
+        import io
+
+        from PIL import Image
+
+        return enc.encode_image_docs(
+            [Image.open(io.BytesIO(b)).convert("RGB") for b in blobs], caps
+        )
+    return enc.encode_image_docs(blobs, caps)
 
 
 # ---------------------------------------------------------------------------- table form
@@ -142,7 +181,14 @@ def _time(fn: Callable[[], object], reps: int) -> list[float]:
     return out
 
 
-def measure(model: str, rounds: int, q_reps: int, doc_batch: int, eager_1t: bool = True) -> dict:
+def measure(
+    model: str,
+    rounds: int,
+    q_reps: int,
+    doc_batch: int,
+    eager_1t: bool = True,
+    jpeg_docs: int = 32,
+) -> dict:
     ckpt, engine = ensure_engine(model)
     paths = {"eager": Eager(ckpt)}
     if eager_1t:
@@ -153,28 +199,43 @@ def measure(model: str, rounds: int, q_reps: int, doc_batch: int, eager_1t: bool
         paths[p] = engine_encoder(engine, p)
     # int8 with the ONNX text graph instead of the native text tower (the default where the
     # CPU has AVX-512 VNNI; paths["int8"].text_runtime says which ran)
-    paths["int8-onnxruntime"] = engine_encoder(engine, "int8", text_runtime="onnxruntime")
+    paths["int8-onnxruntime"] = engine_encoder(
+        engine, "int8", text_runtime="onnxruntime", image_runtime="onnxruntime"
+    )
+    # the native text tower with the ONNX image graph (paths["int8"].image_runtime: the default)
+    paths["int8-ort-image"] = engine_encoder(engine, "int8", image_runtime="onnxruntime")
+    if jpeg_docs:
+        paths["int8-decode-ahead"] = engine_encoder(engine, "int8", decode_workers=1)
+        paths["int8-draft"] = engine_encoder(engine, "int8", jpeg_draft=True)
     # the engine's default spins between the ops of a run; this path blocks instead
     paths["int8-onnxruntime-nospin"] = engine_encoder(
-        engine, "int8", spin=False, text_runtime="onnxruntime"
+        engine, "int8", spin=False, text_runtime="onnxruntime", image_runtime="onnxruntime"
     )
     queries64 = [QUESTIONS[i % len(QUESTIONS)] + f" {i}" for i in range(64)]
     images = sample_images(doc_batch)
     caps = [CAPTIONS[i % len(CAPTIONS)] for i in range(doc_batch)]
+    store, jpeg_ids = jpeg_corpus(jpeg_docs) if jpeg_docs else (None, [])
+    jcaps = [CAPTIONS[i % len(CAPTIONS)] for i in range(len(jpeg_ids))]
+    vectors = {}
     # warm up every path
-    for enc in paths.values():
+    for name, enc in paths.items():
         enc.encode_queries([QUERY])
         enc.encode_queries(queries64)
         enc.encode_image_docs(images, caps)
+        if jpeg_ids:
+            vectors[name] = encode_from_store(enc, store, jpeg_ids, jcaps)
     single = {k: [] for k in paths}
     batch = {k: [] for k in paths}
     docs = {k: [] for k in paths}
+    jdocs = {k: [] for k in paths}
     loads = []
     for r in range(rounds):
         for name, enc in paths.items():  # interleaved: load drift hits every path alike
             single[name] += _time(lambda e=enc: e.encode_queries([QUERY]), q_reps)
             batch[name] += _time(lambda e=enc: e.encode_queries(queries64), 1)
             docs[name] += _time(lambda e=enc: e.encode_image_docs(images, caps), 1)
+            if jpeg_ids:
+                jdocs[name] += _time(lambda e=enc: encode_from_store(e, store, jpeg_ids, jcaps), 1)
         loads.append(round(os.getloadavg()[0], 1))
         print(f"[round {r + 1}/{rounds}] load {loads[-1]}", file=sys.stderr)
     ntok = len(paths["int8"].tokenizer.token_ids(QUERY))
@@ -184,6 +245,11 @@ def measure(model: str, rounds: int, q_reps: int, doc_batch: int, eager_1t: bool
         "engine": str(engine),
         "query_tokens": ntok,
         "int8_text_runtime": paths["int8"].text_runtime,
+        "int8_image_runtime": paths["int8"].image_runtime,
+        "jpeg_docs": len(jpeg_ids),
+        "draft_min_cosine": (
+            float((vectors["int8"] * vectors["int8-draft"]).sum(1).min()) if jpeg_ids else None
+        ),
         "doc_batch": doc_batch,
         "loads": loads,
         "paths": {},
@@ -198,6 +264,9 @@ def measure(model: str, rounds: int, q_reps: int, doc_batch: int, eager_1t: bool
             "batch64_qps": 64 / statistics.median(batch[name]),
             "docs_per_s": doc_batch / statistics.median(docs[name]),
         }
+        if jpeg_ids:
+            res["paths"][name]["jpeg_docs_per_s"] = len(jpeg_ids) / statistics.median(jdocs[name])
+            res["paths"][name]["jpeg_docs_best_per_s"] = len(jpeg_ids) / min(jdocs[name])
     return res
 
 
@@ -222,8 +291,27 @@ def report(res: dict) -> str:
             f"| {p['docs_per_s']:.1f} | {p['docs_per_s'] / e['docs_per_s']:.1f} "
             f"| {p['docs_best_per_s']:.1f} | {p['docs_best_per_s'] / e['docs_best_per_s']:.1f} |"
         )
+    if res["jpeg_docs"]:
+        lines += [
+            "",
+            f"Image documents from {res['jpeg_docs']} photo-like JPEGs (320-800 px) in imgs.tsv, "
+            "file to unit vectors:",
+            "",
+            "| path | docs/s (median) | x eager | best | x eager |",
+            "|---|---|---|---|---|",
+        ]
+        for name, p in res["paths"].items():
+            lines.append(
+                f"| {name} | {p['jpeg_docs_per_s']:.1f} "
+                f"| {p['jpeg_docs_per_s'] / e['jpeg_docs_per_s']:.1f} "
+                f"| {p['jpeg_docs_best_per_s']:.1f} "
+                f"| {p['jpeg_docs_best_per_s'] / e['jpeg_docs_best_per_s']:.1f} |"
+            )
+        lines.append("")
+        lines.append(f"JPEG draft decoding: min cosine vs exact {res['draft_min_cosine']:.5f}")
     lines.append("")
     lines.append(f"int8 text tower: {res['int8_text_runtime']}")
+    lines.append(f"int8 image tower: {res['int8_image_runtime']}")
     lines.append(f"1-minute load average after each round: {res['loads']}")
     return "\n".join(lines)
 
@@ -329,6 +417,12 @@ def main() -> None:
     ap.add_argument("--query-reps", type=int, default=15, help="single queries per round")
     ap.add_argument("--doc-batch", type=int, default=16)
     ap.add_argument(
+        "--jpeg-docs",
+        type=int,
+        default=32,
+        help="photo-like JPEG documents read from imgs.tsv per round (0: skip)",
+    )
+    ap.add_argument(
         "--no-eager-1thread", action="store_true", help="skip the 1-thread open_clip baseline"
     )
     ap.add_argument(
@@ -347,7 +441,12 @@ def main() -> None:
         file=sys.stderr,
     )
     res = measure(
-        args.model, args.rounds, args.query_reps, args.doc_batch, not args.no_eager_1thread
+        args.model,
+        args.rounds,
+        args.query_reps,
+        args.doc_batch,
+        not args.no_eager_1thread,
+        args.jpeg_docs,
     )
     print(report(res))
     print(f"\nload after: {os.getloadavg()}")
@@ -369,7 +468,9 @@ if pytest is not None:
         paths = {"eager": Eager(ckpt)}
         for p in ("fp32", "int8"):
             paths[p] = engine_encoder(engine, p)
-        paths["int8-onnxruntime"] = engine_encoder(engine, "int8", text_runtime="onnxruntime")
+        paths["int8-onnxruntime"] = engine_encoder(
+            engine, "int8", text_runtime="onnxruntime", image_runtime="onnxruntime"
+        )
         return request.param, paths
 
     @pytest.mark.parametrize("path", PATHS)

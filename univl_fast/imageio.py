@@ -53,8 +53,14 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_rgb(src: ImageSource, item: str | None = None) -> Image.Image:
-    """Decode ``src`` into an RGB image, or raise ImageDecodeError naming ``item``."""
+def load_rgb(
+    src: ImageSource, item: str | None = None, draft: tuple[int, int] | None = None
+) -> Image.Image:
+    """Decode ``src`` into an RGB image, or raise ImageDecodeError naming ``item``.
+
+    draft (width, height): a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that
+    keeps both sides >= these: much cheaper for large photos, but the pixels differ slightly
+    from a full decode + resize (an opt-in speed/accuracy trade; other formats ignore it)."""
     if isinstance(src, Image.Image):
         name = item or "<PIL image>"
         if src.width * src.height > MAX_IMAGE_PIXELS:
@@ -89,6 +95,8 @@ def load_rgb(src: ImageSource, item: str | None = None) -> Image.Image:
                         name,
                         f"{img.width}x{img.height} exceeds the pixel limit (decompression bomb?)",
                     )
+                if draft is not None and img.format == "JPEG":
+                    img.draft("RGB", draft)
                 img.load()  # force full decode: truncated data fails here, not later
                 return _to_rgb(img)
         except ImageDecodeError:

@@ -37,7 +37,7 @@ from typing import Any, Literal
 import numpy as np
 
 from univl_fast.errors import UnivlFastError
-from univl_fast.imageio import ImageDecodeError, ImageSource, load_rgb
+from univl_fast.imageio import ImageSource
 from univl_fast.runtime import selection
 from univl_fast.runtime.backends import (
     BackendUnavailable,
@@ -134,6 +134,9 @@ class Encoder:
     auto picks native where it is fast (AVX-512 VNNI). ``self.text_runtime`` says which runs.
     image_runtime: the same choice for the image tower (``univl_fast.runtime.native_image``;
     ``UNIVL_FAST_NATIVE_IMAGE=0`` turns auto off); ``self.image_runtime`` says which runs.
+    decode_workers: threads that decode + preprocess the next batch of image documents while
+    the image tower runs (0: inline; for machines with cores beside the tower's threads).
+    jpeg_draft: decode JPEGs at a reduced DCT scale (faster, pixels not exact: opt-in).
     """
 
     def __init__(
@@ -145,6 +148,8 @@ class Encoder:
         threads: ThreadSettings | None = None,
         text_runtime: str | None = None,
         image_runtime: str | None = None,
+        decode_workers: int = 0,
+        jpeg_draft: bool = False,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -157,6 +162,10 @@ class Encoder:
         self.backend: str = self._pick_backend(backend)
         self.precision: str = self._pick_precision(precision)
         self.batch_size = int(batch_size)
+        if decode_workers < 0:
+            raise ValueError(f"decode_workers must be >= 0, got {decode_workers}")
+        self.decode_workers = int(decode_workers)
+        self.jpeg_draft = bool(jpeg_draft)
         self.dim: int = int(m["embed_dim"])
         self.context_length: int = int(m["context_length"])
 
@@ -429,43 +438,35 @@ class Encoder:
     ):
         """Image documents (paths, bytes or PIL images + captions) -> float32 (n, d) unit
         rows, Eq. 3: normalize(image_raw + caption_raw). Images are decoded, preprocessed and
-        run ``batch_size`` at a time (memory stays bounded for large inputs)."""
+        run ``batch_size`` at a time (memory stays bounded for large inputs); with
+        ``decode_workers`` the next batch is decoded while the tower runs this one."""
         images, captions = list(images), list(captions)
         if len(images) != len(captions):
             raise ValueError(
                 f"encode_image_docs: {len(images)} images but {len(captions)} captions"
             )
-        h, w = self.preprocess.config.size_hw
-        buf = np.empty((self.batch_size, 3, h, w), dtype=np.float32)
+        from univl_fast.runtime.image_batches import decoded_batches
+
         tower = self._towers["image"]
         raw_parts: list[np.ndarray] = []
         good_caps: list[str] = []
         idx: list[int] = []
         errors: list[ItemError] = []
-        filled = 0
-        for i, (img, cap) in enumerate(zip(images, captions, strict=True)):
-            try:
-                cap_text = _check_text(cap)
-            except ValueError as exc:
-                errors.append(ItemError(i, f"caption: {exc}"))
-                continue
-            name = str(img) if isinstance(img, (str, os.PathLike)) else f"#{i}"
-            try:
-                buf[filled] = self.preprocess.one(load_rgb(img, item=name))
-            except ImageDecodeError as exc:
-                errors.append(ItemError(i, str(exc)))
-                continue
-            except Exception as exc:  # noqa: BLE001 - any per-image failure stays per-item
-                errors.append(ItemError(i, f"image {name}: {type(exc).__name__}: {exc}"))
-                continue
-            good_caps.append(cap_text)
-            idx.append(i)
-            filled += 1
-            if filled == self.batch_size:
-                raw_parts.append(tower.run(buf))
-                filled = 0
-        if filled:
-            raw_parts.append(tower.run(buf[:filled]))
+        batches = decoded_batches(
+            images,
+            captions,
+            self.preprocess,
+            self.batch_size,
+            _check_text,
+            workers=self.decode_workers,
+            jpeg_draft=self.jpeg_draft,
+        )
+        for batch in batches:
+            errors += [ItemError(i, why) for i, why in batch.errors]
+            if batch.indices:
+                raw_parts.append(tower.run(batch.pixels))
+                good_caps += batch.captions
+                idx += batch.indices
         if idx:
             image_raw = np.concatenate(raw_parts)
             emb = _combine(image_raw, self._text_raw(good_caps, bucket=True))
