@@ -107,6 +107,22 @@ class ArraySource {
     }
   }
 
+  // the transformer blocks "b{i}.": ln_1, ln_2, qkv, out, fc1, fc2 (the exporters' layout)
+  std::vector<TextBlockW> blocks(int64_t layers, int64_t width, int64_t hidden) {
+    std::vector<TextBlockW> out(layers);
+    for (int64_t l = 0; l < layers; ++l) {
+      const std::string p = "b" + std::to_string(l) + ".";
+      auto& b = out[l];
+      b.ln_1 = layer_norm(p + "ln_1", width);
+      b.ln_2 = layer_norm(p + "ln_2", width);
+      linear(b.qkv, p + "qkv", 3 * width, width, true);
+      linear(b.out, p + "out", width, width, true);
+      linear(b.fc1, p + "fc1", hidden, width, true);
+      linear(b.fc2, p + "fc2", width, hidden, true);
+    }
+    return out;
+  }
+
  private:
   py::dict arrays_;
   std::string what_;

@@ -63,17 +63,7 @@ class PyTextTower {
     ArraySource src(std::move(arrays), "native text weights");
     m.token_embedding = src.halves("token_embedding", {vocab, width});
     m.positional = src.floats("positional_embedding", {context, width});
-    m.blocks.resize(layers);
-    for (int64_t l = 0; l < layers; ++l) {
-      const std::string p = "b" + std::to_string(l) + ".";
-      auto& b = m.blocks[l];
-      b.ln_1 = src.layer_norm(p + "ln_1", width);
-      b.ln_2 = src.layer_norm(p + "ln_2", width);
-      src.linear(b.qkv, p + "qkv", 3 * width, width, true);
-      src.linear(b.out, p + "out", width, width, true);
-      src.linear(b.fc1, p + "fc1", hidden, width, true);
-      src.linear(b.fc2, p + "fc2", width, hidden, true);
-    }
+    m.blocks = src.blocks(layers, width, hidden);
     m.ln_final = src.layer_norm("ln_final", width);
     src.linear(m.proj, "proj", embed_dim, width, false);
     model_ = std::move(model);

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from univl_fast.export.native_text import _activation, _linear, _np, to_npz_bytes
+from univl_fast.export.native_text import _linear, _np, block_arrays, to_npz_bytes
 from univl_fast.export.towers import ImageTower, UnsupportedTowerError
 from univl_fast.runtime.native_image import FORMAT
 
@@ -84,32 +84,8 @@ def extract(clip: nn.Module) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     arrays["class_embedding"] = _np(tower.class_embedding).reshape(width)
     arrays["positional_embedding"] = _np(tower.positional_embedding)
     arrays["ln_pre.w"], arrays["ln_pre.b"] = _np(tower.ln_pre.weight), _np(tower.ln_pre.bias)
-    eps = {float(tower.ln_pre.eps), float(tower.ln_post.eps)}
-    acts: set[str] = set()
-    hidden = None
-    for i, blk in enumerate(tower.blocks):
-        where = f"image block {i}"
-        if not (isinstance(blk.ls_1, nn.Identity) and isinstance(blk.ls_2, nn.Identity)):
-            raise UnsupportedTowerError(f"{where}: LayerScale is not supported natively")
-        mlp = blk.mlp
-        if not (isinstance(mlp.c_fc, nn.Linear) and isinstance(mlp.c_proj, nn.Linear)):
-            raise UnsupportedTowerError(f"{where}: MLP is not c_fc -> act -> c_proj")
-        acts.add(_activation(mlp, where))
-        hidden = mlp.c_fc.out_features
-        pre = f"b{i}."
-        for name in ("ln_1", "ln_2"):
-            ln = getattr(blk, name)
-            eps.add(float(ln.eps))
-            arrays[pre + name + ".w"], arrays[pre + name + ".b"] = _np(ln.weight), _np(ln.bias)
-        _linear(
-            arrays,
-            pre + "qkv",
-            torch.cat([blk.q.weight, blk.k.weight, blk.v.weight]),
-            torch.cat([blk.q.bias, blk.k.bias, blk.v.bias]),
-        )
-        _linear(arrays, pre + "out", blk.out_proj.weight, blk.out_proj.bias)
-        _linear(arrays, pre + "fc1", mlp.c_fc.weight, mlp.c_fc.bias)
-        _linear(arrays, pre + "fc2", mlp.c_proj.weight, mlp.c_proj.bias)
+    eps, acts, hidden = block_arrays(arrays, tower.blocks, "image")
+    eps |= {float(tower.ln_pre.eps), float(tower.ln_post.eps)}
     arrays["ln_post.w"], arrays["ln_post.b"] = _np(tower.ln_post.weight), _np(tower.ln_post.bias)
     if tower.proj is None:
         raise UnsupportedTowerError("image tower without a projection is not supported natively")

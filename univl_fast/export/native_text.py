@@ -61,25 +61,17 @@ def _linear(out: dict[str, np.ndarray], key: str, weight: torch.Tensor, bias, ha
         out[f"{key}.b"] = _np(bias) if bias is not None else np.zeros(len(q), np.float32)
 
 
-@torch.no_grad()
-def extract(clip: nn.Module) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """(meta, arrays) for ``clip``'s text tower; raises UnsupportedTowerError for a tower the
-    native code does not reproduce (the exporter then writes no native weights)."""
-    tower = TextTower(clip)  # same support checks as the ONNX export
-    try:
-        token_embedding = embedding_fp16(_np(tower.token_embedding.weight), "token embedding")
-    except ValueError as exc:
-        raise UnsupportedTowerError(f"{exc}: not supported natively") from exc
-    arrays: dict[str, np.ndarray] = {
-        "token_embedding": token_embedding,
-        "positional_embedding": _np(tower.positional_embedding),
-    }
-    width = arrays["token_embedding"].shape[1]
+def block_arrays(
+    arrays: dict[str, np.ndarray], blocks, tower: str
+) -> tuple[set[float], set[str], int]:
+    """Write each transformer block's arrays (``b{i}.``: ln_1, ln_2, qkv, out, fc1, fc2) into
+    ``arrays``; returns (LayerNorm eps values, activations, MLP hidden width). Raises
+    UnsupportedTowerError for a block the native towers do not reproduce."""
     eps: set[float] = set()
     acts: set[str] = set()
-    hidden = None
-    for i, blk in enumerate(tower.blocks):
-        where = f"text block {i}"
+    hidden = 0
+    for i, blk in enumerate(blocks):
+        where = f"{tower} block {i}"
         if not (isinstance(blk.ls_1, nn.Identity) and isinstance(blk.ls_2, nn.Identity)):
             raise UnsupportedTowerError(f"{where}: LayerScale is not supported natively")
         mlp = blk.mlp
@@ -98,6 +90,24 @@ def extract(clip: nn.Module) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         _linear(arrays, p + "out", blk.out_proj.weight, blk.out_proj.bias)
         _linear(arrays, p + "fc1", mlp.c_fc.weight, mlp.c_fc.bias)
         _linear(arrays, p + "fc2", mlp.c_proj.weight, mlp.c_proj.bias)
+    return eps, acts, hidden
+
+
+@torch.no_grad()
+def extract(clip: nn.Module) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(meta, arrays) for ``clip``'s text tower; raises UnsupportedTowerError for a tower the
+    native code does not reproduce (the exporter then writes no native weights)."""
+    tower = TextTower(clip)  # same support checks as the ONNX export
+    try:
+        token_embedding = embedding_fp16(_np(tower.token_embedding.weight), "token embedding")
+    except ValueError as exc:
+        raise UnsupportedTowerError(f"{exc}: not supported natively") from exc
+    arrays: dict[str, np.ndarray] = {
+        "token_embedding": token_embedding,
+        "positional_embedding": _np(tower.positional_embedding),
+    }
+    width = arrays["token_embedding"].shape[1]
+    eps, acts, hidden = block_arrays(arrays, tower.blocks, "text")
     eps.add(float(tower.ln_final.eps))
     arrays["ln_final.w"], arrays["ln_final.b"] = (
         _np(tower.ln_final.weight),
@@ -146,4 +156,4 @@ def to_npz_bytes(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
-__all__ = ["FORMAT", "embedding_fp16", "extract", "quantize_rows", "to_npz_bytes"]
+__all__ = ["FORMAT", "block_arrays", "embedding_fp16", "extract", "quantize_rows", "to_npz_bytes"]

@@ -338,24 +338,17 @@ class Encoder:
 
     def _open(self, tower: str):
         m = self.manifest
-        if tower == "text" and self.text_runtime == "native":
-            from univl_fast.runtime.native_text import NativeTextTower
+        if (self.text_runtime if tower == "text" else self.image_runtime) == "native":
+            if tower == "text":
+                from univl_fast.runtime.native_text import NativeTextTower as Native
+            else:
+                from univl_fast.runtime.native_image import NativeImageTower as Native
 
-            rel = m["native"]["text"]["int8"]
+            rel = m["native"][tower]["int8"]
             path = verify_file(self.engine_dir, m, rel)
             threads = (self._threads or ThreadSettings()).resolved_intra_op()
             try:
-                return NativeTextTower(path, threads=threads)
-            except ValueError as exc:
-                raise EngineError(f"engine {self.engine_dir}: cannot load {rel}: {exc}") from exc
-        if tower == "image" and self.image_runtime == "native":
-            from univl_fast.runtime.native_image import NativeImageTower
-
-            rel = m["native"]["image"]["int8"]
-            path = verify_file(self.engine_dir, m, rel)
-            threads = (self._threads or ThreadSettings()).resolved_intra_op()
-            try:
-                return NativeImageTower(path, threads=threads)
+                return Native(path, threads=threads)
             except ValueError as exc:
                 raise EngineError(f"engine {self.engine_dir}: cannot load {rel}: {exc}") from exc
         if self.backend == "tensorrt":
