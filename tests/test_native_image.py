@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import io
 import os
-import select
 import shutil
-import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from tests.native_helpers import assert_forked_child_runs
 from univl_fast.data.photos import photo_like_jpegs
 from univl_fast.runtime.manifest import EngineError, load_manifest
 from univl_fast.runtime.native_image import NativeImageTower, fast_native_available
@@ -127,25 +126,7 @@ def test_forked_child_runs_alone(native_path, pixels):
     """A process forked after the tower's thread team exists runs on its own thread."""
     tower = NativeImageTower(native_path, threads=2)
     want = tower.run(pixels)
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: report, never return into pytest
-        code = 1
-        try:
-            code = 0 if np.array_equal(tower.run(pixels), want) else 2
-        finally:
-            os.write(w, bytes([code]))
-            os._exit(0)
-    os.close(w)
-    ready, _, _ = select.select([r], [], [], 60)
-    if not ready:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        pytest.fail("the forked child did not finish one batch within 60 s")
-    got = os.read(r, 1)
-    os.waitpid(pid, 0)
-    assert got == b"\x00", got
-    np.testing.assert_array_equal(tower.run(pixels), want)
+    assert_forked_child_runs(lambda: tower.run(pixels), want)
 
 
 def test_bad_pixels_and_files_are_refused(native_path, pixels, tmp_path):

@@ -5,15 +5,14 @@ bad input, and how the Encoder picks it."""
 from __future__ import annotations
 
 import os
-import select
 import shutil
-import signal
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.native_helpers import assert_forked_child_runs
 from univl_fast.runtime.manifest import EngineError, load_manifest
 from univl_fast.runtime.native_text import NativeTextTower, fast_native_available, native_isas
 from univl_fast.runtime.tokenizer import ClipTokenizer
@@ -145,25 +144,7 @@ def test_forked_child_runs_alone(native_path, tok):
     tower = NativeTextTower(native_path, threads=2)
     ids, _ = tok(["a query before the fork", "x"])
     want = tower.run(ids)
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: report, never return into pytest
-        code = 1
-        try:
-            code = 0 if np.array_equal(tower.run(ids), want) else 2
-        finally:
-            os.write(w, bytes([code]))
-            os._exit(0)
-    os.close(w)
-    ready, _, _ = select.select([r], [], [], 60)
-    if not ready:  # the child hangs waiting for team workers that do not exist in it
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        pytest.fail("the forked child did not finish one query within 60 s")
-    got = os.read(r, 1)
-    os.waitpid(pid, 0)
-    assert got == b"\x00", got
-    np.testing.assert_array_equal(tower.run(ids), want)  # the parent's team still works
+    assert_forked_child_runs(lambda: tower.run(ids), want)
 
 
 def test_bad_ids_and_files_are_refused(native_path, tmp_path):
