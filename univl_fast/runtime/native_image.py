@@ -45,17 +45,8 @@ class NativeImageTower(NativeTower):
         check_core_knobs()  # the tower's team reads UNIVL_FAST_TEAM_SPIN_US itself
         self.path, meta, arrays = load_native_npz(path, FORMAT, "image")
         self.meta = meta
-        try:
-            self._tower = _C.ImageTower(
-                arrays, **{k: meta[k] for k in _META_KEYS}, threads=int(threads), isa=isa
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise NativeWeightsError(f"{self.path}: {exc}") from exc
-        self.isa: str = self._tower.isa
-        self.threads: int = self._tower.threads
-        self.embed_dim: int = int(meta["embed_dim"])
+        self._build(_C.ImageTower, arrays, _META_KEYS, threads, isa)
         self.image_size: int = int(meta["image_size"])
-        self.weight_bytes: int = self._tower.weight_bytes  # packed int8 weights
 
 
 __all__ = ["FORMAT", "NativeImageTower", "NativeWeightsError", "fast_native_available"]

@@ -101,6 +101,20 @@ class NativeTower:
     isa: str
     threads: int
 
+    def _build(self, ctor, arrays: dict, keys: tuple[str, ...], threads: int, isa: str) -> None:
+        """The compiled tower ``ctor(arrays, **meta[keys], threads, isa)`` (self.meta set);
+        NativeWeightsError naming the file for weights it refuses."""
+        try:
+            self._tower = ctor(
+                arrays, **{k: self.meta[k] for k in keys}, threads=int(threads), isa=isa
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise NativeWeightsError(f"{self.path}: {exc}") from exc
+        self.isa = self._tower.isa
+        self.threads = self._tower.threads
+        self.embed_dim: int = int(self.meta["embed_dim"])
+        self.weight_bytes: int = self._tower.weight_bytes  # packed int8 weights
+
     def with_threads(self, threads: int):
         """The same weights (shared, not copied) run with ``threads`` threads."""
         view = copy.copy(self)
@@ -136,16 +150,7 @@ class NativeTextTower(NativeTower):
         emb = arrays.get("token_embedding")
         if emb is not None and emb.dtype in (np.float16, np.float32):  # float32: older files
             arrays["token_embedding"] = embedding_fp16(emb, f"{self.path}: token_embedding")
-        try:
-            self._tower = _C.TextTower(
-                arrays, **{k: meta[k] for k in _META_KEYS}, threads=int(threads), isa=isa
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise NativeWeightsError(f"{self.path}: {exc}") from exc
-        self.isa: str = self._tower.isa
-        self.threads: int = self._tower.threads
-        self.embed_dim: int = int(meta["embed_dim"])
-        self.weight_bytes: int = self._tower.weight_bytes  # packed int8 weights
+        self._build(_C.TextTower, arrays, _META_KEYS, threads, isa)
         self.embedding_bytes: int = self._tower.embedding_bytes  # float16 token embedding
 
 
