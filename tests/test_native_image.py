@@ -82,7 +82,7 @@ def test_exported_listed_hashed_and_verified(tiny_engine, native_path):
     assert p["rows"] >= 7 and p["provider"].startswith("univl_fast native")
     c = m["parity"]["combined"]["int8-native-image"]
     assert c["measured"] and c["passed"] and c["min_cosine"] >= 0.99, c
-    assert c["max_rel_l2"] <= 0.08 and "text tower" in c["provider"]
+    assert c["max_rel_l2"] <= 0.08 and c["provider"] == "text int8-native + image int8-native"
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -215,26 +215,27 @@ def test_unsupported_tower_refused_with_reason(tmp_path, random_tiny_checkpoint)
         Encoder(tmp_path / "e", image_runtime="native")
 
 
-def test_scale_error_refused_by_relative_l2(tmp_path, tiny_clip, pixels):
+def test_scale_error_refused_by_relative_l2(tiny_engine, native_path, tiny_clip, pixels):
     """Cosine cannot see a tower off by a constant factor, which would re-weight image against
-    caption in the image-document vector: verified against a reference scaled by 1.25, the
-    tower is refused (not written) for its relative L2 error and norm ratio, cosine intact."""
-    from univl_fast.export import native_image
+    caption in the image-document vector: checked against a reference scaled by 1.25, the
+    tower fails on its relative L2 error and norm ratio, its cosine intact."""
+    import dataclasses
 
-    ref = _torch_image(tiny_clip, pixels).astype(np.float64)
-    caption = np.random.default_rng(0).standard_normal(ref.shape)
-    limits = native_image.Limits(0.99)
-    rel, rec = native_image.export_native_image(
-        tiny_clip, tmp_path, pixels, ref, caption.astype(np.float32), caption, limits
-    )
-    assert rel == native_image.WEIGHTS_FILE and rec["parity"]["passed"], rec
-    rel, rec = native_image.export_native_image(
-        tiny_clip, tmp_path / "x", pixels, ref * 1.25, caption.astype(np.float32), caption, limits
-    )
-    assert rel is None and not (tmp_path / "x").exists()
-    assert rec["parity"]["min_cosine"] >= 0.999 and not rec["parity"]["passed"]
-    assert "relative L2 error" in rec["reason"] and "scale error" in rec["reason"]
-    assert not rec["combined"]["passed"]
+    from univl_fast.export import native_image, verify
+    from univl_fast.export.config import ExportConfig
+    from univl_fast.runtime.tokenizer import ClipTokenizer
+
+    tok = ClipTokenizer(Path(tiny_engine) / "tokenizer/bpe_simple_vocab_16e6.txt.gz")
+    inputs = verify.SampleInputs(tok, ["a"], ["b"] * len(pixels), pixels)
+    ref = verify.Reference(np.zeros((1, 128)), np.zeros((5, 128)), _torch_image(tiny_clip, pixels))
+    limits = ExportConfig().limits("int8")
+    data = native_path.read_bytes()
+    p, _ = native_image.run_native_image(data, inputs, ref, limits)
+    assert p.passed and p.rows == 6, p
+    scaled = dataclasses.replace(ref, images=ref.images * 1.25)
+    p, _ = native_image.run_native_image(data, inputs, scaled, limits)
+    assert not p.passed and p.min_cosine >= 0.999, p
+    assert "relative L2 error" in p.reason and "scale error" in p.reason, p.reason
 
 
 @pytest.mark.slow

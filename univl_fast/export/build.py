@@ -35,6 +35,7 @@ from univl_fast.export.manifest import (
     write_manifest,
 )
 from univl_fast.export.samples import VerificationSample, builtin_sample
+from univl_fast.runtime import selection
 from univl_fast.runtime.preprocess import ImagePreprocessor, PreprocessConfig
 from univl_fast.runtime.tokenizer import VOCAB_FILENAME, ClipTokenizer
 from univl_fast.utils.io import atomic_write_bytes
@@ -216,21 +217,7 @@ def export_engine(
         bar.update(1)
     if with_native_image:
         bar.set_description("export native image int8")
-        native.update(
-            _export_native_image(
-                clip,
-                root,
-                files,
-                parity,
-                graphs,
-                native,
-                tokenizer,
-                texts,
-                pixels,
-                image_ref,
-                config,
-            )
-        )
+        native.update(_export_native_image(clip, art, inputs, ref, config))
         bar.update(1)
 
     plans: dict[str, dict[str, str]] = {}
@@ -431,53 +418,50 @@ def _export_native_text(
 
 def _export_native_image(
     clip: nn.Module,
-    root: Path,
-    files: dict[str, dict],
-    parity: dict[str, dict[str, dict]],
-    graphs: dict[str, dict[str, str]],
-    native: dict[str, Any],
-    tokenizer: ClipTokenizer,
-    texts: list[str],
-    pixels,
-    image_ref,
+    art: _Artifacts,
+    inputs: verify.SampleInputs,
+    ref: verify.Reference,
     config: ExportConfig,
 ) -> dict[str, Any]:
-    """The native int8 image tower (univl_fast.export.native_image), verified on its own and
-    in the image-document vector with the captions of the engine's int8 text tower (native
-    when written, else the ONNX graph): ``{"image": {"int8": rel}}``, or ``{"image": {},
-    "image_reason": ...}`` when refused."""
+    """The native int8 image tower's weights, verified like a graph (raw outputs, then the
+    image-document vector with the captions of the text tower auto serves: native when
+    written, else the int8 graph): ``{"image": {"int8": rel}}``, or ``{"image": {},
+    "image_reason": ...}`` when this model's image tower is not supported natively or misses
+    parity (then nothing is written; the ONNX graphs are unaffected)."""
     from univl_fast.export import native_image
+    from univl_fast.export.towers import UnsupportedTowerError
 
-    captions = [texts[i % len(texts)] for i in range(len(pixels))]
-    ids, _ = tokenizer(captions)
-    if parity["text"].get("int8-native", {}).get("passed"):
-        from univl_fast.runtime.native_text import NativeTextTower
-
-        caption_raw = NativeTextTower(root / native["text"]["int8"]).run(ids)
-    else:
-        session = verify._session((root / graphs["text"]["int8"]).read_bytes())
-        caption_raw = session.run(None, {session.get_inputs()[0].name: ids})[0]
-    rel, record = native_image.export_native_image(
-        clip,
-        root,
-        pixels,
-        image_ref,
-        caption_raw,
-        verify.text_reference(clip, tokenizer, captions),
-        native_image.Limits(config.lowp_min_cosine),
-    )
-    if "parity" in record:
-        parity["image"]["int8-native"] = record["parity"]
-        parity.setdefault("combined", {})["int8-native-image"] = record["combined"]
-    if rel is None:
-        return {"image": {}, "image_reason": record["reason"]}
-    files[rel] = {
+    try:
+        meta, arrays = native_image.extract(clip)
+    except UnsupportedTowerError as exc:
+        log.warning("native image tower not written: %s", exc)
+        return {"image": {}, "image_reason": str(exc)}
+    data = native_image.to_npz_bytes(meta, arrays)
+    limits = config.limits("int8")
+    p, outputs = native_image.run_native_image(data, inputs, ref, limits)
+    key = selection.NATIVE_KEY
+    if p.passed:
+        art.outputs[("image", key)] = outputs
+        text_key = key if ("text", key) in art.outputs else "int8"
+        combined = _combined(art, text_key, key, ref, limits)
+        if not combined.passed:  # also when not measured: no verified int8 text tower
+            p.passed, p.reason = False, f"image-document vector: {combined.reason}"
+            combined.refuse("image-document vector parity")
+        art.parity["combined"][selection.NATIVE_IMAGE_COMBINED_KEY] = combined.to_json()
+    if not p.passed:
+        why = f"missed parity at export ({p.reason}); ONNX Runtime runs the image tower"
+        log.warning("native int8 image tower not written: %s", why)
+        art.parity["image"][key] = p.refuse("native image tower parity").to_json()
+        return {"image": {}, "image_reason": why}
+    art.parity["image"][key] = p.to_json()
+    entry = {
         "kind": "native-image",
         "tower": "image",
         "precision": "int8",
-        "format": record["format"],
+        "format": meta["format"],
     }
-    return {"image": {"int8": rel}}
+    art.write(native_image.WEIGHTS_FILE, data, entry)
+    return {"image": {"int8": native_image.WEIGHTS_FILE}}
 
 
 def summarize(manifest: dict[str, Any]) -> str:

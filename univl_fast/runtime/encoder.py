@@ -287,9 +287,10 @@ class Encoder:
 
     def _pick_image_runtime(self, want: str | None) -> str:
         """ "native" (our compiled int8 image tower) or the backend's runtime, chosen like
-        ``_pick_text_runtime``: auto takes native when the engine has it (it is only written
-        when its export parity passed, image rows and image-document vectors), the encoder runs
-        int8 on the CPU and the CPU has AVX-512 VNNI, unless ``UNIVL_FAST_NATIVE_IMAGE=0``."""
+        ``_pick_text_runtime``: auto takes native when the engine has it, its export parity
+        passed (image rows and image-document vectors: ``selection.native_image_problem``), the
+        encoder runs int8 on the CPU and the CPU has AVX-512 VNNI, unless
+        ``UNIVL_FAST_NATIVE_IMAGE=0``."""
         from univl_fast.runtime.native_image import fast_native_available
 
         key = (want or "auto").lower()
@@ -308,13 +309,16 @@ class Encoder:
                 f"the native image tower is int8 on the CPU; this encoder runs "
                 f"{self.precision!r} on {self.backend!r}"
             )
-        elif not self.manifest["parity"]["image"].get("int8-native", {}).get("passed"):
-            problem = "the native image tower missed parity at export"
+        unverified = selection.native_image_problem(self.manifest)
         if key == "native":
             if problem:
                 raise EngineError(f"image_runtime='native': {problem}")
+            selection.warn_unverified("image_runtime 'native'", unverified)
             return "native"
         if problem or not env_flag("UNIVL_FAST_NATIVE_IMAGE", default=True):
+            return backend_runtime
+        if unverified is not None:
+            log.warning("native image tower not used: %s; using %s", unverified, backend_runtime)
             return backend_runtime
         fast, why = fast_native_available()
         if not fast:

@@ -7,7 +7,8 @@ CPU provider could not run at export) is used only when asked for by name, with 
 
 Parity keys (``manifest["parity"][part][key]``, part = "text" | "image" | "combined"): a
 precision ("fp32", "fp16", "int8") for the ONNX graphs, "int8-native" for the native int8
-text tower (text, and combined with the int8 image graph), "tensorrt-fp16" for the plans.
+text tower (text, and combined with the int8 image graph) and image tower (image; combined, with
+the text tower auto serves, under "int8-native-image"), "tensorrt-fp16" for the plans.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ log = logging.getLogger(__name__)
 
 PLAN_KEY = "tensorrt-fp16"
 NATIVE_KEY = "int8-native"
+# the image-document vector of the native int8 image tower with the text tower auto serves
+NATIVE_IMAGE_COMBINED_KEY = "int8-native-image"
 # fastest first, per backend family
 SPEED_ORDER = {
     "onnxruntime-cpu": ("int8", "fp32", "fp16"),
@@ -26,9 +29,12 @@ SPEED_ORDER = {
 }
 
 
-def parity_problem(manifest: dict[str, Any], key: str, towers=("text", "image")) -> str | None:
+def parity_problem(
+    manifest: dict[str, Any], key: str, towers=("text", "image"), combined_key: str | None = None
+) -> str | None:
     """Why the ``key`` artifacts are not verified for serving (None: measured and passed for
-    ``towers`` and for the combined image-document vector).
+    ``towers`` and for the combined image-document vector, recorded under ``combined_key``,
+    default ``key``).
 
     An engine exported before the combined check (no ``"combined"`` block) is judged on its
     towers alone.
@@ -36,13 +42,14 @@ def parity_problem(manifest: dict[str, Any], key: str, towers=("text", "image"))
     parity = manifest.get("parity", {})
     parts = list(towers) + (["combined"] if "combined" in parity else [])
     for part in parts:
-        p = parity.get(part, {}).get(key)
+        k = (combined_key or key) if part == "combined" else key
+        p = parity.get(part, {}).get(k)
         if p is None:
-            return f"no {part} parity recorded for {key}"
+            return f"no {part} parity recorded for {k}"
         if not p.get("measured"):
-            return f"{part} {key} parity not measured ({p.get('reason')})"
+            return f"{part} {k} parity not measured ({p.get('reason')})"
         if not p.get("passed"):
-            return f"{part} {key} missed parity ({p.get('reason')})"
+            return f"{part} {k} missed parity ({p.get('reason')})"
     return None
 
 
@@ -85,3 +92,8 @@ def auto_precision(manifest: dict[str, Any], backend: str) -> str | None:
 def native_text_problem(manifest: dict[str, Any]) -> str | None:
     """Why ``auto`` may not pick the native int8 text tower on parity grounds (None: it may)."""
     return parity_problem(manifest, NATIVE_KEY, towers=("text",))
+
+
+def native_image_problem(manifest: dict[str, Any]) -> str | None:
+    """Why ``auto`` may not pick the native int8 image tower on parity grounds (None: it may)."""
+    return parity_problem(manifest, NATIVE_KEY, ("image",), NATIVE_IMAGE_COMBINED_KEY)
