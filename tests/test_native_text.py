@@ -230,6 +230,10 @@ def test_engine_without_native_weights(tmp_path, random_tiny_checkpoint):
     assert Encoder(tmp_path / "e").text_runtime == "onnxruntime"
     with pytest.raises(EngineError, match="has no native text tower"):
         Encoder(tmp_path / "e", text_runtime="native")
+    # the native image tower is then verified with the int8 text graph's captions
+    c = out["parity"]["combined"]["int8-native-image"]
+    assert out["native"]["image"] == {"int8": "image_int8.native.npz"} and c["passed"], c
+    assert c["provider"] == "text int8 + image int8-native"
 
 
 @pytest.mark.slow
