@@ -213,11 +213,11 @@ def export_engine(
     native: dict[str, Any] = {"text": {}}
     if with_native:
         bar.set_description("export native text int8")
-        native = _export_native_text(clip, art, inputs, ref, config)
+        native = _export_native("text", clip, art, inputs, ref, config)
         bar.update(1)
     if with_native_image:
         bar.set_description("export native image int8")
-        native.update(_export_native_image(clip, art, inputs, ref, config))
+        native.update(_export_native("image", clip, art, inputs, ref, config))
         bar.update(1)
 
     plans: dict[str, dict[str, str]] = {}
@@ -374,94 +374,57 @@ def _verify_combined(
     art.parity["combined"][precision] = p.to_json()
 
 
-def _export_native_text(
+def _export_native(
+    tower: str,
     clip: nn.Module,
     art: _Artifacts,
     inputs: verify.SampleInputs,
     ref: verify.Reference,
     config: ExportConfig,
 ) -> dict[str, Any]:
-    """The native int8 text tower's weights, verified like a graph (raw outputs and the
-    image-document vector with the int8 image graph): ``{"text": {"int8": rel}}``, or
-    ``{"text": {}, "reason": ...}`` when this model's text tower is not supported natively or
-    misses parity (then nothing is written; the ONNX graphs are unaffected)."""
-    from univl_fast.export import native_text
+    """A native int8 tower's weights (``tower``: "text" or "image"), verified like a graph:
+    raw outputs, then the image-document vector (native text with the int8 image graph; native
+    image with the text tower auto serves: native when written, else the int8 graph).
+    ``{tower: {"int8": rel}}``, or ``{tower: {}, <reason key>: why}`` ("reason" for text,
+    "image_reason" for image) when the model's tower is not supported natively or misses parity
+    (then nothing is written; the ONNX graphs are unaffected)."""
+    from univl_fast.export import native_image, native_text
     from univl_fast.export.towers import UnsupportedTowerError
 
+    module = native_text if tower == "text" else native_image
+    reason_key = "reason" if tower == "text" else "image_reason"
     try:
-        meta, arrays = native_text.extract(clip)
+        meta, arrays = module.extract(clip)
     except UnsupportedTowerError as exc:
-        log.warning("native text tower not written: %s", exc)
-        return {"text": {}, "reason": str(exc)}
-    data = native_text.to_npz_bytes(meta, arrays)
+        log.warning("native %s tower not written: %s", tower, exc)
+        return {tower: {}, reason_key: str(exc)}
+    data = module.to_npz_bytes(meta, arrays)
     limits = config.limits("int8")
-    p, outputs = verify.run_native_text(data, inputs, ref, limits)
-    key = "int8-native"
-    art.parity["text"][key] = p.to_json()
-    if p.passed:
-        art.outputs[("text", key)] = outputs
-        combined = _combined(art, key, "int8", ref, limits)
-        if not combined.passed:  # also when not measured: the int8 image graph was refused
-            p.passed, p.reason = False, f"image-document vector: {combined.reason}"
-            combined.refuse("image-document vector parity")
-        art.parity["combined"][key] = combined.to_json()
-    if not p.passed:
-        why = f"missed parity at export ({p.reason}); ONNX Runtime runs the text tower"
-        log.warning("native int8 text tower not written: %s", why)
-        art.parity["text"][key] = p.refuse("native text tower parity").to_json()
-        return {"text": {}, "reason": why}
-    rel = "text_int8.native.npz"
-    entry = {"kind": "native-text", "tower": "text", "precision": "int8", "format": meta["format"]}
-    art.write(rel, data, entry)
-    return {"text": {"int8": rel}}
-
-
-def _export_native_image(
-    clip: nn.Module,
-    art: _Artifacts,
-    inputs: verify.SampleInputs,
-    ref: verify.Reference,
-    config: ExportConfig,
-) -> dict[str, Any]:
-    """The native int8 image tower's weights, verified like a graph (raw outputs, then the
-    image-document vector with the captions of the text tower auto serves: native when
-    written, else the int8 graph): ``{"image": {"int8": rel}}``, or ``{"image": {},
-    "image_reason": ...}`` when this model's image tower is not supported natively or misses
-    parity (then nothing is written; the ONNX graphs are unaffected)."""
-    from univl_fast.export import native_image
-    from univl_fast.export.towers import UnsupportedTowerError
-
-    try:
-        meta, arrays = native_image.extract(clip)
-    except UnsupportedTowerError as exc:
-        log.warning("native image tower not written: %s", exc)
-        return {"image": {}, "image_reason": str(exc)}
-    data = native_image.to_npz_bytes(meta, arrays)
-    limits = config.limits("int8")
-    p, outputs = native_image.run_native_image(data, inputs, ref, limits)
+    run = verify.run_native_text if tower == "text" else native_image.run_native_image
+    p, outputs = run(data, inputs, ref, limits)
     key = selection.NATIVE_KEY
     if p.passed:
-        art.outputs[("image", key)] = outputs
-        text_key = key if ("text", key) in art.outputs else "int8"
-        combined = _combined(art, text_key, key, ref, limits)
-        if not combined.passed:  # also when not measured: no verified int8 text tower
+        art.outputs[(tower, key)] = outputs
+        if tower == "text":
+            text_key, image_key, combined_key = key, "int8", key
+        else:
+            text_key = key if ("text", key) in art.outputs else "int8"
+            image_key, combined_key = key, selection.NATIVE_IMAGE_COMBINED_KEY
+        combined = _combined(art, text_key, image_key, ref, limits)
+        if not combined.passed:  # also when not measured: the other int8 tower was refused
             p.passed, p.reason = False, f"image-document vector: {combined.reason}"
             combined.refuse("image-document vector parity")
-        art.parity["combined"][selection.NATIVE_IMAGE_COMBINED_KEY] = combined.to_json()
+        art.parity["combined"][combined_key] = combined.to_json()
     if not p.passed:
-        why = f"missed parity at export ({p.reason}); ONNX Runtime runs the image tower"
-        log.warning("native int8 image tower not written: %s", why)
-        art.parity["image"][key] = p.refuse("native image tower parity").to_json()
-        return {"image": {}, "image_reason": why}
-    art.parity["image"][key] = p.to_json()
-    entry = {
-        "kind": "native-image",
-        "tower": "image",
-        "precision": "int8",
-        "format": meta["format"],
-    }
-    art.write(native_image.WEIGHTS_FILE, data, entry)
-    return {"image": {"int8": native_image.WEIGHTS_FILE}}
+        why = f"missed parity at export ({p.reason}); ONNX Runtime runs the {tower} tower"
+        log.warning("native int8 %s tower not written: %s", tower, why)
+        art.parity[tower][key] = p.refuse(f"native {tower} tower parity").to_json()
+        return {tower: {}, reason_key: why}
+    art.parity[tower][key] = p.to_json()
+    rel = f"{tower}_int8.native.npz"
+    entry = {"kind": f"native-{tower}", "tower": tower, "precision": "int8"}
+    art.write(rel, data, {**entry, "format": meta["format"]})
+    return {tower: {"int8": rel}}
 
 
 def summarize(manifest: dict[str, Any]) -> str:

@@ -29,8 +29,6 @@ from univl_fast.export.native_text import _linear, _np, block_arrays, to_npz_byt
 from univl_fast.export.towers import ImageTower, UnsupportedTowerError
 from univl_fast.runtime.native_image import FORMAT
 
-WEIGHTS_FILE = "image_int8.native.npz"
-
 
 @torch.no_grad()
 def extract(clip: nn.Module) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -117,4 +115,4 @@ def run_native_image(
     return verify.check_tower(outputs, "image", ref, limits, provider), outputs
 
 
-__all__ = ["FORMAT", "WEIGHTS_FILE", "extract", "run_native_image", "to_npz_bytes"]
+__all__ = ["FORMAT", "extract", "run_native_image", "to_npz_bytes"]
