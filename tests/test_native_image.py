@@ -173,7 +173,7 @@ def test_encoder_picks_native_where_fast_and_agrees_with_onnx(tiny_engine, monke
     assert a.shape == (3, 128) and np.allclose(np.linalg.norm(a, axis=1), 1, atol=1e-5)
     assert _cos(a, b).min() > 0.99
     assert Encoder(tiny_engine, precision="fp32").image_runtime == "onnxruntime"
-    with pytest.raises(EngineError, match="native image tower is int8 on the CPU"):
+    with pytest.raises(EngineError, match="native image tower is int8; precision is 'fp32'"):
         Encoder(tiny_engine, precision="fp32", image_runtime="native")
     with pytest.raises(ValueError, match="choose auto, native or onnxruntime"):
         Encoder(tiny_engine, image_runtime="tvm")

@@ -58,6 +58,9 @@ from univl_fast.utils.env import env_flag
 log = logging.getLogger(__name__)
 
 OnError = Literal["raise", "skip"]
+# per native tower: the knob that keeps auto off it, the manifest key of why it was not written
+_NATIVE_KNOB = {"text": "UNIVL_FAST_NATIVE_TEXT", "image": "UNIVL_FAST_NATIVE_IMAGE"}
+_NATIVE_REASON = {"text": "reason", "image": "image_reason"}
 
 
 @dataclass
@@ -183,8 +186,8 @@ class Encoder:
             )
         )
         self._threads = threads
-        self.text_runtime: str = self._pick_text_runtime(text_runtime)
-        self.image_runtime: str = self._pick_image_runtime(image_runtime)
+        self.text_runtime: str = self._pick_runtime("text", text_runtime)
+        self.image_runtime: str = self._pick_runtime("image", image_runtime)
         self._towers: dict[str, Any] = {}
         for tower in ("text", "image"):
             self._towers[tower] = self._open(tower)
@@ -238,26 +241,28 @@ class Encoder:
             )
         return picked
 
-    def _native_text_problem(self) -> str | None:
-        """Why the native int8 text tower cannot serve this encoder (None: it can)."""
-        m = self.manifest
-        native = m.get("native", {})
-        if "int8" not in native.get("text", {}):
-            why = native.get("reason") or "not exported (re-export with int8 precision)"
-            return f"engine {self.engine_dir} has no native text tower: {why}"
+    def _native_problem(self, tower: str) -> str | None:
+        """Why the native int8 ``tower`` ("text" | "image") cannot serve this encoder (None:
+        it can)."""
+        native = self.manifest.get("native", {})
+        if "int8" not in native.get(tower, {}):
+            reason = native.get(_NATIVE_REASON[tower])
+            why = reason or "not exported (re-export with int8 precision)"
+            return f"engine {self.engine_dir} has no native {tower} tower: {why}"
         if self.backend != "onnxruntime-cpu":
-            return f"the native text tower runs on the CPU; backend is {self.backend!r}"
+            return f"the native {tower} tower runs on the CPU; backend is {self.backend!r}"
         if self.precision != "int8":
-            return f"the native text tower is int8; precision is {self.precision!r}"
+            return f"the native {tower} tower is int8; precision is {self.precision!r}"
         return None
 
-    def _pick_text_runtime(self, want: str | None) -> str:
-        """ "native" (our compiled int8 text tower) or "onnxruntime"/"tensorrt" (the backend).
+    def _pick_runtime(self, tower: str, want: str | None) -> str:
+        """ "native" (our compiled int8 ``tower``) or "onnxruntime"/"tensorrt" (the backend).
 
-        auto (default): native when the engine has it, its export parity passed, the encoder
-        runs int8 on the CPU and this CPU has AVX-512 VNNI; ``UNIVL_FAST_NATIVE_TEXT=0`` turns
-        auto off. "native" insists (also on CPUs without VNNI, where the portable build is
-        slow); "onnxruntime" never uses it.
+        auto (default): native when the engine has it, its export parity passed (the tower and
+        the image-document vector: ``univl_fast.runtime.selection``), the encoder runs int8 on
+        the CPU and this CPU has AVX-512 VNNI; ``UNIVL_FAST_NATIVE_TEXT=0`` /
+        ``UNIVL_FAST_NATIVE_IMAGE=0`` turns auto off. "native" insists (also on CPUs without
+        VNNI, where the portable build is slow); "onnxruntime" never uses it.
         """
         from univl_fast.runtime.native_text import fast_native_available
 
@@ -266,63 +271,27 @@ class Encoder:
         if key == "onnxruntime":
             return backend_runtime
         if key not in ("auto", "native"):
-            raise ValueError(f"text_runtime {want!r}: choose auto, native or onnxruntime")
-        problem = self._native_text_problem()
-        unverified = selection.native_text_problem(self.manifest)
+            raise ValueError(f"{tower}_runtime {want!r}: choose auto, native or onnxruntime")
+        problem = self._native_problem(tower)
+        if tower == "text":
+            unverified = selection.native_text_problem(self.manifest)
+        else:
+            unverified = selection.native_image_problem(self.manifest)
         if key == "native":
             if problem:
-                raise EngineError(f"text_runtime='native': {problem}")
-            selection.warn_unverified("text_runtime 'native'", unverified)
+                raise EngineError(f"{tower}_runtime='native': {problem}")
+            selection.warn_unverified(f"{tower}_runtime 'native'", unverified)
             return "native"
-        if problem or not env_flag("UNIVL_FAST_NATIVE_TEXT", default=True):
+        if problem or not env_flag(_NATIVE_KNOB[tower], default=True):
             return backend_runtime
         if unverified is not None:
-            log.warning("native text tower not used: %s; using %s", unverified, backend_runtime)
-            return backend_runtime
-        fast, why = fast_native_available()
-        if not fast:
-            log.info("native text tower not used: %s", why)
-            return backend_runtime
-        return "native"
-
-    def _pick_image_runtime(self, want: str | None) -> str:
-        """ "native" (our compiled int8 image tower) or the backend's runtime, chosen like
-        ``_pick_text_runtime``: auto takes native when the engine has it, its export parity
-        passed (image rows and image-document vectors: ``selection.native_image_problem``), the
-        encoder runs int8 on the CPU and the CPU has AVX-512 VNNI, unless
-        ``UNIVL_FAST_NATIVE_IMAGE=0``."""
-        from univl_fast.runtime.native_image import fast_native_available
-
-        key = (want or "auto").lower()
-        backend_runtime = "tensorrt" if self.backend == "tensorrt" else "onnxruntime"
-        if key == "onnxruntime":
-            return backend_runtime
-        if key not in ("auto", "native"):
-            raise ValueError(f"image_runtime {want!r}: choose auto, native or onnxruntime")
-        native = self.manifest.get("native", {})
-        problem = None
-        if "int8" not in native.get("image", {}):
-            why = native.get("image_reason") or "not exported (re-export with int8 precision)"
-            problem = f"engine {self.engine_dir} has no native image tower: {why}"
-        elif self.backend != "onnxruntime-cpu" or self.precision != "int8":
-            problem = (
-                f"the native image tower is int8 on the CPU; this encoder runs "
-                f"{self.precision!r} on {self.backend!r}"
+            log.warning(
+                "native %s tower not used: %s; using %s", tower, unverified, backend_runtime
             )
-        unverified = selection.native_image_problem(self.manifest)
-        if key == "native":
-            if problem:
-                raise EngineError(f"image_runtime='native': {problem}")
-            selection.warn_unverified("image_runtime 'native'", unverified)
-            return "native"
-        if problem or not env_flag("UNIVL_FAST_NATIVE_IMAGE", default=True):
-            return backend_runtime
-        if unverified is not None:
-            log.warning("native image tower not used: %s; using %s", unverified, backend_runtime)
             return backend_runtime
         fast, why = fast_native_available()
         if not fast:
-            log.info("native image tower not used: %s", why)
+            log.info("native %s tower not used: %s", tower, why)
             return backend_runtime
         return "native"
 
