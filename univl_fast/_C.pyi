@@ -96,6 +96,38 @@ class TextTower:
     def embedding_bytes(self) -> int:
         """Bytes of the resident token embedding (float16)."""
 
+class ImageTower:
+    def __init__(
+        self,
+        arrays: dict[str, npt.NDArray[Any]],
+        *,
+        width: int,
+        heads: int,
+        layers: int,
+        hidden: int,
+        embed_dim: int,
+        patch: int,
+        image_size: int,
+        act: str,
+        ln_eps: float,
+        threads: int = 1,
+        isa: str = "auto",
+    ) -> None: ...
+    def run(self, pixels: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """float32 pixels (n, 3, S, S) -> float32 (n, embed_dim) raw embeddings."""
+    def with_threads(self, threads: int) -> ImageTower: ...
+    @property
+    def isa(self) -> str: ...
+    @property
+    def threads(self) -> int: ...
+    @property
+    def image_size(self) -> int: ...
+    @property
+    def in_flight(self) -> int:
+        """Calls running now on this tower and those sharing its weights."""
+    @property
+    def weight_bytes(self) -> int: ...
+
 # ------------------------------------------------------------------ query batcher
 
 class QueryBatcher:
