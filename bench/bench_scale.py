@@ -98,14 +98,16 @@ def encode_part(args) -> dict:
 
 def search_part(args) -> list[dict]:
     import faiss
-    from bench_e2e import synthetic_corpus
+    from bench_index import synthetic_corpus
 
     from univl_fast.index import load_index
     from univl_fast.index.search import Index
     from univl_fast.scale.build import build_sharded_index, fill_local, row_ranges
     from univl_fast.scale.sharded import ShardedIndex, shard_dir_name
 
-    docs, codes, tune = synthetic_corpus(args.vectors)
+    # the index benchmark's CLIP-like synthetic corpus (cached under runs/bench/scale/vectors)
+    vecs, codes, tune, _ = synthetic_corpus(ROOT / "vectors", args.vectors, 512)
+    docs = np.ascontiguousarray(vecs)
     ids = [f"d{i}" for i in range(len(docs))]
     base = ROOT / f"sharded_{args.vectors}"
     # trained once and tuned on the 2-shard build; 1 index and 4 shards are filled from the
