@@ -83,7 +83,8 @@ class Server:
         self._wait_ready(timeout_s=120)
 
     def _wait_url(self, timeout_s: float) -> str:
-        assert self.proc.stderr is not None
+        if self.proc.stderr is None:  # started without stderr=PIPE: nothing to read
+            raise RuntimeError("server process was started without a stderr pipe")
         deadline = time.monotonic() + timeout_s
         lines = []
         while time.monotonic() < deadline:
@@ -98,7 +99,8 @@ class Server:
         raise SystemExit("univl-fast serve did not start:\n" + "".join(lines[-30:]))
 
     def _consume(self) -> None:  # keep the pipe from filling up
-        assert self.proc.stderr is not None
+        if self.proc.stderr is None:  # started without stderr=PIPE: nothing to read
+            raise RuntimeError("server process was started without a stderr pipe")
         for _ in self.proc.stderr:
             pass
 

@@ -92,7 +92,8 @@ class CliServer:
         self.url = self._wait_url()
 
     def _read(self) -> None:
-        assert self.proc.stderr is not None
+        if self.proc.stderr is None:  # started without stderr=PIPE: nothing to read
+            raise RuntimeError("server process was started without a stderr pipe")
         for line in self.proc.stderr:
             self.lines.append(line.rstrip("\n"))
             self._queue.put(line)
