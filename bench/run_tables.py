@@ -1,7 +1,14 @@
 """Reproduce the shape of the paper's Table 3 (negative sampling) and Table 4 (verbalized
 captions) on the built-in synthetic benchmark, with the ``univl-fast`` commands.
 
-    .venv/bin/python bench/run_tables.py --work /tmp/univl_tables [--scale small] [--threads 1]
+    .venv/bin/python bench/run_tables.py --work /tmp/univl_tables [--scale small] [--threads 1] \
+        [--seeds 0,1,2]
+
+With ``--seeds`` every training command gets ``--seed S`` and each seed's checkpoints, mined
+negatives and evaluations live in ``WORK/seed{S}/``; the data (``WORK/data_{scale}``, data seed
+0) is shared. Without it the layout is the single-seed one of earlier runs (``WORK/``, torch's
+default seed). Two processes may share ``WORK`` (e.g. ``--only table3`` and ``--only table4``):
+each row is guarded by a file lock, so a row one process is running is waited for, then skipped.
 
 Runs, sequentially (CPU-heavy; re-running skips finished rows, interrupted training resumes):
 
@@ -21,6 +28,7 @@ stage 2 is the demo's flow).
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import shlex
 import subprocess
@@ -53,12 +61,35 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads per command")
     p.add_argument("--stage2-epochs", type=int, help="override stage-2 epochs")
     p.add_argument("--only", choices=["table3", "table4"], help="run one table only")
+    p.add_argument(
+        "--seeds",
+        help="comma-separated training seeds, each in WORK/seed{S}/ (default: one run in WORK, "
+        "no explicit seed)",
+    )
     args = p.parse_args()
+    root = Path(args.work).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    if not args.seeds:
+        return run_one(args, root, root, None)
+    try:
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"--seeds {args.seeds!r}: expected comma-separated integers") from None
+    if not seeds:
+        raise SystemExit("--seeds: no seed given")
+    for seed in seeds:
+        run_one(args, root / f"seed{seed}", root, seed)
+    return 0
 
-    work = Path(args.work).resolve()
+
+def run_one(args: argparse.Namespace, work: Path, root: Path, seed: int | None) -> int:
+    """Every row of both tables in ``work`` (data under ``root``), training seed ``seed``."""
     work.mkdir(parents=True, exist_ok=True)
     log = work / "log.txt"
-    data = work / f"data_{args.scale}"
+    data = root / f"data_{args.scale}"
+    locks = root / "locks"
+    locks.mkdir(exist_ok=True)
+    seed_args = [] if seed is None else ["--seed", str(seed)]
     ck = work / "checkpoints"
     res_dir = work / "eval"
     res_dir.mkdir(exist_ok=True)
@@ -70,16 +101,21 @@ def main() -> int:
     def timed(name: str, cmd: list[str], done: Path, touch: bool = False) -> None:
         """Run cmd unless ``done`` exists; ``touch``: create ``done`` after success."""
         commands[name] = cmd
-        if done.exists():
-            print(f"[skip] {name}: {done} exists", flush=True)
-            return
-        timings[name] = round(sh(cmd, log), 1)
-        # merge with what other run_tables processes on the same WORK wrote meanwhile
-        if timings_path.is_file():
-            timings.update({**json.loads(timings_path.read_text()), name: timings[name]})
-        timings_path.write_text(json.dumps(timings, indent=2) + "\n")
-        if touch:
-            done.touch()
+        lock_name = name if name == "synth" else f"{work.name}_{name}"
+        with open(locks / f"{lock_name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be running this row
+            if done.exists():
+                print(f"[skip] {name}: {done} exists", flush=True)
+                return
+            timings[name] = round(sh(cmd, log), 1)
+            # merge with what other run_tables processes on the same WORK wrote meanwhile
+            if timings_path.is_file():
+                timings.update({**json.loads(timings_path.read_text()), name: timings[name]})
+            tmp = timings_path.with_name(f"{timings_path.name}.{lock_name}.tmp")
+            tmp.write_text(json.dumps(timings, indent=2) + "\n")
+            tmp.replace(timings_path)
+            if touch:
+                done.touch()
 
     timed(
         "synth",
@@ -94,7 +130,12 @@ def main() -> int:
         cmd = ["train", "--data", str(data), "--out", str(out), "--stage", "inbatch"]
         if captions != "plain":
             cmd += ["--captions", captions]
-        timed(f"stage1{suffix}", [*cmd, "--resume", "--quiet", *thr], out / "DONE", touch=True)
+        timed(
+            f"stage1{suffix}",
+            [*cmd, "--resume", "--quiet", *seed_args, *thr],
+            out / "DONE",
+            touch=True,
+        )
         return out
 
     s1 = stage1("plain")
@@ -142,6 +183,7 @@ def main() -> int:
             captions,
             "--resume",
             "--quiet",
+            *seed_args,
             *thr,
         ]
         if args.stage2_epochs:
@@ -197,11 +239,16 @@ def main() -> int:
     if args.only in (None, "table4"):
         # the paper's Table 4: both stages with the same caption file (plain / verbalized
         # queries / verbalized captions), mined and evaluated with it too
-        for captions, label in (
-            ("plain", "plain captions"),
-            ("query", "verbalized queries"),
-            ("exp", "verbalized captions"),
-        ):
+        labels4 = {
+            "plain": "plain captions",
+            "query": "verbalized queries",
+            "exp": "verbalized captions",
+        }
+        # plain last: its rows are Table 3's stage 1 and balanced + in-batch, which a parallel
+        # --only table3 process is likely running first
+        done4: dict[str, tuple] = {}
+        for captions in ("query", "exp", "plain"):
+            label = labels4[captions]
             init = stage1(captions)
             s1_name = init.name
             r1 = evaluate(s1_name, init, captions)
@@ -211,7 +258,7 @@ def main() -> int:
             out = stage2(name, "balanced", True, captions, init=init)
             r2 = evaluate(name, out, captions)
             key = captions if init == s1 else f"{captions}_{init.name}"
-            rows4[f"In-batch (stage 1), {label}"] = (
+            done4[f"In-batch (stage 1), {label}"] = (
                 s1_name,
                 r1,
                 [
@@ -219,11 +266,15 @@ def main() -> int:
                     commands[f"eval_{s1_name}"],
                 ],
             )
-            rows4[f"Balanced + in-batch (stage 2), {label}"] = (
+            done4[f"Balanced + in-batch (stage 2), {label}"] = (
                 name,
                 r2,
                 [commands[f"mine_{key}"], commands[name], commands[f"eval_{name}"]],
             )
+        for captions in ("plain", "query", "exp"):  # the paper's row order
+            for kind in ("In-batch (stage 1)", "Balanced + in-batch (stage 2)"):
+                k4 = f"{kind}, {labels4[captions]}"
+                rows4[k4] = done4[k4]
 
     def table(rows) -> str:
         lines = [
@@ -246,7 +297,8 @@ def main() -> int:
                 lines.append(f"  - `univl-fast {shlex.join(c)}`")
         return "\n".join(lines)
 
-    md = [f"# Tables on the synthetic benchmark (scale {args.scale}, seed 0)", ""]
+    seed_text = "torch default training seed" if seed is None else f"training seed {seed}"
+    md = [f"# Tables on the synthetic benchmark (scale {args.scale}, data seed 0, {seed_text})", ""]
     if rows3:
         md += ["## Table 3 shape: negative sampling", "", table(rows3), ""]
     if rows4:
