@@ -35,7 +35,7 @@ def plain(tiny_engine, flat_index):
 @pytest.fixture(scope="module")
 def served(tiny_engine, flat_index, synth_tiny):
     eng = univl_fast.load(tiny_engine, index=flat_index, precision=PRECISION)
-    config = ServeConfig(data_dir=str(synth_tiny), max_image_pixels=MAX_PIXELS)
+    config = ServeConfig(data_dir=str(synth_tiny), max_image_pixels=MAX_PIXELS, access_log=True)
     app = create_app(eng, config)
     with thread_server(app) as url, httpx.Client(base_url=url, timeout=30) as client:
         yield client, app

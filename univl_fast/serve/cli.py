@@ -58,7 +58,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=d.graceful_timeout_s,
         help="seconds in-flight requests get on shutdown",
     )
-    p.add_argument("--no-access-log", action="store_true", help="no JSON access-log lines")
+    access = p.add_mutually_exclusive_group()
+    access.add_argument(
+        "--access-log", action="store_true", help="one JSON access-log line per request"
+    )
+    access.add_argument(
+        "--no-access-log", action="store_true", help="no access-log lines (the default)"
+    )
     p.add_argument("--log-level", default="info", help="debug | info | warning (default info)")
 
 
@@ -75,7 +81,7 @@ def _config(args: argparse.Namespace) -> ServeConfig:
         graceful_timeout_s=args.graceful_timeout,
         api_key=read_api_key_file(args.api_key_file) if args.api_key_file else None,
         data_dir=args.data,
-        access_log=not args.no_access_log,
+        access_log=bool(args.access_log),
     )
 
 

@@ -43,7 +43,9 @@ class ServeConfig:
     graceful_timeout_s: float = 30.0  # on SIGTERM, in-flight requests get this long to finish
     api_key: str | None = field(default=None, repr=False)  # bearer key; None = open service
     data_dir: str | None = None  # dataset dir: doc snippets and thumbnails for the page
-    access_log: bool = True  # one JSON line per request on the univl_fast.serve.access logger
+    # one JSON line per request on the univl_fast.serve.access logger (off by default: a log
+    # line per request is a measurable share of the CPU of a cheap request)
+    access_log: bool = False
 
     def __post_init__(self) -> None:
         positive = (

@@ -2,13 +2,19 @@
 
 For each HTTP request, in order:
 1. a missing or wrong API key on a protected path -> 401 before the body is read (no work);
-2. a declared ``Content-Length`` over the limit -> 413 before the body is read;
-3. the body is read whole, within ``max_body_bytes`` (413 once a chunked body passes it) and
+2. an engine request (``POST /v1/search`` or ``/v1/embeddings``) while ``max_queue`` are in
+   flight or admitted -> 429 with ``Retry-After`` at once, before the body is read or parsed
+   (``univl_fast.serve.admission``);
+3. a declared ``Content-Length`` over the limit -> 413 before the body is read;
+4. the body is read whole, within ``max_body_bytes`` (413 once a chunked body passes it) and
    ``body_timeout_s`` (408 for a client trickling its body; the connection is closed), and a
    client that disconnects meanwhile is dropped without an answer;
-4. the route runs on the buffered body; its answer gets ``Server-Timing`` (queue, encode,
+5. the route runs on the buffered body; its answer gets ``Server-Timing`` (queue, encode,
    search, total in ms, where the route measured them) and ``X-Request-Id``;
-5. one JSON access-log line and the request metrics.
+6. the request metrics, and one JSON access-log line when enabled.
+
+The hot path is kept lean: metric children are looked up once per (route, method, status), the
+request id is 8 random bytes, and the ready-made 429 is sent without building anything.
 """
 
 from __future__ import annotations
@@ -16,10 +22,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
-import uuid
 from typing import Any
 
+from univl_fast.serve.admission import ENGINE_PATHS, Admission
 from univl_fast.serve.auth import key_matches, needs_key
 from univl_fast.serve.config import ServeConfig
 from univl_fast.serve.metrics import ServeMetrics, route_label
@@ -65,11 +72,20 @@ async def _json_response(send, status: int, detail: str, extra: list | None = No
 
 
 class ServeMiddleware:
-    def __init__(self, app, config: ServeConfig, metrics: ServeMetrics):
+    def __init__(
+        self,
+        app,
+        config: ServeConfig,
+        metrics: ServeMetrics,
+        admission: Admission | None = None,
+    ):
         self.app = app
         self.config = config
         self.metrics = metrics
+        self.admission = admission
         self._key = config.api_key.encode() if config.api_key is not None else None
+        # (route, method, status) -> (requests counter child, latency histogram child)
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -78,16 +94,20 @@ class ServeMiddleware:
         arrived = time.perf_counter()
         state = scope.setdefault("state", {})
         state[ARRIVED] = arrived
-        request_id = uuid.uuid4().hex[:16]
+        request_id = os.urandom(8).hex()
         record: dict[str, Any] = {"status": 0, "bytes_in": 0}
 
         async def send_timed(message: Message) -> None:
             if message["type"] == "http.response.start":
                 record["status"] = message["status"]
-                headers = list(message.get("headers", []))
-                headers.append((b"server-timing", _server_timing(state, arrived).encode()))
-                headers.append((b"x-request-id", request_id.encode()))
-                message = {**message, "headers": headers}
+                message = {
+                    **message,
+                    "headers": [
+                        *message.get("headers", ()),
+                        (b"server-timing", _server_timing(state, arrived).encode()),
+                        (b"x-request-id", request_id.encode()),
+                    ],
+                }
             await send(message)
 
         try:
@@ -106,9 +126,32 @@ class ServeMiddleware:
                     [(b"www-authenticate", b"Bearer")],
                 )
                 return
-        if scope.get("method") not in _BODY_METHODS:
+        method = scope.get("method")
+        if method not in _BODY_METHODS:
             await self.app(scope, receive, send)
             return
+        admission = self.admission
+        if admission is None or method != "POST" or path not in ENGINE_PATHS:
+            await self._with_body(scope, receive, send, record)
+            return
+        if admission.full():  # refused before the body is read: no parsing, no engine work
+            record["status"] = 429
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 429,
+                    "headers": admission.refusal_headers,
+                }
+            )
+            await send({"type": "http.response.body", "body": admission.refusal_body})
+            return
+        admission.inflight += 1
+        try:
+            await self._with_body(scope, receive, send, record)
+        finally:
+            admission.inflight -= 1
+
+    async def _with_body(self, scope: Scope, receive, send, record: dict[str, Any]) -> None:
         try:
             body = await self._read_body(scope, receive)
         except _Disconnected:
@@ -165,9 +208,17 @@ class ServeMiddleware:
     ) -> None:
         seconds = time.perf_counter() - arrived
         route = route_label(scope.get("path", ""))
+        method = scope.get("method", "")
         status = record["status"] or 500
-        self.metrics.requests.labels(route, scope.get("method", ""), str(status)).inc()
-        self.metrics.latency.labels(route).observe(seconds)
+        key = (route, method, status)
+        series = self._series.get(key)
+        if series is None:
+            m = self.metrics
+            series = (m.requests.labels(route, method, str(status)), m.latency.labels(route))
+            if len(self._series) < 4096:  # routes are templates; bounded all the same
+                self._series[key] = series
+        series[0].inc()
+        series[1].observe(seconds)
         if not self.config.access_log or not access_log.isEnabledFor(logging.INFO):
             return
         client = scope.get("client") or ("", 0)

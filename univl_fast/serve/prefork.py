@@ -67,7 +67,9 @@ def _uvicorn_server(app: Any, graceful_timeout_s: float, on_exit: Callable[[], N
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=max(1, round(graceful_timeout_s)),
-        timeout_keep_alive=5,
+        # idle keep-alive connections stay open this long: a client pool idle for a few seconds
+        # (a load balancer, a benchmark between phases) must not find them closed under it
+        timeout_keep_alive=20,
     )
     return Server(config)
 
