@@ -33,6 +33,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import ValidationError
+from starlette.routing import Route
 
 import univl_fast
 from univl_fast.errors import DeadlineExceeded, Overloaded
@@ -402,6 +403,12 @@ def _add_routes(app: FastAPI, state: ServeState) -> None:
             "errors": [{"index": i, "message": m} for i, m in sorted(errors.items())],
         }
         return Response(orjson.dumps(out), media_type="application/json")
+
+    # The two engine routes also run as plain Starlette routes, matched first: the same
+    # functions without FastAPI's per-request dependency solving (they take the Request and
+    # parse it themselves). The FastAPI routes above stay for /docs and /openapi.json.
+    for path, endpoint in (("/v1/search", search), ("/v1/embeddings", embeddings)):
+        app.router.routes.insert(0, Route(path, endpoint, methods=["POST"]))
 
     @app.get("/v1/docs/{doc_id}/image", tags=["documents"])
     async def doc_image(doc_id: str) -> Response:
