@@ -16,21 +16,26 @@ subprocess on 127.0.0.1 (its own process, as in production; ``--workers``, ``--m
 
 Measured, per client count C, interleaved in ``--rounds`` windows so machine drift hits both:
   * in-process: C threads each loop ``engine.search([q], k=10)`` on an Engine in this process;
-  * HTTP: C asyncio clients (one httpx connection each) each loop ``POST /v1/search`` with one
-    query, k=10; latency is the client's (request sent -> JSON parsed).
-Then the overload run: an open-loop client sends requests at 4x the best HTTP throughput
-measured above (each with a client deadline of the server's ``--request-timeout`` + 2 s) for
-``--overload-seconds``; it reports the status mix (200 / 429 / 504 / other / client timeout /
-connection error), the offered and answered rates, and the 429s' latency p50/p99 as the client
-saw it and as the server spent it (``Server-Timing`` total: arrival to answer, without the
-client's own event-loop lag, which dominates when one Python client floods 2 cores).
+  * HTTP: C keep-alive connections spread over ``--client-procs`` client processes (each its
+    own event loop and a lean raw-socket HTTP/1.1 client, ``bench/http_load.py``) each loop
+    ``POST /v1/search`` with one query, k=10; latency is the client's (sent -> body read).
+Then the overload run: the client processes send requests open-loop at 4x the best HTTP
+throughput measured above (each with a client deadline of the server's ``--request-timeout`` +
+2 s) for ``--overload-seconds``; it reports the status mix (200 / 429 / 504 / other / client
+timeout / connection error), the offered and the sent rate, requests never answered, and the
+429s' latency p50/p99 as the client saw it and as the server spent it (``Server-Timing``).
+
+CPU accounting, so a reader can tell whether the client or the server is the limit: per window
+the CPU seconds of the client processes, of the server process(es) (``/proc``) and of this
+process for the in-process baseline, each per request and as cores used. On a box where client
+and server share the cores, "server CPU ms/request" is the figure that carries over; pin them
+apart with ``--client-cpus`` / ``--server-cpus`` where there are cores to spare.
 Every loop is bounded in time and in outstanding requests; all traffic stays on loopback.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import random
@@ -46,7 +51,6 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 ROOT = Path(os.environ.get("BENCH_SERVE_DIR", REPO / "runs/bench/serve"))
 K = 10
-OPEN_LOOP_MAX_OUTSTANDING = 2048  # the overload client never holds more requests than this
 
 
 # ---------------------------------------------------------------------------- server
@@ -61,6 +65,7 @@ class Server:
         workers: int,
         max_queue: int,
         request_timeout: float,
+        cpus: list[int] | None = None,
     ):
         cmd = [
             sys.executable, "-m", "univl_fast.cli", "serve",
@@ -77,6 +82,8 @@ class Server:
             stdout=subprocess.DEVNULL,
             text=True,
         )
+        if cpus:  # before it forks its workers: they inherit the mask
+            os.sched_setaffinity(self.proc.pid, cpus)
         self.url = self._wait_url(timeout_s=300)
         self._drain = threading.Thread(target=self._consume, daemon=True)
         self._drain.start()
@@ -116,6 +123,24 @@ class Server:
                 pass
             time.sleep(0.1)
         raise SystemExit(f"{self.url}/ready not 200 within {timeout_s} s")
+
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) of the server process and its live worker processes."""
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0.0
+        pids = [self.proc.pid]
+        try:
+            kids = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+            pids += [int(x) for x in kids.split()]
+        except OSError:
+            pass
+        for pid in pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        return total
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -170,93 +195,27 @@ def in_process(engine, queries: list[str], clients: int, seconds: float) -> tupl
     return [x for per in lat for x in per], errors[0]
 
 
-async def _http_closed_loop(
-    url: str, queries: list[str], clients: int, seconds: float, timeout_s: float
-) -> tuple[list[float], dict[str, int]]:
-    import httpx
+def overload_summary(raw: dict, rate: float) -> dict:
+    """The open-loop run's figures from ``ClientPool.open``'s raw result."""
+    import numpy as np
 
-    lat: list[float] = []
-    status: dict[str, int] = {}
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout_s) as http:
-        end = time.perf_counter() + seconds
-
-        async def client(c: int) -> None:
-            rng = random.Random(1000 + c)
-            while (t := time.perf_counter()) < end:
-                q = queries[rng.randrange(len(queries))]
-                try:
-                    r = await http.post("/v1/search", json={"queries": [q], "k": K})
-                    r.json()
-                    key = str(r.status_code)
-                except httpx.TimeoutException:
-                    key = "client-timeout"
-                except httpx.TransportError:
-                    key = "connection-error"
-                status[key] = status.get(key, 0) + 1
-                if key == "200":
-                    lat.append(time.perf_counter() - t)
-
-        await asyncio.gather(*(client(c) for c in range(clients)))
-    return lat, status
-
-
-async def _http_open_loop(
-    url: str, queries: list[str], rate: float, seconds: float, timeout_s: float
-) -> dict:
-    """Requests sent at ``rate``/s regardless of answers (bounded outstanding)."""
-    import httpx
-
-    by_status: dict[str, list[float]] = {}
-    server_s: dict[str, list[float]] = {}  # the server's own time (Server-Timing total)
-    sent = 0
-    skipped = 0
-    limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
-    rng = random.Random(7)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout_s) as http:
-        outstanding: set[asyncio.Task] = set()
-
-        async def one(q: str) -> None:
-            t = time.perf_counter()
-            try:
-                r = await http.post("/v1/search", json={"queries": [q], "k": K})
-                key = str(r.status_code)
-                total = re.search(r"total;dur=([\d.]+)", r.headers.get("server-timing", ""))
-                if total:
-                    server_s.setdefault(key, []).append(float(total.group(1)) / 1e3)
-            except httpx.TimeoutException:
-                key = "client-timeout"
-            except httpx.TransportError:
-                key = "connection-error"
-            by_status.setdefault(key, []).append(time.perf_counter() - t)
-
-        t0 = time.perf_counter()
-        interval = 1.0 / rate
-        while (now := time.perf_counter()) - t0 < seconds:
-            due = int((now - t0) / interval) + 1
-            while sent + skipped < due:
-                if len(outstanding) >= OPEN_LOOP_MAX_OUTSTANDING:
-                    skipped += 1
-                    continue
-                task = asyncio.create_task(one(queries[rng.randrange(len(queries))]))
-                outstanding.add(task)
-                task.add_done_callback(outstanding.discard)
-                sent += 1
-            await asyncio.sleep(min(interval, 0.002))
-        elapsed = time.perf_counter() - t0
-        if outstanding:
-            await asyncio.wait(outstanding, timeout=timeout_s + 5)
+    by_status, server_s = raw["by_status"], raw["server_s"]
     answered = sum(len(v) for v in by_status.values())
     out = {
         "offered_rate": rate,
-        "sent_rate": sent / elapsed,
-        "sent": sent,
-        "not_sent_client_bound": skipped,
+        "sent_rate": raw["sent"] / raw["elapsed"],
+        "sent": raw["sent"],
+        "not_sent_client_bound": raw["skipped"],
         "answered": answered,
-        "lost": sent - answered,
+        "lost": raw["sent"] - answered,
+        "unanswered_at_client_deadline": raw["unanswered"],
         "status": {k: len(v) for k, v in sorted(by_status.items())},
+        "client_processes": raw["processes"],
+        "client_cpu_s": raw["client_cpu_s"],
+        "client_cores": raw["client_cpu_s"] / raw["wall_s"],
+        "client_cpu_ms_per_request": 1e3 * raw["client_cpu_s"] / max(1, raw["sent"]),
     }
-    for key in ("200", "429"):
+    for key in ("200", "429", "504"):
         if by_status.get(key):
             lat = np.asarray(by_status[key]) * 1e3
             out[f"{key}_p50_ms"] = float(np.percentile(lat, 50))
@@ -273,9 +232,10 @@ async def _http_open_loop(
 def table(rows: list[dict]) -> str:
     head = (
         "| clients | in-process q/s (p50 / p95 / p99 ms) | HTTP q/s (p50 / p95 / p99 ms) | "
-        "HTTP / in-process | HTTP p99/p50 | HTTP non-200 |"
+        "HTTP / in-process | HTTP p99/p50 | HTTP non-200 | CPU ms/request: in-process / "
+        "server / client | cores used: server / client |"
     )
-    lines = [head, "|---|---|---|---|---|---|"]
+    lines = [head, "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         a, h = r["in_process"], r["http"]
 
@@ -284,11 +244,26 @@ def table(rows: list[dict]) -> str:
                 return "-"
             return f"{x['qps']:.1f} ({x['p50_ms']:.2f} / {x['p95_ms']:.2f} / {x['p99_ms']:.2f})"
 
+        def ms(x: dict, key: str) -> str:
+            return f"{x[key]:.2f}" if x.get(key) is not None else "-"
+
         ratio = f"{h['qps'] / a['qps']:.2f}x" if a.get("qps") and h.get("qps") else "-"
         tail = f"{h['p99_ms'] / h['p50_ms']:.2f}" if h.get("queries") else "-"
         bad = {k: v for k, v in h.get("status", {}).items() if k != "200"}
-        lines.append(f"| {r['clients']} | {cell(a)} | {cell(h)} | {ratio} | {tail} | {bad or 0} |")
+        cpu = (
+            f"{ms(a, 'cpu_ms_per_query')} / {ms(h, 'server_cpu_ms_per_request')} / "
+            f"{ms(h, 'client_cpu_ms_per_request')}"
+        )
+        cores = f"{h.get('server_cores', 0):.3f} / {h.get('client_cores', 0):.3f}"
+        lines.append(
+            f"| {r['clients']} | {cell(a)} | {cell(h)} | {ratio} | {tail} | {bad or 0} | "
+            f"{cpu} | {cores} |"
+        )
     return "\n".join(lines)
+
+
+def _cpus(text: str | None) -> list[int] | None:
+    return [int(x) for x in text.split(",")] if text else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -304,11 +279,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--request-timeout", type=float, default=2.0, help="server deadline, s")
     p.add_argument("--overload", type=float, default=4.0, help="x the best HTTP q/s")
     p.add_argument("--overload-seconds", type=float, default=8.0)
+    p.add_argument(
+        "--client-procs", type=int, default=2, help="load-generator processes (default 2)"
+    )
+    p.add_argument("--client-cpus", help="pin the client processes to these CPUs, e.g. 2,3")
+    p.add_argument("--server-cpus", help="pin the server (and its workers) to these CPUs")
     p.add_argument("--out", default=str(ROOT / "results.json"))
     args = p.parse_args(argv)
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import bench_e2e
+    from http_load import ClientPool
 
     import univl_fast
 
@@ -318,12 +299,21 @@ def main(argv: list[str] | None = None) -> int:
         engine_dir = bench_e2e.ensure_engine()
         index_dir = bench_e2e.ensure_index(engine_dir)
     queries = bench_e2e.bench_queries(ROOT)
+    bodies = [json.dumps({"queries": [q], "k": K}).encode() for q in queries]
     clients = [int(x) for x in args.clients.split(",")]
     print(f"machine: {bench_e2e.machine()}", file=sys.stderr)
     print(f"engine {engine_dir} ({args.precision}), index {index_dir}", file=sys.stderr)
 
+    # the client processes first: spawned before this process loads an engine
+    pool = ClientPool(args.client_procs, _cpus(args.client_cpus))
     server = Server(
-        engine_dir, index_dir, args.precision, args.workers, args.max_queue, args.request_timeout
+        engine_dir,
+        index_dir,
+        args.precision,
+        args.workers,
+        args.max_queue,
+        args.request_timeout,
+        _cpus(args.server_cpus),
     )
     rows = []
     client_timeout = args.request_timeout + 2.0
@@ -335,21 +325,43 @@ def main(argv: list[str] | None = None) -> int:
                 lat_h: list[float] = []
                 status: dict[str, int] = {}
                 errors = 0
+                cpu_a = cpu_srv = cpu_cli = wall_cli = 0.0
                 window = args.seconds / args.rounds
                 for _ in range(args.rounds):
+                    t_cpu = time.process_time()
                     got, err = in_process(eng, queries, c, window)
+                    cpu_a += time.process_time() - t_cpu
                     lat_a += got
                     errors += err
-                    got_h, st = asyncio.run(
-                        _http_closed_loop(server.url, queries, c, window, client_timeout)
-                    )
-                    lat_h += got_h
-                    for k, v in st.items():
+                    s0 = server.cpu_s()
+                    res = pool.closed(server.url, bodies, c, window, client_timeout)
+                    cpu_srv += server.cpu_s() - s0
+                    cpu_cli += res["client_cpu_s"]
+                    wall_cli += res["wall_s"]
+                    lat_h += res["lat"]
+                    for k, v in res["status"].items():
                         status[k] = status.get(k, 0) + v
+                sent = sum(status.values())
                 row = {
                     "clients": c,
-                    "in_process": stats(lat_a, args.seconds, c, errors=errors),
-                    "http": stats(lat_h, args.seconds, c, status=status),
+                    "in_process": stats(
+                        lat_a,
+                        args.seconds,
+                        c,
+                        errors=errors,
+                        cpu_ms_per_query=1e3 * cpu_a / max(1, len(lat_a)),
+                    ),
+                    "http": stats(
+                        lat_h,
+                        args.seconds,
+                        c,
+                        status=status,
+                        client_processes=min(args.client_procs, c),
+                        server_cpu_ms_per_request=1e3 * cpu_srv / max(1, sent),
+                        client_cpu_ms_per_request=1e3 * cpu_cli / max(1, sent),
+                        server_cores=cpu_srv / max(1e-9, wall_cli),
+                        client_cores=cpu_cli / max(1e-9, wall_cli),
+                    ),
                 }
                 rows.append(row)
                 print(table([row]).splitlines()[-1], file=sys.stderr, flush=True)
@@ -359,17 +371,22 @@ def main(argv: list[str] | None = None) -> int:
             rate = args.overload * best
             print(f"overload: {rate:.0f} requests/s offered for {args.overload_seconds} s",
                   file=sys.stderr)  # fmt: skip
-            overload = asyncio.run(
-                _http_open_loop(server.url, queries, rate, args.overload_seconds, client_timeout)
-            )
+            s0 = server.cpu_s()
+            raw = pool.open(server.url, bodies, rate, args.overload_seconds, client_timeout)
+            overload = overload_summary(raw, rate)
+            overload["server_cores"] = (server.cpu_s() - s0) / raw["wall_s"]
     finally:
         server.stop()
+        pool.close()
 
     print(table(rows))
     if overload:
         print(
             f"\n{args.overload:g}x overload ({overload['offered_rate']:.0f}/s offered, "
-            f"{overload['sent_rate']:.0f}/s sent): status {overload['status']}, "
+            f"{overload['sent_rate']:.0f}/s sent by {overload['client_processes']} client "
+            f"processes using {overload['client_cores']:.2f} cores, "
+            f"{overload['client_cpu_ms_per_request']:.3f} CPU ms/request; server "
+            f"{overload['server_cores']:.2f} cores): status {overload['status']}, "
             f"lost {overload['lost']}, 429 p50/p99 "
             f"{overload.get('429_p50_ms', float('nan')):.2f}/"
             f"{overload.get('429_p99_ms', float('nan')):.2f} ms at the client, "
@@ -386,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
         "workers": args.workers,
         "max_queue": args.max_queue,
         "request_timeout_s": args.request_timeout,
+        "client_processes": args.client_procs,
+        "client_cpus": _cpus(args.client_cpus),
+        "server_cpus": _cpus(args.server_cpus),
         "rows": rows,
         "overload": overload,
     }
