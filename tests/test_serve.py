@@ -8,6 +8,7 @@ import base64
 import io
 import json
 import logging
+import re
 import time
 
 import httpx
@@ -167,8 +168,23 @@ def test_probes_info_docs(client, flat_index, plain):
     assert info["limits"]["max_image_pixels"] == MAX_PIXELS
     assert "api_key" not in info["limits"] and info["limits"]["auth"] is False
     assert client.get("/docs").status_code == 200
-    paths = client.get("/openapi.json").json()["paths"]
+    spec = client.get("/openapi.json").json()
+    paths = spec["paths"]
     assert {"/v1/search", "/v1/embeddings", "/health", "/ready", "/info", "/metrics"} <= set(paths)
+    # the engine routes parse their bodies themselves: their request schemas are documented and
+    # every $ref in the document resolves
+    body = paths["/v1/search"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/SearchRequest"}
+    schemas = spec["components"]["schemas"]
+    assert set(schemas["SearchRequest"]["properties"]) == {
+        "queries",
+        "k",
+        "modality",
+        "include_text",
+    }
+    refs = re.findall(r'"\$ref": "#/components/schemas/([^"]+)"', json.dumps(spec))
+    assert "EmbeddingsRequest" in refs and "ImageInput" in refs
+    assert set(refs) <= set(schemas), set(refs) - set(schemas)
 
 
 def _metric(text: str, name: str, **labels: str) -> float:
