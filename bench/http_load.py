@@ -22,10 +22,14 @@ import asyncio
 import multiprocessing as mp
 import os
 import random
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
+
+if sys.version_info < (3, 11):
+    raise ImportError("bench/http_load.py needs Python >= 3.11 (asyncio.timeout)")
 
 MAX_OUTSTANDING_PER_PROCESS = 1024  # open loop: a process never holds more requests than this
 PATH = "/v1/search"

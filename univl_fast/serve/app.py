@@ -43,7 +43,7 @@ from univl_fast.serve.embeddings import embed, json_items, multipart_items
 from univl_fast.serve.info import service_info
 from univl_fast.serve.limits import check_texts, limit_error
 from univl_fast.serve.metrics import ServeMetrics
-from univl_fast.serve.middleware import ARRIVED, STAGES, ServeMiddleware
+from univl_fast.serve.middleware import ARRIVED, ASYNC_TIMEOUT, STAGES, ServeMiddleware
 from univl_fast.serve.schemas import (
     EmbeddingsRequest,
     EmbeddingsResponse,
@@ -235,7 +235,11 @@ async def run_admitted(state: ServeState, request: Request, fn: Callable[[float]
 
     future.add_done_callback(release)
     try:
-        result, started = await asyncio.wait_for(asyncio.shield(future), remaining)
+        if ASYNC_TIMEOUT is not None:  # a timer on this task (Python >= 3.11)
+            async with ASYNC_TIMEOUT(remaining):
+                result, started = await asyncio.shield(future)
+        else:
+            result, started = await asyncio.wait_for(asyncio.shield(future), remaining)
     except asyncio.TimeoutError:
         raise DeadlineExceeded(
             "while the engine was working", timeout_s=cfg.request_timeout_s

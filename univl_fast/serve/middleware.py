@@ -41,6 +41,8 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # scope["state"] keys the routes fill in (Starlette's request.state is scope["state"]).
 ARRIVED = "univl_arrived"  # perf_counter at arrival (request deadlines count from it)
 STAGES = "univl_stages"  # {"queue": s, "encode": s, "search": s}
+# asyncio.timeout (Python >= 3.11); wait_for before (which wraps the read in a task)
+ASYNC_TIMEOUT = getattr(asyncio, "timeout", None)
 
 
 class _BodyError(Exception):
@@ -194,7 +196,11 @@ class ServeMiddleware:
                     return
 
         try:
-            await asyncio.wait_for(read_all(), self.config.body_timeout_s)
+            if ASYNC_TIMEOUT is not None:  # a timer on this task, not a task of its own per request
+                async with ASYNC_TIMEOUT(self.config.body_timeout_s):
+                    await read_all()
+            else:
+                await asyncio.wait_for(read_all(), self.config.body_timeout_s)
         except asyncio.TimeoutError:
             raise _BodyError(
                 408,
