@@ -9,7 +9,9 @@
 
 A new engine request is refused with 429 + ``Retry-After`` when either count has reached
 ``max_queue``. The middleware checks this before reading or parsing the body, so a refusal costs
-a few microseconds of the event loop, whatever the load.
+a few microseconds of the event loop, whatever the load. A request whose body is still arriving
+holds its slot (so buffered bodies are bounded too: ``max_queue`` x ``max_body_bytes``) until it
+is answered, at the latest after ``body_timeout_s`` (408).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ For each HTTP request, in order:
 6. the request metrics, and one JSON access-log line when enabled.
 
 The hot path is kept lean: metric children are looked up once per (route, method, status), the
-request id is 8 random bytes, and the ready-made 429 is sent without building anything.
+request id is 64 bits of the process's PRNG, and the ready-made 429 is sent without building anything.
 """
 
 from __future__ import annotations
