@@ -5,6 +5,10 @@ both sides alike)::
 
     .venv/bin/python bench/bench_encode.py --model ViT-B-32 --rounds 7
 
+Image documents only (eager vs int8 with each image runtime, decoded pictures and JPEGs)::
+
+    .venv/bin/python bench/bench_encode.py --model ViT-B-32 --images-only --rounds 7
+
 pytest-benchmark form (same measurements, one benchmark per path; compare within a group)::
 
     .venv/bin/python -m pytest bench/bench_encode.py -q -p no:cacheprovider \
@@ -202,8 +206,9 @@ def measure(
     paths["int8-onnxruntime"] = engine_encoder(
         engine, "int8", text_runtime="onnxruntime", image_runtime="onnxruntime"
     )
-    # the native text tower with the ONNX image graph (paths["int8"].image_runtime: the default)
+    # each image runtime by name (paths["int8"].image_runtime: what auto picked)
     paths["int8-ort-image"] = engine_encoder(engine, "int8", image_runtime="onnxruntime")
+    paths["int8-native-image"] = engine_encoder(engine, "int8", image_runtime="native")
     if jpeg_docs:
         paths["int8-decode-ahead"] = engine_encoder(engine, "int8", decode_workers=1)
         paths["int8-draft"] = engine_encoder(engine, "int8", jpeg_draft=True)
@@ -268,6 +273,78 @@ def measure(
             res["paths"][name]["jpeg_docs_per_s"] = len(jpeg_ids) / statistics.median(jdocs[name])
             res["paths"][name]["jpeg_docs_best_per_s"] = len(jpeg_ids) / min(jdocs[name])
     return res
+
+
+def measure_images(model: str, rounds: int, doc_batch: int, jpeg_docs: int = 32) -> dict:
+    """Image documents only (``--images-only``): open_clip eager (2 threads) vs the int8 engine
+    with each image runtime named (native, ONNX Runtime) and as ``auto`` picks, from decoded
+    pictures and from the JPEG corpus, rounds interleaved."""
+    ckpt, engine = ensure_engine(model)
+    paths = {
+        "eager": Eager(ckpt),
+        "int8": engine_encoder(engine, "int8"),
+        "int8-native-image": engine_encoder(engine, "int8", image_runtime="native"),
+        "int8-ort-image": engine_encoder(engine, "int8", image_runtime="onnxruntime"),
+    }
+    images = sample_images(doc_batch)
+    caps = [CAPTIONS[i % len(CAPTIONS)] for i in range(doc_batch)]
+    store, jpeg_ids = jpeg_corpus(jpeg_docs) if jpeg_docs else (None, [])
+    jcaps = [CAPTIONS[i % len(CAPTIONS)] for i in range(len(jpeg_ids))]
+    docs: dict[str, list[float]] = {k: [] for k in paths}
+    jdocs: dict[str, list[float]] = {k: [] for k in paths}
+    for enc in paths.values():  # warm-up
+        enc.encode_image_docs(images, caps)
+    loads = []
+    for r in range(rounds):
+        for name, enc in paths.items():  # interleaved: load drift hits every path alike
+            docs[name] += _time(lambda e=enc: e.encode_image_docs(images, caps), 1)
+            if jpeg_ids:
+                jdocs[name] += _time(lambda e=enc: encode_from_store(e, store, jpeg_ids, jcaps), 1)
+        loads.append(round(os.getloadavg()[0], 1))
+        print(f"[round {r + 1}/{rounds}] load {loads[-1]}", file=sys.stderr)
+    res = {
+        "model": model,
+        "doc_batch": doc_batch,
+        "jpeg_docs": len(jpeg_ids),
+        "int8_image_runtime": paths["int8"].image_runtime,
+        "auto_reason": paths["int8"].runtime_reasons.get("image"),
+        "loads": loads,
+        "paths": {},
+    }
+    for name in paths:
+        row = {
+            "docs_per_s": doc_batch / statistics.median(docs[name]),
+            "docs_best_per_s": doc_batch / min(docs[name]),
+        }
+        if jpeg_ids:
+            row["jpeg_docs_per_s"] = len(jpeg_ids) / statistics.median(jdocs[name])
+            row["jpeg_docs_best_per_s"] = len(jpeg_ids) / min(jdocs[name])
+        res["paths"][name] = row
+    return res
+
+
+def report_images(res: dict) -> str:
+    e = res["paths"]["eager"]
+    cols = [("docs_per_s", "decoded docs/s (median)"), ("docs_best_per_s", "best")]
+    if res["jpeg_docs"]:
+        cols += [("jpeg_docs_per_s", "JPEG docs/s (median)"), ("jpeg_docs_best_per_s", "best")]
+    lines = [
+        f"### {res['model']} image documents (batches of {res['doc_batch']} decoded pictures; "
+        f"{res['jpeg_docs']} photo-like JPEGs from imgs.tsv)",
+        "",
+        "| path | " + " | ".join(f"{title} | x eager" for _, title in cols) + " |",
+        "|---|" + "---|---|" * len(cols),
+    ]
+    for name, p in res["paths"].items():
+        cells = [f"{p[k]:.1f} | {p[k] / e[k]:.1f}" for k, _ in cols]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"int8 image tower (auto): {res['int8_image_runtime']}"
+        + (f" ({res['auto_reason']})" if res["auto_reason"] else ""),
+        f"1-minute load average after each round: {res['loads']}",
+    ]
+    return "\n".join(lines)
 
 
 def report(res: dict) -> str:
@@ -430,7 +507,19 @@ def main() -> None:
         action="store_true",
         help="compare int8 quantization variants (cosine + speed) instead",
     )
+    ap.add_argument(
+        "--images-only",
+        action="store_true",
+        help="image documents only: eager vs int8 with the native / ONNX Runtime image tower",
+    )
     args = ap.parse_args()
+    if args.images_only:
+        print(f"load before {os.getloadavg()}", file=sys.stderr)
+        print(
+            report_images(measure_images(args.model, args.rounds, args.doc_batch, args.jpeg_docs))
+        )
+        print(f"\nload after: {os.getloadavg()}")
+        return
     if args.quant_study:
         print(quant_study(args.model))
         print(f"\nload after: {os.getloadavg()}")

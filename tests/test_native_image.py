@@ -5,6 +5,7 @@ builds, batch / thread invariance, bad input, refusal, and how the Encoder picks
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 from pathlib import Path
@@ -157,10 +158,71 @@ def test_bad_pixels_and_files_are_refused(native_path, pixels, tmp_path):
         NativeImageTower(tmp_path / "cut.npz")
 
 
-def test_encoder_picks_native_where_fast_and_agrees_with_onnx(tiny_engine, monkeypatch):
+def _engine_with_speed(engine, tmp_path, native: float | None, graph: float = 100.0) -> Path:
+    """A copy of ``engine`` whose manifest records these export speeds (None: no record)."""
+    eng = Path(shutil.copytree(engine, tmp_path / f"eng-{native}-{graph}"))
+    m = json.loads((eng / "manifest.json").read_text())
+    if native is None:
+        del m["native"]["image_speed"]
+    else:
+        m["native"]["image_speed"].update(
+            native_images_per_s=native, onnxruntime_images_per_s=graph
+        )
+    (eng / "manifest.json").write_text(json.dumps(m))
+    return eng
+
+
+def test_export_records_speed_against_the_int8_graph(tiny_engine, native_path, pixels):
+    """The exporter times native vs the int8 image graph and records why auto passes over a
+    native tower that was not faster by the margin."""
+    from univl_fast.export import native_image
+    from univl_fast.runtime.selection import NATIVE_IMAGE_MARGIN
+
+    native = load_manifest(tiny_engine)["native"]
+    speed = native["image_speed"]
+    assert speed["measured"] and speed["batch"] == 16 and speed["repeats"] == 3, speed
+    assert speed["native_images_per_s"] > 0 and speed["onnxruntime_images_per_s"] > 0, speed
+    slower = speed["native_images_per_s"] < NATIVE_IMAGE_MARGIN * speed["onnxruntime_images_per_s"]
+    assert ("image_reason" in native) == slower, native
+    if slower:
+        assert native["image_reason"].startswith("not picked by auto: measured at export")
+    none = native_image.measure_speed(native_path.read_bytes(), None, pixels)
+    assert not none["measured"] and none["reason"] == "no int8 image graph to compare with"
+
+
+def test_auto_picks_native_only_when_measured_faster(tiny_engine, tmp_path, caplog):
+    """auto: native only with a recorded export speed >= 1.05x the int8 graph's (and VNNI);
+    else ONNX Runtime, the reason in ``runtime_reasons``; image_runtime="native" overrides."""
+    from univl_fast.runtime import Encoder
+    from univl_fast.runtime.selection import native_image_speed_problem
+
+    rec = {"measured": True, "onnxruntime_images_per_s": 100.0, "batch": 16, "threads": 2}
+    for native, ok in ((104.9, False), (105.0, True), (40.0, False)):
+        m = {"native": {"image_speed": {**rec, "native_images_per_s": native}}}
+        assert (native_image_speed_problem(m) is None) == ok, native
+    faster = Encoder(_engine_with_speed(tiny_engine, tmp_path, 200.0))
+    assert faster.image_runtime == ("native" if FAST else "onnxruntime")
+    assert ("image" in faster.runtime_reasons) == (not FAST)
+    with caplog.at_level("INFO", logger="univl_fast.runtime.encoder"):
+        slow_eng = _engine_with_speed(tiny_engine, tmp_path, 101.0)
+        slow = Encoder(slow_eng)
+    assert slow.image_runtime == "onnxruntime"
+    if FAST:
+        why = slow.runtime_reasons["image"]
+        assert "not faster than the int8 image graph" in why and "101.0 vs 100.0" in why, why
+        assert "native image tower not used" in caplog.text
+    assert Encoder(slow_eng, image_runtime="native").image_runtime == "native"  # the override
+    unmeasured = Encoder(_engine_with_speed(tiny_engine, tmp_path, None))
+    assert unmeasured.image_runtime == "onnxruntime"
+    if FAST:
+        assert "no speed comparison" in unmeasured.runtime_reasons["image"]
+
+
+def test_encoder_runs_native_and_agrees_with_onnx(tiny_engine, monkeypatch, tmp_path):
     from univl_fast.runtime import Encoder
 
-    auto = Encoder(tiny_engine)
+    fast_engine = _engine_with_speed(tiny_engine, tmp_path, 200.0)
+    auto = Encoder(fast_engine)
     assert auto.precision == "int8"
     assert auto.image_runtime == ("native" if FAST else "onnxruntime")
     ort_enc = Encoder(tiny_engine, image_runtime="onnxruntime")
@@ -178,7 +240,7 @@ def test_encoder_picks_native_where_fast_and_agrees_with_onnx(tiny_engine, monke
     with pytest.raises(ValueError, match="choose auto, native or onnxruntime"):
         Encoder(tiny_engine, image_runtime="tvm")
     monkeypatch.setenv("UNIVL_FAST_NATIVE_IMAGE", "0")
-    assert Encoder(tiny_engine).image_runtime == "onnxruntime"
+    assert Encoder(fast_engine).image_runtime == "onnxruntime"
 
 
 def test_tampered_native_weights_refused(tiny_engine, native_path, tmp_path):

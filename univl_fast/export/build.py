@@ -424,7 +424,20 @@ def _export_native(
     rel = f"{tower}_int8.native.npz"
     entry = {"kind": f"native-{tower}", "tower": tower, "precision": "int8"}
     art.write(rel, data, {**entry, "format": meta["format"]})
-    return {tower: {"int8": rel}}
+    if tower == "text":
+        return {tower: {"int8": rel}}
+    # auto serves the image tower natively only where it is faster than the int8 graph
+    graph_rel = art.graphs["image"].get("int8")
+    graph = (art.root / graph_rel).read_bytes() if graph_rel else None
+    speed = native_image.measure_speed(data, graph, inputs.pixels)
+    out: dict[str, Any] = {tower: {"int8": rel}, "image_speed": speed}
+    slower = selection.native_image_speed_problem({"native": out})
+    if slower is not None:
+        log.warning("native int8 image tower written but not picked by auto: %s", slower)
+        out["image_reason"] = f"not picked by auto: {slower}"
+    else:
+        log.info("native int8 image tower picked by auto: %s", speed)
+    return out
 
 
 def summarize(manifest: dict[str, Any]) -> str:

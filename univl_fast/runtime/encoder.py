@@ -186,6 +186,8 @@ class Encoder:
             )
         )
         self._threads = threads
+        # tower -> why auto passed over its native tower (only where the engine has one)
+        self.runtime_reasons: dict[str, str] = {}
         self.text_runtime: str = self._pick_runtime("text", text_runtime)
         self.image_runtime: str = self._pick_runtime("image", image_runtime)
         self._towers: dict[str, Any] = {}
@@ -260,9 +262,12 @@ class Encoder:
 
         auto (default): native when the engine has it, its export parity passed (the tower and
         the image-document vector: ``univl_fast.runtime.selection``), the encoder runs int8 on
-        the CPU and this CPU has AVX-512 VNNI; ``UNIVL_FAST_NATIVE_TEXT=0`` /
-        ``UNIVL_FAST_NATIVE_IMAGE=0`` turns auto off. "native" insists (also on CPUs without
-        VNNI, where the portable build is slow); "onnxruntime" never uses it.
+        the CPU and this CPU has AVX-512 VNNI; for the image tower also only when the export
+        measured it faster than the int8 image graph (``selection.native_image_speed_problem``).
+        ``UNIVL_FAST_NATIVE_TEXT=0`` / ``UNIVL_FAST_NATIVE_IMAGE=0`` turns auto off. Why auto
+        passed over a native tower it could run goes to ``self.runtime_reasons[tower]``.
+        "native" insists (also on CPUs without VNNI, or where it measured slower: the explicit
+        override); "onnxruntime" never uses it.
         """
         from univl_fast.runtime.native_text import fast_native_available
 
@@ -288,10 +293,15 @@ class Encoder:
             log.warning(
                 "native %s tower not used: %s; using %s", tower, unverified, backend_runtime
             )
+            self.runtime_reasons[tower] = unverified
             return backend_runtime
         fast, why = fast_native_available()
+        if fast and tower == "image":
+            why = selection.native_image_speed_problem(self.manifest)
+            fast = why is None
         if not fast:
-            log.info("native %s tower not used: %s", tower, why)
+            log.info("native %s tower not used: %s; using %s", tower, why, backend_runtime)
+            self.runtime_reasons[tower] = why
             return backend_runtime
         return "native"
 

@@ -22,6 +22,9 @@ PLAN_KEY = "tensorrt-fp16"
 NATIVE_KEY = "int8-native"
 # the image-document vector of the native int8 image tower with the text tower auto serves
 NATIVE_IMAGE_COMBINED_KEY = "int8-native-image"
+# auto picks the native image tower only when export measured it this many times as fast as
+# the int8 image graph on ONNX Runtime (timing noise must not flip the choice)
+NATIVE_IMAGE_MARGIN = 1.05
 # fastest first, per backend family
 SPEED_ORDER = {
     "onnxruntime-cpu": ("int8", "fp32", "fp16"),
@@ -97,3 +100,26 @@ def native_text_problem(manifest: dict[str, Any]) -> str | None:
 def native_image_problem(manifest: dict[str, Any]) -> str | None:
     """Why ``auto`` may not pick the native int8 image tower on parity grounds (None: it may)."""
     return parity_problem(manifest, NATIVE_KEY, ("image",), NATIVE_IMAGE_COMBINED_KEY)
+
+
+def native_image_speed_problem(manifest: dict[str, Any]) -> str | None:
+    """Why ``auto`` may not pick the native int8 image tower on speed grounds (None: it may).
+
+    The exporter times the native tower against the int8 image graph on ONNX Runtime (same
+    batch, same threads, interleaved: ``univl_fast.export.native_image.measure_speed``) and
+    records it as ``manifest["native"]["image_speed"]``; auto takes native only when it was
+    measured at least ``NATIVE_IMAGE_MARGIN`` times as fast. Passing parity is not enough: the
+    graph passed it too, so the slower of the two has no reason to serve."""
+    speed = manifest.get("native", {}).get("image_speed")
+    if not speed:
+        return "no speed comparison with the int8 image graph recorded at export (re-export)"
+    if not speed.get("measured"):
+        return f"speed not measured at export ({speed.get('reason')})"
+    native, graph = float(speed["native_images_per_s"]), float(speed["onnxruntime_images_per_s"])
+    if native < NATIVE_IMAGE_MARGIN * graph:
+        return (
+            "measured at export not faster than the int8 image graph on ONNX Runtime by the "
+            f"{NATIVE_IMAGE_MARGIN - 1:.0%} margin: {native:.1f} vs {graph:.1f} images/s "
+            f"(batch {speed.get('batch')}, {speed.get('threads')} threads)"
+        )
+    return None
