@@ -11,6 +11,7 @@
 
 #include "cpu/image_tower.h"
 #include "cpu/team.h"
+#include "cpu/tower_driver.h"
 #include "native_bindings.h"
 
 namespace py = pybind11;
@@ -164,4 +165,20 @@ TextTower.
                              "Calls running now on this tower and those sharing its weights.")
       .def_property_readonly("weight_bytes", &PyImageTower::weight_bytes,
                              "Bytes of packed int8 weights.");
+  // Diagnostics (bench/profile_towers.py): per-stage timing of both native towers' forward.
+  m.def(
+      "tower_profile_enable", [](bool on) { univl::tower_profile::enable(on); }, "on"_a,
+      "Start (clearing earlier totals) or stop timing the native towers' stages.");
+  m.def(
+      "tower_profile_read",
+      []() {
+        namespace tp = univl::tower_profile;
+        const tp::Totals t = tp::read();
+        py::dict stages;
+        for (int i = 0; i < tp::kCount; ++i)
+          stages[tp::name(i)] = py::make_tuple(t.work[i], t.wait[i], t.macs[i]);
+        return py::make_tuple(t.calls, stages);
+      },
+      "(calls, {stage: (work_s, wait_s, macs)}) gathered since tower_profile_enable(True); "
+      "times are the calling thread's (team member 0).");
 }

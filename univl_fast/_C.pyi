@@ -41,6 +41,12 @@ def build_info() -> dict[str, Any]:
 
 # ------------------------------------------------------------------ native text tower
 
+def tower_profile_enable(on: bool) -> None:
+    """Start (clearing earlier totals) or stop timing the native towers' stages."""
+
+def tower_profile_read() -> tuple[int, dict[str, tuple[float, float, float]]]:
+    """(calls, {stage: (work_s, wait_s, macs)}) since tower_profile_enable(True)."""
+
 def text_tower_isas() -> list[str]:
     """ISA builds of the native text tower this CPU runs, best last."""
 

@@ -398,36 +398,118 @@ void qgemm(const QLinearView& w, int64_t p0, int64_t p1, const QRows& a, int64_t
 
 // ------------------------------------------------------------------ attention
 // Multi-head attention over packed rows, causal or full (see TextKernels::attention).
+// Per (sequence, head) the keys are first transposed into kt (hd x ldk, ldk = n rounded up to
+// 16, pre-scaled by 1/sqrt(hd), padding zero): a query's scores are then hd FMAs per 16 keys,
+// accumulated in registers, instead of n dot products that each end in a horizontal reduction;
+// the weighted sum of the values likewise keeps its output row in registers.
+constexpr int64_t kKeyBlock = 64;  // keys per register block of scores (4 vectors)
+
+#if UNIVL_TT_VNNI
+// s[0, 16 * NV) = q . kt[:, 0, 16 * NV) (hd terms each)
+template <int NV>
+void score_block(const float* q, const float* kt, int64_t hd, int64_t ldk, float* s) {
+  __m512 acc[NV];
+  _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) acc[v] = _mm512_setzero_ps();
+  for (int64_t t = 0; t < hd; ++t) {
+    const __m512 qt = _mm512_set1_ps(q[t]);
+    _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) acc[v] =
+        _mm512_fmadd_ps(qt, _mm512_loadu_ps(kt + t * ldk + 16 * v), acc[v]);
+  }
+  _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) _mm512_storeu_ps(s + 16 * v, acc[v]);
+}
+
+inline void query_scores(const float* q, const float* kt, int64_t hd, int64_t ldk, float* s) {
+  for (int64_t j = 0; j < ldk; j += kKeyBlock) {
+    const int64_t nv = min_i(kKeyBlock, ldk - j) / 16;
+    if (nv == 4) score_block<4>(q, kt + j, hd, ldk, s + j);
+    else if (nv == 3) score_block<3>(q, kt + j, hd, ldk, s + j);
+    else if (nv == 2) score_block<2>(q, kt + j, hd, ldk, s + j);
+    else score_block<1>(q, kt + j, hd, ldk, s + j);
+  }
+}
+
+// o[0, hd) = inv * sum_{j < keys} p[j] * v_j, v_j = v + j * ldv; hd in blocks of 64 (masked
+// tail), two accumulator sets (even / odd j) so the FMA chains overlap.
+inline void weighted_sum(const float* p, float inv, const float* v, int64_t ldv, int64_t keys,
+                         int64_t hd, float* o) {
+  for (int64_t t0 = 0; t0 < hd; t0 += 64) {
+    __mmask16 m[4];
+    __m512 a[4], b[4];
+    for (int u = 0; u < 4; ++u) {
+      const int64_t left = hd - t0 - 16 * u;
+      m[u] = left > 0 ? tail_mask(left) : static_cast<__mmask16>(0);
+      a[u] = _mm512_setzero_ps();
+      b[u] = _mm512_setzero_ps();
+    }
+    int64_t j = 0;
+    for (; j + 1 < keys; j += 2) {
+      const __m512 p0 = _mm512_set1_ps(p[j]), p1 = _mm512_set1_ps(p[j + 1]);
+      const float* v0 = v + j * ldv + t0;
+      const float* v1 = v0 + ldv;
+      _Pragma("GCC unroll 4") for (int u = 0; u < 4; ++u) {
+        a[u] = _mm512_fmadd_ps(p0, _mm512_maskz_loadu_ps(m[u], v0 + 16 * u), a[u]);
+        b[u] = _mm512_fmadd_ps(p1, _mm512_maskz_loadu_ps(m[u], v1 + 16 * u), b[u]);
+      }
+    }
+    if (j < keys) {
+      const __m512 p0 = _mm512_set1_ps(p[j]);
+      const float* v0 = v + j * ldv + t0;
+      _Pragma("GCC unroll 4") for (int u = 0; u < 4; ++u) a[u] =
+          _mm512_fmadd_ps(p0, _mm512_maskz_loadu_ps(m[u], v0 + 16 * u), a[u]);
+    }
+    const __m512 iv = _mm512_set1_ps(inv);
+    _Pragma("GCC unroll 4") for (int u = 0; u < 4; ++u) _mm512_mask_storeu_ps(
+        o + t0 + 16 * u, m[u], _mm512_mul_ps(_mm512_add_ps(a[u], b[u]), iv));
+  }
+}
+#else
+inline void query_scores(const float* q, const float* kt, int64_t hd, int64_t ldk, float* s) {
+  for (int64_t j = 0; j < ldk; ++j) s[j] = 0.0f;
+  for (int64_t t = 0; t < hd; ++t) {
+    const float qt = q[t];
+    const float* kr = kt + t * ldk;
+#pragma omp simd
+    for (int64_t j = 0; j < ldk; ++j) s[j] += qt * kr[j];
+  }
+}
+
+inline void weighted_sum(const float* p, float inv, const float* v, int64_t ldv, int64_t keys,
+                         int64_t hd, float* o) {
+  for (int64_t t = 0; t < hd; ++t) o[t] = 0.0f;
+  for (int64_t j = 0; j < keys; ++j) axpy(o, p[j], v + j * ldv, hd);
+  for (int64_t t = 0; t < hd; ++t) o[t] *= inv;
+}
+#endif
+
 void attention(const float* qkv, int64_t d, int64_t heads, const int64_t* len,
                const int64_t* off, bool causal, bool pooled_only, int64_t j0, int64_t j1,
-               float* out, float* scores) {
+               float* out, float* scratch) {
   const int64_t hd = d / heads;
   const float scale = 1.0f / __builtin_sqrtf(static_cast<float>(hd));
   for (int64_t job = j0; job < j1; ++job) {
     const int64_t b = job / heads, h = job % heads, n = len[b], base = off[b];
+    const int64_t ldk = (n + 15) / 16 * 16;
+    float* kt = scratch;             // hd x ldk
+    float* scores = scratch + hd * ldk;  // ldk
+    for (int64_t j = 0; j < n; ++j) {
+      const float* k = qkv + (base + j) * 3 * d + d + h * hd;
+      for (int64_t t = 0; t < hd; ++t) kt[t * ldk + j] = k[t] * scale;
+    }
+    for (int64_t t = 0; t < hd; ++t)
+      for (int64_t j = n; j < ldk; ++j) kt[t * ldk + j] = 0.0f;
     for (int64_t i = pooled_only ? n - 1 : 0; i < n; ++i) {
-      const float* q = qkv + (base + i) * 3 * d + h * hd;
       const int64_t keys = causal ? i + 1 : n;  // rows [0, keys) are attended to
+      query_scores(qkv + (base + i) * 3 * d + h * hd, kt, hd, ldk, scores);
       float mx = -__builtin_inff();
-      for (int64_t j = 0; j < keys; ++j) {
-        const float* k = qkv + (base + j) * 3 * d + d + h * hd;
-        scores[j] = dot(q, k, hd) * scale;
-        mx = max_f(mx, scores[j]);
-      }
+      for (int64_t j = 0; j < keys; ++j) mx = max_f(mx, scores[j]);
       float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
       for (int64_t j = 0; j < keys; ++j) {
         scores[j] = exp_poly(scores[j] - mx);
         sum += scores[j];
       }
-      const float inv = 1.0f / sum;
       float* o = (pooled_only ? out + b * d : out + (base + i) * d) + h * hd;
-#pragma omp simd
-      for (int64_t t = 0; t < hd; ++t) o[t] = 0.0f;
-      for (int64_t j = 0; j < keys; ++j) {
-        const float* v = qkv + (base + j) * 3 * d + 2 * d + h * hd;
-        axpy(o, scores[j] * inv, v, hd);
-      }
+      weighted_sum(scores, 1.0f / sum, qkv + base * 3 * d + 2 * d + h * hd, 3 * d, keys, hd, o);
     }
   }
 }

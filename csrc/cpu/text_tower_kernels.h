@@ -67,10 +67,10 @@ struct TextKernels {
   // attention jobs (sequence b, head h) = j in [j0, j1): b = j / heads, h = j % heads.
   // qkv: packed rows x 3d; causal: row i attends to rows <= i (text), else to every row of its
   // sequence (image); pooled_only: only each sequence's last row is a query and out has one
-  // row per sequence; scores: scratch of >= max(len) floats.
+  // row per sequence; scratch: >= (max(len) + 15) * (d / heads + 1) floats.
   void (*attention)(const float* qkv, int64_t d, int64_t heads, const int64_t* len,
                     const int64_t* off, bool causal, bool pooled_only, int64_t j0, int64_t j1,
-                    float* out, float* scores);
+                    float* out, float* scratch);
   // rows [r0, r1) of x (d wide): LayerNorm (w, b, eps) into y (y may be x)
   void (*ln_rows)(const float* x, int64_t r0, int64_t r1, int64_t d, const float* w,
                   const float* b, float eps, float* y);

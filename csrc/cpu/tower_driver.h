@@ -53,6 +53,35 @@ struct TowerSpec {
 // The embedding stage: fills x (all rows), ending with a barrier (ctx.sync()).
 using EmbedStage = std::function<void(const TowerCtx&, const TowerBuffers&)>;
 
+// Optional per-stage profile of tower_forward (diagnostics; off by default, then one relaxed
+// atomic load per stage). Member 0 of the team times each stage: "work" until it reaches the
+// stage's barrier, "wait" at the barrier (the other members' imbalance and the sync itself);
+// the embedding stage (the tower's own, with its own barriers) counts as one stage. macs: the
+// stage's multiply-accumulates (GEMM: rows x n x k; attention: scores + weighted sum).
+namespace tower_profile {
+enum Stage : int {
+  kEmbed = 0,
+  kLn1,        // ln_1 + activation quantization
+  kQkv,        // QKV GEMM
+  kAttention,  // full / causal attention, float32
+  kAttnQuant,  // quantization of the attention output (+ the pooled-row copy, last block)
+  kOutProj,    // out-proj GEMM (+ residual)
+  kLn2,        // ln_2 + quantization
+  kFc1,        // MLP up GEMM
+  kAct,        // GELU + quantization
+  kFc2,        // MLP down GEMM (+ residual)
+  kFinal,      // final LayerNorm + projection
+  kCount
+};
+const char* name(int stage);
+void enable(bool on);  // also clears what was gathered
+struct Totals {
+  double work[kCount], wait[kCount], macs[kCount];
+  int64_t calls;
+};
+Totals read();
+}  // namespace tower_profile
+
 // out: float32 (batch x embed_dim), raw. len / off: rows of each sequence (off has batch + 1
 // entries, off[batch] = all rows). team: see text_forward.
 void tower_forward(const TextKernels& k, const TowerSpec& s, int64_t batch, const int64_t* len,
