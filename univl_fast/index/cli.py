@@ -93,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "progress": progress,
     }
+    t_encode = time.perf_counter()
     if args.ray is not None:
         from univl_fast.scale.ray_encode import encode_corpus_ray
         from univl_fast.scale.ray_runtime import init_ray
@@ -110,6 +111,11 @@ def run(args: argparse.Namespace) -> int:
         corpus = encode_corpus(encoder, dataset, out / ".work", **encode_args)
     rep = corpus.report
     print(rep.summary(), file=sys.stderr)
+    print(
+        f"corpus encoding: {time.perf_counter() - t_encode:.1f}s (text tower "
+        f"{encoder.text_runtime}, image tower {encoder.image_runtime})",
+        file=sys.stderr,
+    )
     for doc_id, reason in rep.bad[:20]:
         print(f"  bad document {doc_id}: {reason}", file=sys.stderr)
     if len(rep.bad) > 20:

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Corpus-encoding wall time of `univl-fast index` (issue 14), before / after the native image
+# tower: the same ViT-B-32 engine (random weights, bench/bench_encode.py's cached one) and the
+# same synthetic corpus, once with the ONNX Runtime int8 image graph (UNIVL_FAST_NATIVE_IMAGE=0:
+# what indexing ran before) and once as `auto` picks (the line says which image tower ran).
+#
+#   bash bench/index_encode_time.sh [SCALE]     # SCALE: small (default, ~3 min) | medium | paper
+#
+# Scales (corpus images + text documents): small 1,500 + 3,000; medium 15,000 + 30,000
+# (~25-30 min for both runs at ~50 images/s); paper 389,750 + 787,697 (hours). Both modalities
+# grow ~260x from small to paper, so paper time ~= 260 x the small figure (same engine).
+# Run on an idle machine; the figures are the "corpus encoding" lines.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SCALE="${1:-small}"
+PY=.venv/bin/python
+WORK=runs/bench/index_encode
+DATA="$WORK/data_$SCALE"
+mkdir -p "$WORK"
+if [ ! -f "$DATA/synth_config.json" ]; then
+  $PY -m univl_fast.cli synth --out "$DATA" --scale "$SCALE" --seed 0 >/dev/null
+fi
+ENGINE=$($PY -c "import sys; sys.path.insert(0, 'bench'); from bench_encode import ensure_engine; print(ensure_engine('ViT-B-32')[1])")
+echo "scale $SCALE, engine $ENGINE, load $(cut -d' ' -f1-3 /proc/loadavg)"
+for run in before after; do
+  rm -rf "$WORK/index_$run"
+  if [ "$run" = before ]; then export UNIVL_FAST_NATIVE_IMAGE=0; else unset UNIVL_FAST_NATIVE_IMAGE; fi
+  /usr/bin/time -f "$run: index wall %e s, peak RSS %M KB" \
+    $PY -m univl_fast.cli index --engine "$ENGINE" --data "$DATA" --out "$WORK/index_$run" --quiet \
+    2>&1 | grep -E "corpus encoding|documents encoded|index wall" | sed "s/^/$run: /"
+done
+echo "load after $(cut -d' ' -f1-3 /proc/loadavg)"
