@@ -176,6 +176,7 @@ def test_export_records_speed_against_the_int8_graph(tiny_engine, native_path, p
     """The exporter times native vs the int8 image graph and records why auto passes over a
     native tower that was not faster by the margin."""
     from univl_fast.export import native_image
+    from univl_fast.export.build import summarize
     from univl_fast.runtime.selection import NATIVE_IMAGE_MARGIN
 
     native = load_manifest(tiny_engine)["native"]
@@ -186,6 +187,10 @@ def test_export_records_speed_against_the_int8_graph(tiny_engine, native_path, p
     assert ("image_reason" in native) == slower, native
     if slower:
         assert native["image_reason"].startswith("not picked by auto: measured at export")
+    line = summarize(load_manifest(tiny_engine)).splitlines()[-1]
+    assert line.startswith("image speed: native int8 ") and line.endswith(
+        "auto runs onnxruntime" if slower else "auto runs native"
+    ), line
     none = native_image.measure_speed(native_path.read_bytes(), None, pixels)
     assert not none["measured"] and none["reason"] == "no int8 image graph to compare with"
 

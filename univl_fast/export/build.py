@@ -453,6 +453,14 @@ def summarize(manifest: dict[str, Any]) -> str:
                 )
             else:
                 lines.append(f"{part:8s} {key:14s} {p['reason']}")  # not measured / no output
+    speed = manifest.get("native", {}).get("image_speed")
+    if speed and speed.get("measured"):
+        slower = selection.native_image_speed_problem(manifest)
+        lines.append(
+            f"image speed: native int8 {speed['native_images_per_s']:.1f} vs ONNX Runtime int8 "
+            f"{speed['onnxruntime_images_per_s']:.1f} images/s (batch {speed['batch']}, "
+            f"{speed['threads']} threads): auto runs {'onnxruntime' if slower else 'native'}"
+        )
     return "\n".join(lines)
 
 
