@@ -6,7 +6,8 @@
 #
 #   bash bench/index_encode_time.sh [SCALE]     # SCALE: small (default, ~3 min) | medium | paper
 #
-# Scales (corpus images + text documents): small 1,500 + 3,000; medium 15,000 + 30,000
+# Scales (corpus images + text documents): tiny 150 + 250 (a smoke test); small 1,500 + 3,000
+# (~3 min on an idle box, +3 min when the engine is exported first); medium 15,000 + 30,000
 # (~25-30 min for both runs at ~50 images/s); paper 389,750 + 787,697 (hours). Both modalities
 # grow ~260x from small to paper, so paper time ~= 260 x the small figure (same engine).
 # Run on an idle machine; the figures are the "corpus encoding" lines.
@@ -18,15 +19,19 @@ WORK=runs/bench/index_encode
 DATA="$WORK/data_$SCALE"
 mkdir -p "$WORK"
 if [ ! -f "$DATA/synth_config.json" ]; then
-  $PY -m univl_fast.cli synth --out "$DATA" --scale "$SCALE" --seed 0 >/dev/null
+  $PY -m univl_fast.cli synth --out "$DATA" --scale "$SCALE" --seed 0 >/dev/null 2>&1
 fi
-ENGINE=$($PY -c "import sys; sys.path.insert(0, 'bench'); from bench_encode import ensure_engine; print(ensure_engine('ViT-B-32')[1])")
+ENGINE=$($PY -c "import sys; sys.path.insert(0, 'bench'); from bench_encode import ensure_engine; print(ensure_engine('ViT-B-32')[1])" | tail -n 1)
 echo "scale $SCALE, engine $ENGINE, load $(cut -d' ' -f1-3 /proc/loadavg)"
 for run in before after; do
   rm -rf "$WORK/index_$run"
   if [ "$run" = before ]; then export UNIVL_FAST_NATIVE_IMAGE=0; else unset UNIVL_FAST_NATIVE_IMAGE; fi
-  /usr/bin/time -f "$run: index wall %e s, peak RSS %M KB" \
-    $PY -m univl_fast.cli index --engine "$ENGINE" --data "$DATA" --out "$WORK/index_$run" --quiet \
-    2>&1 | grep -E "corpus encoding|documents encoded|index wall" | sed "s/^/$run: /"
+  log="$WORK/index_$run.log"
+  if ! /usr/bin/time -f "index wall %e s, peak RSS %M KB" -a -o "$log" \
+    $PY -m univl_fast.cli index --engine "$ENGINE" --data "$DATA" --out "$WORK/index_$run" \
+    --quiet >"$log" 2>&1; then
+    echo "$run: univl-fast index failed:" && tail -n 20 "$log" && exit 1
+  fi
+  grep -E "corpus encoding|documents encoded|index wall" "$log" | sed "s/^/$run: /"
 done
 echo "load after $(cut -d' ' -f1-3 /proc/loadavg)"
