@@ -8,7 +8,7 @@
 #
 # Scales (corpus images + text documents): tiny 150 + 250 (a smoke test); small 1,500 + 3,000
 # (~3 min on an idle box, +3 min when the engine is exported first); medium 15,000 + 30,000
-# (~25-30 min for both runs at ~50 images/s); paper 389,750 + 787,697 (hours). Both modalities
+# (~12-15 min for both runs at ~50 images/s); paper 389,750 + 787,697 (hours). Both modalities
 # grow ~260x from small to paper, so paper time ~= 260 x the small figure (same engine).
 # Run on an idle machine; the figures are the "corpus encoding" lines.
 set -euo pipefail
