@@ -19,7 +19,7 @@ from univl_fast.index import (
     save_index,
 )
 from univl_fast.index.factory import choose_nlist, choose_pq
-from univl_fast.index.tune import exact_search, tie_aware_recall
+from univl_fast.index.tune import FALLBACK_SOURCE, exact_search, tie_aware_recall
 from univl_fast.types import Hit
 
 
@@ -328,7 +328,7 @@ def test_unreachable_target_is_reported_not_hidden(caplog):
     t = idx.manifest["tuning"]
     assert t["target_met"] is False and t["recall_at_k"] < 0.999
     assert t["search_params"]["k_factor"] is None
-    assert idx.manifest["config"]["tune_queries_source"] == "perturbed-corpus-sample"
+    assert idx.manifest["config"]["tune_queries_source"] == FALLBACK_SOURCE
     assert "not reached" in caplog.text
 
 

@@ -65,7 +65,7 @@ def check_doc_ids(doc_ids: list[str], n: int) -> list[str]:
     return ids
 
 
-def _set_training_costs(index: faiss.Index, cfg: IndexConfig) -> None:
+def set_training_costs(index: faiss.Index, cfg: IndexConfig) -> None:
     """Cheaper OPQ / PQ training than faiss's defaults (see IndexConfig). Measured on this
     machine kind: faiss's default OPQ64 training on 512-d took > 10 min of 2 busy cores, most
     of it in 8-d k-means; with these settings it takes about a minute, and the exact
@@ -115,12 +115,13 @@ def train_index(
     nlist = int(parts.ivf.nlist) if parts.ivf is not None else 1
     if parts.ivf is not None:
         parts.ivf.cp.seed = cfg.seed
+        parts.ivf.cp.niter = int(cfg.kmeans_iterations)
         if nlist * factory_mod.MIN_POINTS_PER_CENTROID > n:
             raise ValueError(
                 f"factory {cfg.factory!r}: {nlist} lists need >= "
                 f"{nlist * factory_mod.MIN_POINTS_PER_CENTROID} training vectors, corpus has {n}"
             )
-    _set_training_costs(index, cfg)
+    set_training_costs(index, cfg)
     n_train = factory_mod.training_size(n, nlist, cfg.train_points_per_centroid)
     rows = np.sort(rng.choice(n, size=n_train, replace=False)) if n_train < n else None
     sample = np.ascontiguousarray(vectors[rows] if rows is not None else vectors[:])
@@ -147,6 +148,34 @@ def add_in_chunks(
     return time.perf_counter() - t0
 
 
+def split_queries(
+    vectors: np.ndarray, tune_queries: np.ndarray | None, cfg: IndexConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """(tune split, held-out split) of the tune queries (``cfg.held_out_fraction`` held out,
+    seeded); without queries, of ``tune.fallback_tune_queries`` (labelled in ``cfg``)."""
+    d = vectors.shape[1]
+    rng = np.random.default_rng(cfg.seed)
+    if tune_queries is None:
+        cfg.tune_queries_source = tune_mod.FALLBACK_SOURCE
+        queries = tune_mod.fallback_tune_queries(vectors, cfg.max_tune_queries, cfg.seed)
+    else:
+        cfg.tune_queries_source = "given"
+        queries = np.ascontiguousarray(tune_queries, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != d:
+            raise ValueError(f"tune_queries must be (m, {d}), got shape {queries.shape}")
+        if queries.shape[0] > cfg.max_tune_queries:
+            pick = np.sort(rng.choice(queries.shape[0], cfg.max_tune_queries, replace=False))
+            queries = queries[pick]
+    n_held = int(round(queries.shape[0] * cfg.held_out_fraction))
+    if n_held < 1 or n_held >= queries.shape[0]:
+        return queries, queries[:0]
+    order = rng.permutation(queries.shape[0])
+    return (
+        np.ascontiguousarray(queries[np.sort(order[n_held:])]),
+        np.ascontiguousarray(queries[np.sort(order[:n_held])]),
+    )
+
+
 def tune_and_describe(
     run_search: Callable[[np.ndarray, int, SearchParams], tuple[np.ndarray, np.ndarray]],
     index: faiss.Index,
@@ -167,43 +196,51 @@ def tune_and_describe(
     """
     n, d = vectors.shape
     k, target_recall = cfg.k, cfg.target_recall
-    rng = np.random.default_rng(cfg.seed)
+    aim = min(1.0, target_recall + cfg.margin)
     parts = parts_of(index)
     t0 = time.perf_counter()
-    if tune_queries is None:
-        cfg.tune_queries_source = "perturbed-corpus-sample"
-        queries = tune_mod.fallback_tune_queries(vectors, cfg.max_tune_queries, cfg.seed)
-    else:
-        cfg.tune_queries_source = "given"
-        queries = np.ascontiguousarray(tune_queries, dtype=np.float32)
-        if queries.ndim != 2 or queries.shape[1] != d:
-            raise ValueError(f"tune_queries must be (m, {d}), got shape {queries.shape}")
-        if queries.shape[0] > cfg.max_tune_queries:
-            pick = np.sort(rng.choice(queries.shape[0], cfg.max_tune_queries, replace=False))
-            queries = queries[pick]
+    queries, held = split_queries(vectors, tune_queries, cfg)
     mem = memory_figures(index)
-    if parts.ivf is None and parts.refine is None:
+    if parts.ivf is None and parts.refine is None and parts.hnsw is None:
         # exact (Flat or a non-IVF code): recall is measured, nothing to tune
         params = SearchParams()
         _, rows_ = run_search(queries, k, params)
         exact_scores, _ = tune_mod.exact_search(vectors, queries, k)
         recall = tune_mod.tie_aware_recall(vectors, queries, rows_, exact_scores, k)
-        tuning = tune_mod.TuneResult(params, recall, recall >= target_recall, len(queries), k)
+        tuning = tune_mod.TuneResult(params, recall, recall >= aim, len(queries), k)
     else:
         if progress:
-            log.info("tuning on %d queries for recall@%d >= %s", len(queries), k, target_recall)
+            log.info("tuning on %d queries for recall@%d >= %.4f", len(queries), k, aim)
         refine_code = (mem["refine_bytes"] // max(1, int(index.ntotal))) if parts.refine else 0
+        code = mem["code_bytes_per_vector"]
+        if parts.ivf is None:  # HNSW: code + graph links per node
+            code += mem.get("graph_bytes", 0) / max(1, int(index.ntotal))
         tuning = tune_mod.tune(
             run_search,
             vectors,
             queries,
             k,
-            target_recall,
+            aim,
             int(parts.ivf.nlist) if parts.ivf is not None else None,
             parts.refine is not None,
-            int(mem["code_bytes_per_vector"]),
+            code,
             int(refine_code),
+            hnsw=parts.hnsw is not None,
         )
+    held_recall = None
+    if held.shape[0]:
+        _, rows_h = run_search(held, k, tuning.params)
+        ex_h, _ = tune_mod.exact_search(vectors, held, k)
+        held_recall = tune_mod.tie_aware_recall(vectors, held, rows_h, ex_h, k)
+        if held_recall < target_recall:
+            log.warning(
+                "held-out recall@%d %.4f < target %s (tune split %.4f, %d held-out queries)",
+                k,
+                held_recall,
+                target_recall,
+                tuning.recall,
+                held.shape[0],
+            )
     seconds = {**seconds, "tune": time.perf_counter() - t0}
     counts = {name: int((codes == c).sum()) for c, name in enumerate(MODALITY_NAMES)}
     manifest: dict[str, Any] = {
@@ -215,7 +252,15 @@ def tune_and_describe(
         "modality_counts": counts,
         "nlist": int(parts.ivf.nlist) if parts.ivf is not None else None,
         "search_params": tuning.params.to_json(),
-        "tuning": {"target_recall": target_recall, **tuning.to_json()},
+        "tuning": {
+            "target_recall": target_recall,
+            "margin": cfg.margin,
+            "tuned_for": aim,
+            **tuning.to_json(),
+            "held_out_recall_at_k": held_recall,
+            "held_out_queries": int(held.shape[0]),
+            "queries_source": cfg.tune_queries_source,
+        },
         "memory": mem,
         "build_seconds": {name: round(v, 3) for name, v in seconds.items()},
         "faiss_version": faiss.__version__,
@@ -228,13 +273,16 @@ def tune_and_describe(
         manifest.update(bound)
     if progress:
         log.info(
-            "index %s: %d vectors, params %s, recall@%d %.4f vs exact (target %s)",
+            "index %s: %d vectors, params %s, recall@%d %.4f on the tune split, held-out "
+            "%s (target %s + margin %s)",
             cfg.factory,
             n,
             tuning.params,
             k,
             tuning.recall,
+            "n/a" if held_recall is None else f"{held_recall:.4f}",
             target_recall,
+            cfg.margin,
         )
     return manifest
 
@@ -286,38 +334,58 @@ def build_index(
     config: IndexConfig | None = None,
     device: str = "auto",
     encoder: Any = None,
+    max_memory: int | str | None = None,
+    allow_below_target: bool | None = None,
+    margin: float | None = None,
 ) -> Index:
     """Build, fill and tune an inner-product index.
 
     vectors: (n, d) float32 unit rows (a memory-mapped array works and is read in chunks).
     doc_ids: n unique strings; modalities: n of "text" | "image" (or (n,) uint8 codes).
-    factory: faiss index_factory string; None -> ``factory.default_factory(n, d)``.
-    tune_queries: (m, d) float32 held-out queries for tuning; None -> perturbed corpus sample.
+    factory: faiss index_factory string: built as given. None: exact ``Flat`` below
+    ``factory.FLAT_MAX_VECTORS`` rows when it fits ``max_memory``; otherwise the fastest
+    candidate (``univl_fast.index.candidates``) reaching ``target_recall`` + ``margin`` on the
+    tune split within ``max_memory`` bytes (int, or a size such as "4GB"; None: no limit),
+    measured as ``univl_fast.index.select`` describes; ``RecallTargetUnreachable`` when none
+    does (naming the cheapest that would), unless ``allow_below_target``.
+    tune_queries: (m, d) float32 queries; a share (``IndexConfig.held_out_fraction``) is held
+    out of tuning and its recall reported; None -> ``tune.fallback_tune_queries``.
     encoder: the ``univl_fast.runtime.Encoder`` that encoded ``vectors``: the manifest then
     records its embedding space, encoding (precision, backend, text runtime) and engine
     manifest sha256 (``univl_fast.index.binding``); ``engine_sha256`` alone binds the index
     to one engine manifest's bytes (the older binding).
     Returns an ``Index`` whose manifest records factory, tuned params, measured recall@k vs
-    exact, memory, build times and what binds it to its engine.
+    exact (tune and held-out splits), memory, build times, the measured frontier
+    (``"selection"``, when chosen by budget) and what binds it to its engine.
     ``univl_fast.scale.build`` builds the same index as N shards, filled in parallel.
     """
+    from univl_fast.index.select import parse_size
+
     t_start = time.perf_counter()
+    auto = factory is None
     vectors, ids, codes, cfg, bound = prepare_build(
-        vectors, doc_ids, modalities, factory, target_recall, k, seed, config, encoder
+        vectors, doc_ids, modalities, factory or "Flat", target_recall, k, seed, config, encoder
     )
-    n = vectors.shape[0]
+    if max_memory is not None:
+        cfg.max_memory = parse_size(max_memory)
+    if allow_below_target is not None:
+        cfg.allow_below_target = bool(allow_below_target)
+    if margin is not None:
+        if not 0.0 <= margin < 1.0:
+            raise ValueError(f"margin must be in [0, 1), got {margin}")
+        cfg.margin = float(margin)
+    n, d = vectors.shape
+    flat_fits = cfg.max_memory is None or n * d * 4 <= cfg.max_memory
+    if auto and not (n < factory_mod.FLAT_MAX_VECTORS and flat_fits):
+        return _build_selected(
+            vectors, ids, codes, cfg, tune_queries, engine_sha256, bound, progress, device, t_start
+        )
     index = new_index(cfg.factory, cfg.dim)
     train_s = train_index(index, vectors, cfg, progress)
     with _progress(n, "adding", progress) as bar:
         add_s = add_in_chunks(index, vectors, cfg.add_chunk, bar=bar)
-    parts = parts_of(index)
-
-    def run_search(q: np.ndarray, kk: int, p: SearchParams):
-        fp, _keep = faiss_search_parameters(parts, p, None)
-        return index.search(q, min(kk, n), params=fp)
-
     manifest = tune_and_describe(
-        run_search,
+        _runner(index),
         index,
         vectors,
         codes,
@@ -329,4 +397,133 @@ def build_index(
         bound,
     )
     manifest["build_seconds"]["total"] = round(time.perf_counter() - t_start, 3)
+    return Index(index, ids, codes, manifest, device=device)
+
+
+def _runner(index: faiss.Index):
+    parts = parts_of(index)
+    n = int(index.ntotal)
+
+    def run_search(q: np.ndarray, kk: int, p: SearchParams):
+        fp, _keep = faiss_search_parameters(parts, p, None)
+        return index.search(q, min(kk, n), params=fp)
+
+    return run_search
+
+
+def training_pool(vectors: np.ndarray, cfg: IndexConfig) -> np.ndarray:
+    """Seeded random rows for training, in random order: a candidate with nlist lists trains
+    on the first ``training_size(n, nlist)`` of them, so candidates sharing a coarse
+    structure train on the same points (``select.CoarseCache``)."""
+    from univl_fast.index.candidates import coarse_nlist
+
+    n = vectors.shape[0]
+    size = factory_mod.training_size(n, 2 * coarse_nlist(n), cfg.train_points_per_centroid)
+    rng = np.random.default_rng(cfg.seed)
+    rows = np.sort(rng.choice(n, size=size, replace=False)) if size < n else np.arange(n)
+    pool = np.asarray(vectors[rows], dtype=np.float32)
+    return np.ascontiguousarray(pool[rng.permutation(pool.shape[0])])
+
+
+def _build_selected(
+    vectors: np.ndarray,
+    ids: list[str],
+    codes: np.ndarray,
+    cfg: IndexConfig,
+    tune_queries: np.ndarray | None,
+    engine_sha256: str | None,
+    bound: dict[str, Any],
+    progress: bool,
+    device: str,
+    t_start: float,
+) -> Index:
+    """Measure the candidates, then fill and tune the winner at full size (select.py)."""
+    from univl_fast.index import select as select_mod
+    from univl_fast.index.params import RecallTargetUnreachable
+
+    n = vectors.shape[0]
+    queries, _held = split_queries(vectors, tune_queries, cfg)
+    pool = training_pool(vectors, cfg)
+    t0 = time.perf_counter()
+    sel = select_mod.select(vectors, queries, cfg, pool)
+    select_s = time.perf_counter() - t0
+    tried: list[str] = []
+    for m in sel.ranked:
+        factory = m.candidate.factory
+        cfg.factory = factory
+        t1 = time.perf_counter()
+        if factory in sel.indexes:  # the selection sample was the whole corpus
+            index, add_s = sel.indexes[factory], 0.0
+        else:
+            index = faiss.deserialize_index(np.frombuffer(m.trained, dtype=np.uint8))
+            with _progress(n, f"adding ({factory})", progress) as bar:
+                add_s = add_in_chunks(index, vectors, cfg.add_chunk, bar=bar)
+        size = select_mod.serialized_bytes(index)
+        if cfg.max_memory is not None and size > cfg.max_memory:
+            tried.append(f"{factory}: {size:,} bytes at full size > budget")
+            log.warning("%s measures %d bytes at full size, over the budget: next", factory, size)
+            continue
+        manifest = tune_and_describe(
+            _runner(index),
+            index,
+            vectors,
+            codes,
+            tune_queries,
+            cfg,
+            engine_sha256,
+            {"select": select_s, "add": add_s},
+            progress,
+            bound,
+        )
+        met = manifest["tuning"]["target_met"]
+        if not met and not cfg.allow_below_target:
+            tried.append(f"{factory}: recall {manifest['tuning']['recall_at_k']:.4f} at full size")
+            log.warning("%s misses the target at full size: trying the next candidate", factory)
+            continue
+        break
+    else:
+        raise RecallTargetUnreachable(
+            f"no candidate reaching recall@{cfg.k} >= {cfg.target_recall + cfg.margin:.4f} on the "
+            f"selection sample held it at full size within the budget: {'; '.join(tried)}",
+            None,
+            sel.frontier_json(),
+        )
+    p = SearchParams.from_json(manifest["search_params"])
+    held = split_queries(vectors, tune_queries, cfg)[1]
+    single, batch = select_mod.time_search(_runner(index), held if held.size else queries, cfg.k, p)
+    chosen = {
+        "factory": cfg.factory,
+        "search_params": manifest["search_params"],
+        "recall_at_k": manifest["tuning"]["recall_at_k"],
+        "held_out_recall_at_k": manifest["tuning"]["held_out_recall_at_k"],
+        "single_query_qps": round(single, 1),
+        "batch64_qps": round(batch, 1),
+        "bytes": size,
+        "seconds": round(time.perf_counter() - t1, 2),
+    }
+    manifest["selection"] = {
+        "target_recall": cfg.target_recall,
+        "margin": cfg.margin,
+        "max_memory": cfg.max_memory,
+        "sample_rows": sel.sample_rows,
+        "frontier": sel.frontier_json(),
+        "chosen": chosen,
+        "why": sel.reason,
+        "passed_over_at_full_size": tried,
+    }
+    manifest["build_seconds"]["total"] = round(time.perf_counter() - t_start, 3)
+    log.log(
+        logging.INFO if progress else logging.DEBUG,
+        "chosen point on the frontier: %s %s recall@%d %.4f (held-out %s), %.0f q/s single, "
+        "%.0f q/s batch-64, %d bytes; %s",
+        cfg.factory,
+        p,
+        cfg.k,
+        chosen["recall_at_k"],
+        chosen["held_out_recall_at_k"],
+        single,
+        batch,
+        size,
+        sel.reason,
+    )
     return Index(index, ids, codes, manifest, device=device)

@@ -10,18 +10,46 @@ import time
 from pathlib import Path
 
 
+def memory_size(text: str) -> int:
+    """argparse type for --max-memory: '4GB' -> bytes, a clear error otherwise."""
+    from univl_fast.index.select import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", required=True, help="engine dir (python -m univl_fast.export)")
     parser.add_argument("--data", required=True, help="dataset dir (UniVL-DR layout)")
     parser.add_argument("--out", required=True, help="index dir to write")
     parser.add_argument(
-        "--factory", default=None, help="faiss factory string (default: chosen by corpus size)"
+        "--factory",
+        default=None,
+        help="faiss factory string, built as given (default: the fastest candidate meeting "
+        "--target-recall within --max-memory; exact Flat below 100k vectors)",
     )
     parser.add_argument(
         "--target-recall",
         type=float,
         default=0.95,
-        help="tune to this recall@k against exact search (default 0.95)",
+        help="tune to this recall@k against exact search (default 0.95; a margin is added on "
+        "the tune split, held-out recall is reported)",
+    )
+    parser.add_argument(
+        "--max-memory",
+        type=memory_size,
+        default=None,
+        metavar="SIZE",
+        help="memory budget of the index: codes + re-ranking store + coarse structures, "
+        "e.g. 4GB, 512MiB (default: no limit)",
+    )
+    parser.add_argument(
+        "--allow-below-target",
+        action="store_true",
+        help="when nothing within --max-memory reaches --target-recall, keep the best one "
+        "(logged as a warning) instead of failing",
     )
     parser.add_argument("-k", type=int, default=10, help="k of the tuning recall@k (default 10)")
     parser.add_argument(
@@ -125,10 +153,15 @@ def run(args: argparse.Namespace) -> int:
         return 1
     tune_q = encode_tune_queries(encoder, dataset, seed=args.seed)
     if tune_q is None:
-        print("no dev/train queries: tuning on perturbed corpus vectors", file=sys.stderr)
+        print(
+            "no dev/train queries: tuning on fallback queries (corpus rows mixed with other rows + noise, index/tune.py)",
+            file=sys.stderr,
+        )
     build_args = {
         "factory": args.factory,
         "target_recall": args.target_recall,
+        "max_memory": args.max_memory,
+        "allow_below_target": args.allow_below_target,
         "tune_queries": tune_q,
         "k": args.k,
         "encoder": encoder,
@@ -143,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
         "bad_documents": len(rep.bad),
         "bad_examples": [list(b) for b in rep.bad[:100]],
         "counts": rep.counts,
-        "tune_queries": "dev+train queries" if tune_q is not None else "perturbed corpus sample",
+        "tune_queries": "dev+train queries" if tune_q is not None else "fallback (index/tune.py)",
     }
     if args.ray is not None or args.shards > 1:
         from univl_fast.scale.cli import build_scaled
@@ -158,6 +191,16 @@ def run(args: argparse.Namespace) -> int:
     if not args.keep_work:
         shutil.rmtree(out / ".work", ignore_errors=True)
     t = index.manifest["tuning"]
+    chosen = index.manifest.get("selection", {}).get("chosen")
+    if chosen:
+        print(
+            f"chosen point on the frontier: {chosen['factory']} {chosen['search_params']}: "
+            f"recall@{t['k']} {chosen['recall_at_k']:.4f} (held-out "
+            f"{chosen['held_out_recall_at_k']}), {chosen['single_query_qps']:.0f} q/s single, "
+            f"{chosen['batch64_qps']:.0f} q/s batch-64, {chosen['bytes']:,} bytes; "
+            f"{index.manifest['selection']['why']}",
+            file=sys.stderr,
+        )
     print(
         f"wrote {out}: {index.ntotal} vectors, {index.manifest['factory']}, params "
         f"{index.manifest['search_params']}, recall@{t['k']} {t['recall_at_k']:.4f} vs exact, "

@@ -20,6 +20,11 @@ class IndexParts:
     refine: faiss.Index | None  # re-ranking store of an IndexRefine, else None
     ivf: faiss.IndexIVF | None  # the IVF inside base (through OPQ pre-transforms), else None
     default_k_factor: float  # the index's own k_factor (refine only)
+    hnsw: faiss.IndexHNSW | None = None  # the HNSW graph searched: base itself, or IVF quantizer
+
+    @property
+    def hnsw_is_quantizer(self) -> bool:
+        return self.hnsw is not None and self.ivf is not None
 
     @property
     def is_flat(self) -> bool:
@@ -39,7 +44,13 @@ def parts_of(index: faiss.Index) -> IndexParts:
         ivf = faiss.extract_index_ivf(base)
     except RuntimeError:
         ivf = None
-    return IndexParts(top=top, base=base, refine=refine, ivf=ivf, default_k_factor=k_factor)
+    inner = faiss.downcast_index(ivf.quantizer) if ivf is not None else base
+    if isinstance(inner, faiss.IndexPreTransform):
+        inner = faiss.downcast_index(inner.index)
+    hnsw = inner if isinstance(inner, faiss.IndexHNSW) else None
+    return IndexParts(
+        top=top, base=base, refine=refine, ivf=ivf, default_k_factor=k_factor, hnsw=hnsw
+    )
 
 
 def default_search_params(parts: IndexParts) -> SearchParams:
@@ -47,7 +58,16 @@ def default_search_params(parts: IndexParts) -> SearchParams:
     return SearchParams(
         nprobe=int(parts.ivf.nprobe) if parts.ivf is not None else None,
         k_factor=int(parts.default_k_factor) if parts.refine is not None else None,
+        ef_search=int(parts.hnsw.hnsw.efSearch) if parts.hnsw is not None else None,
     )
+
+
+def quantizer_ef(params: SearchParams, parts: IndexParts) -> int:
+    """efSearch for an IVF's HNSW quantizer: the given value, else 2 * nprobe (>= 16)."""
+    if params.ef_search is not None:
+        return int(params.ef_search)
+    nprobe = int(params.nprobe if params.nprobe is not None else parts.ivf.nprobe)
+    return max(16, 2 * nprobe)
 
 
 def faiss_search_parameters(
@@ -59,6 +79,18 @@ def faiss_search_parameters(
     if parts.ivf is not None:
         base = faiss.SearchParametersIVF()
         base.nprobe = int(params.nprobe if params.nprobe is not None else parts.ivf.nprobe)
+        if sel is not None:
+            base.sel = sel
+        if parts.hnsw is not None:
+            qp = faiss.SearchParametersHNSW()
+            qp.efSearch = quantizer_ef(params, parts)
+            base.quantizer_params = qp
+            keep.append(qp)
+    elif parts.hnsw is not None:
+        base = faiss.SearchParametersHNSW()
+        base.efSearch = int(
+            params.ef_search if params.ef_search is not None else parts.hnsw.hnsw.efSearch
+        )
         if sel is not None:
             base.sel = sel
     elif sel is not None:
@@ -110,6 +142,33 @@ def memory_figures(index: faiss.Index) -> dict[str, Any]:
     else:
         codes = n * _code_size(parts.base)
         out.update(codes_bytes=codes, code_bytes_per_vector=_code_size(parts.base))
+    if parts.hnsw is not None and parts.ivf is None:
+        graph = _serialized_bytes(parts.hnsw) - codes
+        out.update(graph_bytes=graph, coarse_and_transform_bytes=graph)
+    elif parts.hnsw is not None:  # IVF with an HNSW quantizer: centroids + graph links
+        out["coarse_and_transform_bytes"] += (
+            _serialized_bytes(parts.hnsw) - int(parts.ivf.nlist) * int(parts.ivf.d) * 4
+        )
     out["codes_fraction_of_flat"] = (codes / flat) if flat else 0.0
     out["refine_bytes"] = n * _code_size(parts.refine) if parts.refine is not None else 0
+    out["serialized_bytes"] = _serialized_bytes(parts.top)
+    out["codes_and_coarse_fraction_of_flat"] = (
+        (codes + out.get("coarse_and_transform_bytes", 0)) / flat if flat else 0.0
+    )
     return out
+
+
+def _serialized_bytes(index: faiss.Index) -> int:
+    """What faiss writes for ``index`` (the measured size of every structure it holds),
+    counted as it streams out rather than held in memory."""
+    total = 0
+
+    def count(chunk: bytes) -> int:
+        nonlocal total
+        total += len(chunk)
+        return len(chunk)
+
+    writer = faiss.PyCallbackIOWriter(count)
+    faiss.write_index(index, writer)
+    del writer
+    return total

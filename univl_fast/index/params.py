@@ -25,12 +25,25 @@ class EngineMismatchError(IndexError_):
     """An index is loaded with an engine other than the one its vectors came from."""
 
 
+class RecallTargetUnreachable(UnivlFastError, RuntimeError):
+    """No index configuration within the memory budget reaches the recall target.
+
+    ``cheapest`` is the smallest configuration measured that does reach it (a dict with its
+    factory, params, recall and bytes; None when none does), ``frontier`` every measurement."""
+
+    def __init__(self, message: str, cheapest: dict | None, frontier: list[dict]):
+        super().__init__(message)
+        self.cheapest = cheapest
+        self.frontier = frontier
+
+
 @dataclass(frozen=True)
 class SearchParams:
     """Per-call search knobs; ``None`` means "the tuned value from the manifest"."""
 
     nprobe: int | None = None  # IVF lists scanned per query (ignored by non-IVF indexes)
     k_factor: int | None = None  # re-ranking pool = k_factor * k candidates (refine indexes)
+    ef_search: int | None = None  # HNSW search depth (HNSW index, or an IVF's HNSW quantizer)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -46,6 +59,7 @@ class SearchParams:
         return SearchParams(
             nprobe=self.nprobe if self.nprobe is not None else default.nprobe,
             k_factor=self.k_factor if self.k_factor is not None else default.k_factor,
+            ef_search=self.ef_search if self.ef_search is not None else default.ef_search,
         )
 
 
@@ -61,13 +75,21 @@ class IndexConfig:
     train_points_per_centroid: int = 40  # faiss guidance: 39..256
     # training cost knobs (faiss defaults in brackets); PQ k-means in 8-d runs far below peak
     # FLOP/s, so on 2 cores these dominate the build: see build.py
+    kmeans_iterations: int = 10  # coarse k-means iterations [faiss Clustering: 25]
     opq_iterations: int = 10  # OPQ alternations [50]
     opq_train_points: int = 16_384  # OPQ sample: 64 per PQ centroid [65,536]
     pq_kmeans_iterations: int = 15  # PQ codebook k-means iterations [25]
     pq_points_per_centroid: int = 128  # PQ codebook sample per centroid [256]
     add_chunk: int = 65_536  # vectors per add() call (progress granularity)
     max_tune_queries: int = 1000  # tune queries beyond this are subsampled
-    tune_queries_source: str = "given"  # "given" | "perturbed-corpus-sample" (see tune.py)
+    tune_queries_source: str = "given"  # "given" | tune.FALLBACK_SOURCE
+    # budget-driven choice (univl_fast.index.select): used when no factory is given
+    margin: float = 0.005  # tune to target_recall + margin on the tune split
+    held_out_fraction: float = 0.2  # share of the tune queries kept out of tuning, reported
+    max_memory: int | None = None  # bytes: codes + re-ranking store + coarse structures
+    allow_below_target: bool = False  # keep the best instead of raising (logged loudly)
+    selection_sample: int = 131_072  # candidates are compared on this many corpus rows
+    candidates: list[str] | None = None  # factory strings to compare (None: candidates.py)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

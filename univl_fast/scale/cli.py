@@ -24,6 +24,13 @@ def build_scaled(
     (--ray with --shards 1: one shard per actor)."""
     if args.shards < 1:
         raise ValueError(f"--shards must be >= 1, got {args.shards}")
+    build_args = dict(build_args)
+    build_args.pop("allow_below_target", None)
+    if build_args.pop("max_memory", None) is not None:
+        raise ValueError(
+            "--max-memory (a budget-chosen index) is not supported with --ray / --shards: "
+            "choose the index without them, then pass its --factory"
+        )
     fill = None
     if args.ray is not None:
         from univl_fast.scale.ray_build import make_fill_ray
