@@ -1,9 +1,20 @@
-"""Index benchmark at the paper's corpus size (issue 5, index half).
+"""Index benchmark at the paper's corpus size (issues 5 and 13).
 
     BENCH_INDEX_N=1177447 .venv/bin/python -m pytest bench/bench_index.py -q -s \
         -p no:cacheprovider --benchmark-columns=min,median,mean,rounds
 
-Synthetic corpus (``synthetic_corpus``): 1,177,447 x 512 float32 unit rows, 787,697 "text"
+Small-N mode (a check in a minute or two): BENCH_INDEX_N=30000 (below 100k vectors the builder
+would take exact Flat, so a budget just under Flat's bytes makes it compare the candidates).
+BENCH_INDEX_TARGET (default 0.955) is the recall target given to the builder (it tunes to
+target + margin on the tune split), BENCH_INDEX_MAX_MEMORY (e.g. 4GB) an optional budget.
+
+The index is chosen by ``build_index(factory=None, target_recall=TARGET)``: the frontier the
+builder measured (every candidate's recall, single-query / batch-64 q/s, bytes per vector, on
+its selection sample) is tabulated and drawn, with exact Flat (measured at N, same run) as
+the reference point and the chosen index measured at N on the benchmark queries, to
+``bench/results/index_frontier.png``.
+
+Synthetic corpus (``synthetic_corpus``, generator ``univl_fast.index.synth_corpus``): 1,177,447 x 512 float32 unit rows, 787,697 "text"
 rows then 389,750 "image" rows (the paper's Table 5 split), built to look like CLIP-style
 embeddings rather than uniform noise:
   * a shared mean direction (CLIP embeddings are anisotropic: random pairs have cosine ~0.2);
@@ -35,7 +46,8 @@ import faiss
 import numpy as np
 import pytest
 
-from univl_fast.index import build_index, default_factory, load_index, save_index
+from univl_fast.index import build_index, load_index, save_index
+from univl_fast.index.factory import FLAT_MAX_VECTORS
 from univl_fast.index.synth_corpus import Generator
 from univl_fast.index.tune import exact_search, tie_aware_recall
 
@@ -49,6 +61,9 @@ N_QUERIES = 1000  # recall / batched-throughput queries
 N_TUNE = 1000
 N_SINGLE_FLAT = 8  # single-query rounds for exact Flat (~0.1-1 s each at 1.2M)
 N_SINGLE_TUNED = 300
+TARGET = float(os.environ.get("BENCH_INDEX_TARGET", "0.955"))
+MAX_MEMORY = os.environ.get("BENCH_INDEX_MAX_MEMORY")  # e.g. 4GB; default: no budget
+PNG = Path(__file__).resolve().parent / "results" / "index_frontier.png"
 BATCH = 64
 K = 10
 RESULTS = Path(__file__).resolve().parent / "results" / "index.md"
@@ -132,18 +147,20 @@ def corpus():
 
 @pytest.fixture(scope="module")
 def tuned(corpus):
-    path = ROOT / f"tuned_{N}x{D}"
+    path = ROOT / f"auto_{N}x{D}_t{TARGET}"
     if not (path / "manifest.json").exists():
         ids = [str(i) for i in range(N)]
         idx = build_index(
             corpus["vectors"],
             ids,
             corpus["modalities"],
-            # the default IVF-PQ for this size, also below the Flat threshold (small check runs)
-            factory=default_factory(N, D, flat_max=0),
+            factory=None,  # chosen by the budget: fastest candidate meeting the target
             tune_queries=corpus["tune_q"],
-            target_recall=0.95,
+            target_recall=TARGET,
             k=K,
+            # below FLAT_MAX_VECTORS (small check runs) Flat would be taken as is: a budget
+            # just under Flat's bytes makes the builder compare the candidates there too
+            max_memory=MAX_MEMORY or (N * D * 4 - 1 if N < FLAT_MAX_VECTORS else None),
         )
         save_index(idx, path)
         del idx
@@ -213,6 +230,9 @@ def test_recall(corpus, tuned):
     # recall vs nprobe / k_factor around the tuned point, and other re-ranking stores
     p = tuned.default_params
     grid = []
+    if p.nprobe is None or p.k_factor is None:  # not an IVF + re-ranking index: no grid
+        FIGURES["grid"] = grid
+        return
     for nprobe in sorted({max(1, p.nprobe // 2), p.nprobe, p.nprobe * 2}):
         for kf in sorted({max(1, p.k_factor // 2), p.k_factor, p.k_factor * 2}):
             from univl_fast.index import SearchParams
@@ -238,11 +258,13 @@ def test_recall(corpus, tuned):
 
 def test_refine_store_choice(corpus, tuned):
     """Same trained base, re-ranking from float32 / fp16 / int8 copies: recall vs memory."""
-    from univl_fast.index.introspect import parts_of
+    from univl_fast.index.introspect import faiss_search_parameters, parts_of
 
     parts = parts_of(tuned.faiss_index)
     q, v = corpus["bench_q"], corpus["vectors"]
     p = tuned.default_params
+    if parts.ivf is None or parts.refine is None:
+        pytest.skip(f"the chosen index {tuned.manifest['factory']} has no IVF + re-ranking")
     out = {}
     for name in ("Flat", "SQfp16", "SQ8"):
         store = faiss.index_factory(D, name, faiss.METRIC_INNER_PRODUCT)
@@ -254,8 +276,7 @@ def test_refine_store_choice(corpus, tuned):
         ref.own_fields = False
         sp = faiss.IndexRefineSearchParameters()
         sp.k_factor = float(p.k_factor)
-        bp = faiss.SearchParametersIVF()
-        bp.nprobe = int(p.nprobe)
+        bp, _keep = faiss_search_parameters(parts_of(parts.base), p, None)
         sp.base_index_params = bp
         _, rows = ref.search(q, K, params=sp)
         code = faiss.downcast_index(store).code_size
@@ -273,6 +294,87 @@ def _s(benchmark) -> dict:
 
 
 # ---------------------------------------------------------------------------- report
+def _frontier_lines(f: dict) -> list[str]:
+    """The measured frontier (manifest "selection") as a table, and the picture."""
+    sel = f.get("manifest", {}).get("selection")
+    if not sel:
+        return []
+    rows = [r for r in sel["frontier"] if "recall_at_k" in r]
+    chosen = sel["chosen"]["factory"]
+    lines = [
+        f"Candidates measured by the builder on {sel['sample_rows']:,} of {N:,} rows (the "
+        "selection sample, univl_fast/index/select.py), each tuned to "
+        f"{sel['target_recall']} + margin {sel['margin']} on the tune split; bytes are "
+        "measured (serialized size of the trained index + measured bytes per added row x N). "
+        f"Chosen: **{chosen}** ({sel['why']}).",
+        "",
+        "| candidate | params | recall@10 (tune) | single q/s | batch-64 q/s | bytes/vector "
+        "(codes+ids+store+graph) | re-rank store B/vector | total bytes at N | pareto | s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        params = {k: v for k, v in (r["search_params"] or {}).items() if v is not None}
+        mark = "**" if r["factory"] == chosen else ""
+        lines.append(
+            f"| {mark}{r['factory']}{mark} | {params} | {r['recall_at_k']:.4f} | "
+            f"{r['single_query_qps']:.0f} | {r['batch64_qps']:.0f} | {r['bytes_per_vector']:.1f} "
+            f"| {r['refine_bytes_per_vector']:.0f} | {r['bytes']:,} | "
+            f"{'yes' if r['pareto'] else ''} | {r['seconds']:.1f} |"
+        )
+    for r in sel["frontier"]:
+        if "skipped" in r:
+            lines.append(f"| {r['factory']} | skipped: {r['skipped']} | | | | | | | | |")
+    lines.append("")
+    try:
+        _draw_frontier(rows, chosen, f)
+        lines += [f"Picture: `bench/results/{PNG.name}`.", ""]
+    except ImportError as exc:  # matplotlib is in the [report] extra
+        lines += [f"(no picture: {exc})", ""]
+    return lines
+
+
+def _draw_frontier(rows: list[dict], chosen: str, f: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 6))
+    pts = [(r["single_query_qps"], r["recall_at_k"], r) for r in rows]
+    for qps, rec, r in pts:
+        color = "tab:red" if r["factory"] == chosen else "tab:blue"
+        ax.scatter(qps, rec, color=color, s=60 if r["factory"] == chosen else 30, zorder=3)
+        ax.annotate(r["factory"], (qps, rec), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    front = sorted((p for p in pts if p[2]["pareto"]), key=lambda p: p[0])
+    if front:
+        ax.plot([p[0] for p in front], [p[1] for p in front], "--", color="gray", label="Pareto")
+    flat_qps = _qps(f["flat_single"], 1)
+    ax.scatter(
+        flat_qps, 1.0, marker="s", color="black", label=f"exact Flat at N ({flat_qps:.1f} q/s)"
+    )
+    if "tuned_recall" in f:
+        ax.scatter(
+            _qps(f["tuned_single"], 1),
+            f["tuned_recall"]["recall_at_10"],
+            marker="*",
+            s=200,
+            color="tab:red",
+            label=f"chosen at N={N:,} (benchmark queries)",
+        )
+    ax.axhline(TARGET, color="tab:green", lw=0.8, label=f"target {TARGET}")
+    ax.set_xscale("log")
+    ax.set_xlabel("single-query queries/s (log; candidates on the selection sample)")
+    ax.set_ylabel("recall@10 vs exact")
+    ax.set_title(f"Index frontier, {N:,} x {D}")
+    ax.legend(fontsize=8, loc="lower left")
+    ax.grid(True, which="both", alpha=0.3)
+    PNG.parent.mkdir(parents=True, exist_ok=True)
+    out = PNG if N == 1_177_447 else PNG.with_name(f"index_frontier_n{N}.png")
+    fig.savefig(out, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    print(f"wrote {out}", file=sys.stderr)
+
+
 def _write_results():
     f = FIGURES
     if "tuned_single" not in f or "flat_single" not in f:
@@ -301,8 +403,11 @@ def _write_results():
         f"{N_QUERIES} benchmark queries near random corpus rows, disjoint from the "
         f"{N_TUNE} tune queries.",
         "",
-        f"Tuned index: `{m.get('factory')}`, tuned params {m.get('search_params')}, "
-        f"build {m.get('build_seconds')} s.",
+        f"Tuned index: `{m.get('factory')}` (chosen by the builder for target {TARGET}, "
+        f"budget {MAX_MEMORY or 'none'}), tuned params {m.get('search_params')}, "
+        f"build {m.get('build_seconds')} s; tune split recall@10 "
+        f"{m.get('tuning', {}).get('recall_at_k', float('nan')):.4f}, held-out split "
+        f"{m.get('tuning', {}).get('held_out_recall_at_k') or float('nan'):.4f}.",
         "",
         "| index | recall@10 vs exact | single-query q/s | batch-64 q/s |",
         "|---|---|---|---|",
@@ -326,7 +431,13 @@ def _write_results():
         f"| exact Flat float32 | {mem.get('flat_float32_bytes', 0):,} | {4 * D} | 1 |",
         f"| compressed codes + ids (IVF lists) | {mem.get('codes_bytes', 0):,} | "
         f"{mem.get('code_bytes_per_vector')} | {mem.get('codes_fraction_of_flat', 0):.4f} |",
-        f"| coarse centroids + OPQ + PQ tables | {mem.get('coarse_and_transform_bytes', 0):,} | | |",
+        f"| coarse centroids + OPQ + PQ tables + graphs | "
+        f"{mem.get('coarse_and_transform_bytes', 0):,} | | "
+        f"{mem.get('coarse_and_transform_bytes', 0) / max(mem.get('flat_float32_bytes', 1), 1):.4f} |",
+        f"| codes + coarse (target <= 0.05 of Flat) | | | "
+        f"**{mem.get('codes_and_coarse_fraction_of_flat', 0):.4f}** |",
+        f"| serialized index (everything) | {mem.get('serialized_bytes', 0):,} | | "
+        f"{mem.get('serialized_bytes', 0) / max(mem.get('flat_float32_bytes', 1), 1):.3f} |",
         f"| re-ranking store (reported separately) | {mem.get('refine_bytes', 0):,} | "
         f"{mem.get('refine_bytes', 0) // max(N, 1)} | "
         f"{mem.get('refine_bytes', 0) / max(mem.get('flat_float32_bytes', 1), 1):.3f} |",
@@ -353,6 +464,7 @@ def _write_results():
             for k, v in f["refine_stores"].items()
         ]
         lines.append("")
+    lines += _frontier_lines(f)
     lines += [
         "Tuning trials (tune queries):",
         "",
@@ -378,10 +490,10 @@ REAL_DATA = os.environ.get("BENCH_INDEX_REAL_DATA")
     reason="set BENCH_INDEX_REAL_ENGINE (engine dir) and BENCH_INDEX_REAL_DATA (dataset dir)",
 )
 def test_real_embeddings():
-    """Recall of the default IVF-PQ index (forced: flat_max=0) on a trained model's embeddings
-    of a synthetic dataset, against exact search, on the held-out test queries."""
+    """Recall of the budget-chosen index (Flat counted as over budget, so the candidates are
+    compared) on a trained model's embeddings of a synthetic dataset, against exact search,
+    on the held-out test queries."""
     from univl_fast.data import DatasetDir
-    from univl_fast.index import default_factory
     from univl_fast.index.corpus import encode_corpus, encode_tune_queries
     from univl_fast.runtime import Encoder
 
@@ -393,16 +505,18 @@ def test_real_embeddings():
     enc_s = time.perf_counter() - t0
     v = corpus.vectors
     n, d = v.shape
-    factory = default_factory(n, d, flat_max=0)
     tune_q = encode_tune_queries(enc, ds)
     idx = build_index(
         v,
         corpus.doc_ids,
         corpus.modalities,
-        factory=factory,
+        factory=None,  # the same budget-driven choice as the synthetic corpus's
+        target_recall=TARGET,
         tune_queries=tune_q,
         engine_sha256=enc.manifest_sha256,
+        max_memory=MAX_MEMORY or (n * d * 4 - 1 if n < FLAT_MAX_VECTORS else None),
     )
+    factory = idx.manifest["factory"]
     test_q = enc.encode_queries([q.text for q in ds.queries("test")])
     ex_s, _ = exact_search(v, test_q, K)
     _, rows = idx.search_arrays(test_q, K)

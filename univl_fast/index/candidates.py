@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 from univl_fast.index.factory import choose_nlist, choose_pq
 
-HNSW_MAX_VECTORS = 300_000
-SLOW_TRAIN_MAX_VECTORS = 300_000
+HNSW_MAX_VECTORS = 150_000
+SLOW_TRAIN_MAX_VECTORS = 150_000
 KMEANS_FLOP_BUDGET = 2.0e12  # multiply-adds x2 of one coarse k-means (~40 s on 2 cores)
 KMEANS_POINTS_PER_CENTROID = 40
 
