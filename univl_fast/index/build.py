@@ -15,7 +15,7 @@ from tqdm import tqdm
 from univl_fast.index import binding
 from univl_fast.index import factory as factory_mod
 from univl_fast.index import tune as tune_mod
-from univl_fast.index.introspect import faiss_search_parameters, memory_figures, parts_of
+from univl_fast.index.introspect import memory_figures, parts_of, searcher
 from univl_fast.index.params import IndexConfig, SearchParams
 from univl_fast.index.search import MODALITY_NAMES, Index, encode_modalities
 
@@ -385,7 +385,7 @@ def build_index(
     with _progress(n, "adding", progress) as bar:
         add_s = add_in_chunks(index, vectors, cfg.add_chunk, bar=bar)
     manifest = tune_and_describe(
-        _runner(index),
+        searcher(index),
         index,
         vectors,
         codes,
@@ -398,17 +398,6 @@ def build_index(
     )
     manifest["build_seconds"]["total"] = round(time.perf_counter() - t_start, 3)
     return Index(index, ids, codes, manifest, device=device)
-
-
-def _runner(index: faiss.Index):
-    parts = parts_of(index)
-    n = int(index.ntotal)
-
-    def run_search(q: np.ndarray, kk: int, p: SearchParams):
-        fp, _keep = faiss_search_parameters(parts, p, None)
-        return index.search(q, min(kk, n), params=fp)
-
-    return run_search
 
 
 def training_pool(vectors: np.ndarray, cfg: IndexConfig) -> np.ndarray:
@@ -464,7 +453,7 @@ def _build_selected(
             log.warning("%s measures %d bytes at full size, over the budget: next", factory, size)
             continue
         manifest = tune_and_describe(
-            _runner(index),
+            searcher(index),
             index,
             vectors,
             codes,
@@ -490,7 +479,9 @@ def _build_selected(
         )
     p = SearchParams.from_json(manifest["search_params"])
     held = split_queries(vectors, tune_queries, cfg)[1]
-    single, batch = select_mod.time_search(_runner(index), held if held.size else queries, cfg.k, p)
+    single, batch = select_mod.time_search(
+        searcher(index), held if held.size else queries, cfg.k, p
+    )
     chosen = {
         "factory": cfg.factory,
         "search_params": manifest["search_params"],

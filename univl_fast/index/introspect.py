@@ -108,6 +108,19 @@ def faiss_search_parameters(
     return top, keep
 
 
+def searcher(index: faiss.Index):
+    """run(queries, k, SearchParams) -> (scores, rows) over the whole of ``index`` (what
+    tuning and timing call)."""
+    parts = parts_of(index)
+    n = int(index.ntotal)
+
+    def run(q, k: int, p: SearchParams):
+        fp, _keep = faiss_search_parameters(parts, p, None)
+        return index.search(q, min(k, n), params=fp)
+
+    return run
+
+
 def _code_size(index: faiss.Index) -> int:
     idx = faiss.downcast_index(index)
     if hasattr(idx, "code_size"):

@@ -27,6 +27,7 @@ the choice are returned for the manifest.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ import numpy as np
 
 from univl_fast.index import tune as tune_mod
 from univl_fast.index.candidates import Candidate, candidates
-from univl_fast.index.introspect import faiss_search_parameters, parts_of
+from univl_fast.index.introspect import parts_of, searcher
 from univl_fast.index.params import IndexConfig, RecallTargetUnreachable, SearchParams
 
 log = logging.getLogger(__name__)
@@ -147,32 +148,25 @@ class Measured:
         }
 
 
-def run_search_fn(index: faiss.Index):
-    parts = parts_of(index)
-    n = int(index.ntotal)
-
-    def run(q: np.ndarray, k: int, p: SearchParams):
-        fp, _keep = faiss_search_parameters(parts, p, None)
-        return index.search(q, min(k, n), params=fp)
-
-    return run
-
-
 def time_search(run, queries: np.ndarray, k: int, p: SearchParams) -> tuple[float, float]:
-    """(single-query q/s over up to SINGLE_QUERY_TIMINGS queries, batch-64 q/s)."""
+    """(single-query q/s, batch-64 q/s): 1 / the median latency of up to
+    SINGLE_QUERY_TIMINGS one-query calls, and 64 / the fastest of up to 4 batch-64 calls
+    (medians and minima, so a busy machine's spikes do not reorder the candidates)."""
     single = queries[:SINGLE_QUERY_TIMINGS]
     run(single[:1], k, p)  # warm-up
-    t0 = time.perf_counter()
+    lat = []
     for i in range(single.shape[0]):
+        t0 = time.perf_counter()
         run(single[i : i + 1], k, p)
-    single_qps = single.shape[0] / max(time.perf_counter() - t0, 1e-9)
+        lat.append(time.perf_counter() - t0)
     reps = max(1, min(4, queries.shape[0] // BATCH))
     batch = np.ascontiguousarray(np.resize(queries, (max(BATCH, reps * BATCH), queries.shape[1])))
-    t0 = time.perf_counter()
+    best = math.inf
     for r in range(reps):
+        t0 = time.perf_counter()
         run(batch[r * BATCH : (r + 1) * BATCH], k, p)
-    batch_qps = reps * BATCH / max(time.perf_counter() - t0, 1e-9)
-    return single_qps, batch_qps
+        best = min(best, time.perf_counter() - t0)
+    return 1.0 / max(float(np.median(lat)), 1e-9), BATCH / max(best, 1e-9)
 
 
 def tune_index(
@@ -180,7 +174,7 @@ def tune_index(
 ) -> tune_mod.TuneResult:
     """Tune the knobs of a filled index (rows = ``vectors``) to ``target`` recall@k."""
     parts = parts_of(index)
-    run = run_search_fn(index)
+    run = searcher(index)
     if parts.ivf is None and parts.refine is None and parts.hnsw is None:
         _, rows = run(queries, k, SearchParams())
         exact, _ = tune_mod.exact_search(vectors, queries, k)
@@ -252,7 +246,7 @@ def measure(
     add_in_chunks(index, sample, cfg.add_chunk)
     per_vec = (serialized_bytes(index) - fixed) / sample.shape[0]
     tuned = tune_index(index, sample, queries, cfg.k, target)
-    single, batch = time_search(run_search_fn(index), queries, cfg.k, tuned.params)
+    single, batch = time_search(searcher(index), queries, cfg.k, tuned.params)
     parts = parts_of(index)
     m = Measured(
         cand,
