@@ -30,7 +30,7 @@ from univl_fast.index.params import SearchParams
 log = logging.getLogger(__name__)
 
 SCORE_TOLERANCE = 1e-5  # float32 rounding of a 512-d unit-vector inner product is ~1e-6
-K_FACTORS = (1, 2, 4, 8, 16, 32, 64)
+K_FACTORS = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # 4-bit fast-scan needs deep pools
 MAX_NPROBE = 2048  # also faiss-gpu's limit, so a tuned value is valid on both
 
 
