@@ -5,7 +5,9 @@ builds, fills and tunes an inner-product index; ``Index.search`` / ``search_arra
 ``save_index(index, dir)`` / ``load_index(dir, encoder=...)`` store it, bound to the
 embedding space of the encoder's model (``binding``); ``load_index`` also reads a sharded
 index dir (``univl_fast.scale.sharded``). See ``factory`` for the
-default index by corpus size and ``tune`` for how search parameters are chosen.
+default index by corpus size, ``select`` / ``candidates`` for the budget-driven choice
+(``build_index(..., target_recall=, max_memory=)``) and ``tune`` for how search parameters
+are chosen.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from univl_fast.index.params import (
     EngineMismatchError,
     IndexConfig,
     IndexFormatError,
+    RecallTargetUnreachable,
     SearchParams,
 )
 from univl_fast.index.search import Index
@@ -40,6 +43,7 @@ __all__ = [
     "SearchParams",
     "IndexFormatError",
     "EngineMismatchError",
+    "RecallTargetUnreachable",
     "default_factory",
     "gpu_count",
 ]
