@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -155,6 +156,21 @@ def _cost(primary: int, k_factor: int, k: int, per_step: float, refine: int) -> 
     return primary * per_step + k_factor * k * refine
 
 
+LATENCY_QUERIES = 32
+
+
+def _latency(search, queries: np.ndarray, k: int, params: SearchParams) -> float:
+    """Median single-query seconds of ``params`` over the first LATENCY_QUERIES queries: the
+    pairs reaching the target are compared by measured time (a deep re-ranking pool costs
+    more per byte than a fast-scan list, which a byte count misses)."""
+    times = []
+    for i in range(min(LATENCY_QUERIES, queries.shape[0])):
+        t0 = time.perf_counter()
+        search(queries[i : i + 1], k, params)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)) if times else 0.0
+
+
 def tune(
     search: Callable[[np.ndarray, int, SearchParams], tuple[np.ndarray, np.ndarray]],
     vectors: np.ndarray,
@@ -174,9 +190,10 @@ def tune(
     ``hnsw`` without ``nlist``), walked over ``probe_grid`` / ``EF_SEARCH_GRID``. For each
     k_factor (deepest first; just None without refine) find the smallest primary value
     reaching the target, walking up from the previous k_factor's answer (recall grows with
-    both), and stop once scanning alone costs more than the best pair so far; keep the pair
-    with the lowest estimated bytes touched per query (``_cost``). If no pair reaches the
-    target, the best recall measured wins (``target_met`` False, a warning logged).
+    both), and stop once scanning alone costs more than the best pair so far (``_cost``:
+    estimated bytes touched per query). Among the pairs that reach the target, the lowest
+    measured single-query latency wins (``_latency``). If no pair reaches it, the best recall
+    measured wins (``target_met`` False, a warning logged).
     """
     n = vectors.shape[0]
     exact_scores, _ = exact_search(vectors, queries, k)
@@ -238,7 +255,7 @@ def tune(
         if i == len(steps) or steps[i] * per_step >= best_cost:
             break  # shallower pools would need even more
     if reached:
-        _, primary, kf = min(reached)
+        _, primary, kf = min(reached, key=lambda r: _latency(search, queries, k, params_of(*r[1:])))
         return result((primary, kf), True)
     best = max(cache, key=lambda key: cache[key])
     log.warning(
