@@ -201,11 +201,16 @@ def machine_info() -> dict[str, str]:
 
 def _benchmark_summary(work: Path) -> str:
     parts = []
+    data_dirs = [work / "data"]
+    stats_json = work / "tables_stats.json"
+    if stats_json.is_file():  # a bench/tables_stats.py output dir: the run's data
+        st = json.loads(stats_json.read_text(encoding="utf-8"))
+        data_dirs.append(Path(st.get("work", "")) / f"data_{st.get('scale', 'small')}")
     cfg_path = next(
         (
             p
             for p in (
-                work / "data" / "synth_config.json",
+                *(d / "synth_config.json" for d in data_dirs),
                 *sorted(work.glob("data_*/synth_config.json")),
             )
             if p.is_file()
@@ -215,9 +220,7 @@ def _benchmark_summary(work: Path) -> str:
     if cfg_path is not None:
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
         flat = {k: v for k, v in cfg.items() if isinstance(v, (str, int, float, bool))}
-        parts.append(
-            f"<p>Built-in benchmark: <code>{html.escape(str(cfg_path.relative_to(work)))}</code></p>"
-        )
+        parts.append(f"<p>Built-in benchmark: <code>{html.escape(str(cfg_path))}</code></p>")
         parts.append(_table(["setting", "value"], [[k, str(v)] for k, v in flat.items()]))
     state = work / "state"
     if state.is_dir():
