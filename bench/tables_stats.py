@@ -519,7 +519,7 @@ def render_md(stats: dict, n_perm: int) -> str:
             f"`tables_seeds_figure4.png` (in `bench/results/`; `embeddings.png` in the stats dir): "
             f"seed {fig['seed']} checkpoints {', '.join(f'`{n}`' for n in fig['panels'])}; 30 test "
             "queries, 30 text docs, 30 image docs (sampling seed 0, the same items in every panel), "
-            "each model's 90 embeddings projected to 2-D with scikit-learn t-SNE (cosine metric, "
+            "each model's 90 embeddings projected to 2-D with scikit-learn t-SNE (exact, cosine metric, "
             "PCA init, perplexity 29.7, random state 0). Written by `univl-fast plot embeddings`.",
             "",
         ]
