@@ -260,7 +260,12 @@ def build_report(work: str | Path, out: str | Path | None = None, title: str | N
             sections.append(eval_table(rows))
     stats = _find_stats(work)
     if stats is not None:
-        sections.append(f'<p class="muted">From <code>{html.escape(str(stats))}</code></p>')
+        where = (
+            ""
+            if work in stats.parents
+            else " (recorded results of the repository, not made in this workdir)"
+        )
+        sections.append(f'<p class="muted">From <code>{html.escape(str(stats))}</code>{where}</p>')
         sections.append(markdown_to_html(stats.read_text(encoding="utf-8")))
     figures = sorted(p for p in work.glob("*.png") if p.name != FRONTIER)
     frontier = next(
