@@ -51,8 +51,8 @@ CSS = """
 body{font:15px/1.45 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 h1{font-size:1.6em}h2{margin-top:1.8em;border-bottom:1px solid #ddd}h3{margin-top:1.3em}
 table{border-collapse:collapse;margin:.8em 0;font-size:13px}
-th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}
-th:first-child,td:first-child{text-align:left}th{background:#f3f3f3}
+th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}td{white-space:nowrap}
+th:first-child,td:first-child{text-align:left;white-space:normal}th{background:#f3f3f3}
 code{background:#f5f5f5;padding:0 3px;font-size:90%}
 img{max-width:100%;border:1px solid #eee}figure{margin:1em 0}figcaption{color:#555}
 .muted{color:#666}
