@@ -4,7 +4,8 @@
 seed (the same items for every model); ``embed_items`` encodes them with one checkpoint;
 ``project_2d`` runs scikit-learn's t-SNE (``sklearn.manifold.TSNE``, cosine metric, PCA
 init, fixed random state) on one model's 3n vectors; ``draw_panels`` draws one panel per
-model (queries, texts, images marked distinctly) with matplotlib's Agg backend.
+model (queries, texts, images marked distinctly; queries answered by an image hollow) with
+matplotlib's Agg backend.
 
 Needs the ``[report]`` extra (matplotlib, scikit-learn) and, to encode, the ``[train]`` extra
 (torch); both are imported only inside the functions that use them.
@@ -174,8 +175,13 @@ def draw_panels(
     titles: Sequence[str],
     out: str | Path,
     dpi: int = 110,
+    query_answer: Sequence[str] | None = None,
 ) -> Path:
-    """One scatter panel per model (``points[i]``: (3n, 2)), saved as PNG to ``out``."""
+    """One scatter panel per model (``points[i]``: (3n, 2)), saved as PNG to ``out``.
+
+    ``query_answer``: the answer modality of each query (in the order of the query points);
+    given, queries answered by an image are drawn as hollow stars edged in the image colour,
+    the others as filled stars."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -189,25 +195,41 @@ def draw_panels(
     fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.4 * rows + 0.5), squeeze=False)
     for ax in axes.ravel()[n:]:
         ax.axis("off")
+    groups = []  # (mask, scatter style)
+    for kind in KINDS:
+        marker, colour, label = STYLE[kind]
+        sel = kinds == kind
+        style = {"marker": marker, "c": colour, "s": 26, "label": label, "linewidths": 0}
+        if kind != "query":
+            groups.append((sel, style))
+            continue
+        style["s"] = 50
+        if query_answer is None:
+            groups.append((sel, style))
+            continue
+        answer = np.asarray(query_answer)
+        if answer.size != sel.sum():
+            raise PlotInputError(f"plot: {answer.size} query answers for {sel.sum()} queries")
+        by_image = np.zeros_like(sel)
+        by_image[np.flatnonzero(sel)] = answer == "image"
+        hollow = {
+            "marker": marker,
+            "facecolors": "none",
+            "edgecolors": STYLE["image"][1],
+            "s": 50,
+            "linewidths": 1.1,
+            "label": "query (answer: image)",
+        }
+        groups.append((sel & ~by_image, {**style, "label": "query (answer: text)"}))
+        groups.append((by_image, hollow))
     for ax, pts, title in zip(axes.ravel(), points, titles, strict=False):
-        for kind in KINDS:
-            marker, colour, label = STYLE[kind]
-            sel = kinds == kind
-            ax.scatter(
-                pts[sel, 0],
-                pts[sel, 1],
-                marker=marker,
-                c=colour,
-                s=46 if kind == "query" else 26,
-                label=label,
-                alpha=0.85,
-                linewidths=0,
-            )
+        for sel, style in groups:
+            ax.scatter(pts[sel, 0], pts[sel, 1], alpha=0.85, **style)
         ax.set_title(title, fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
     handles, labels = axes.ravel()[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=3, frameon=False)
+    fig.legend(handles, labels, loc="lower center", ncol=len(groups), frameon=False)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -242,7 +264,7 @@ def plot_embeddings(
         log.info("plot: encoding %d items with %s (%s)", 3 * n, ck, title)
         points.append(project_2d(embed_items(ck, data, sample), seed=seed))
     kinds = sample.kinds()
-    png = draw_panels(points, kinds, titles, out)
+    png = draw_panels(points, kinds, titles, out, query_answer=sample.query_modality)
     meta = {
         "figure": str(png),
         "projection": "sklearn.manifold.TSNE(metric='cosine', init='pca', method='exact')",
