@@ -253,7 +253,7 @@ def fmt(mean: float | None, sd: float | None, scale: float = 100.0, digits: int 
 
 
 def fmt_p(p: float) -> str:
-    return f"{p:.4f}" if p >= 1e-4 else f"< 1e-4 ({p:.1e})"
+    return f"{p:.3f}" if p >= 1e-3 else "< 0.001"
 
 
 def verdict(paper_diff: float, diff: float, p: float, directional: bool) -> str:
