@@ -97,3 +97,19 @@ def test_report_renders_in_chromium(tmp_path, browser):  # noqa: F811
     assert "71.50 ± 1.10" in body and "75.00" in body  # stats cell; Image MRR@10 of the row
     headings = [h.text for h in browser.find_elements(By.TAG_NAME, "h2")]
     assert {"Figures", "Benchmark", "Machine"} <= set(headings)
+
+
+def test_report_is_torch_free(tmp_path):
+    from tests.test_torch_free import run_blocked
+
+    work = _workdir(tmp_path)
+    proc = run_blocked(
+        f"""
+        from univl_fast.cli import main
+        assert main(["report", "--workdir", {str(work)!r}]) == 0
+        bad = [m for m in sys.modules if m.split(".")[0] in ("torch", "open_clip")]
+        assert not bad, bad
+        """
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (work / "report.html").is_file()
