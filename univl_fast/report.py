@@ -247,6 +247,21 @@ def build_report(work: str | Path, out: str | Path | None = None, title: str | N
     work = Path(work).resolve()
     if not work.is_dir():
         raise ReportError(f"report: --workdir {work} is not a directory")
+    own = [
+        work / "results.json",
+        work / STATS_MD,
+        work / "stats" / STATS_MD,
+        work / "tables_stats.json",
+    ]
+    if not (
+        any(p.is_file() for p in own)
+        or any(work.glob("*.png"))
+        or (work / "data" / "synth_config.json").is_file()
+    ):
+        raise ReportError(
+            f"report: nothing to show in {work} (no results.json, {STATS_MD}, *.png or "
+            "data/synth_config.json)"
+        )
     sections: list[str] = []
     results = work / "results.json"
     if results.is_file():
@@ -290,11 +305,6 @@ def build_report(work: str | Path, out: str | Path | None = None, title: str | N
     if bench:
         sections.append("<h2>Benchmark</h2>")
         sections.append(bench)
-    if not sections:
-        raise ReportError(
-            f"report: nothing to show in {work} (no results.json, {STATS_MD}, *.png or "
-            "data/synth_config.json)"
-        )
     sections.append("<h2>Machine</h2>")
     sections.append(_table(["", ""], [[k, v] for k, v in machine_info().items()]))
     name = title or f"UniVL-DR results: {work.name}"
