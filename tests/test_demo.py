@@ -139,6 +139,14 @@ def test_demo_end_to_end_tiny(tmp_path, capsys):
     assert (shown["--index"] / "manifest.json").is_file() and (
         shown["--data"] / "imgs.tsv"
     ).is_file()
+    # the demo ends with the path of its HTML report (Figure 4 inlined)
+    page = Path(next(ln for ln in out.out.splitlines() if ln.startswith("report: ")).split()[1])
+    assert page == work / "report.html"
+    html_text = page.read_text()
+    assert html_text.count("data:image/png;base64,") >= 1 and "PyTorch stage 2" in html_text
+    fig = json.loads((work / "embeddings.json").read_text())
+    assert [p["title"] for p in fig["panels"]][0].startswith("In-batch")
+    assert len(fig["kinds"]) == 3 * demo.FIGURE_ITEMS
     results = json.loads((work / "results.json").read_text())
     assert len(results) == 4
     torch_row = results["PyTorch stage 2 (UniVL-DR), exact"]

@@ -106,6 +106,33 @@ def test_evaluate_embeddings_and_settings():
     assert res2["MRR@10"] == res["MRR@10"] and "text" not in res2
 
 
+def test_evaluate_embeddings_per_query_and_routing():
+    queries, qids, docs, doc_ids, mods, qrels = _corpus()
+    res = evaluate_embeddings(
+        queries, qids, docs, doc_ids, mods, qrels, by_modality=True, per_query=True
+    )
+    per = res["per_query"]
+    assert sorted(per) == sorted(qrels)  # q_extra has no qrels
+    assert per["qi1"]["MRR@10"] == pytest.approx(0.5) and per["qt0"]["MRR@10"] == 1.0
+    assert res["multi"]["per_query"] == per
+    assert res["image"]["per_query"]["qi1"]["MRR@10"] == 1.0  # rank 1 among the images only
+    assert sorted(res["text"]["per_query"]) == ["qt0", "qt1"]
+    for block in (res, res["text"], res["image"]):
+        for key in ("MRR@10", "NDCG@10", "Recall@20"):
+            vals = [v[key] for v in block["per_query"].values()]
+            assert np.mean(vals) == pytest.approx(block[key])
+    r = res["routing"]
+    sims = queries.astype(np.float64) @ docs.astype(np.float64).T
+    for i, q in enumerate(qids[:4]):
+        assert r["per_query"][q]["cos_text"] == pytest.approx(sims[i, :4].max(), abs=1e-5)
+        assert r["per_query"][q]["cos_image"] == pytest.approx(sims[i, 4:].max(), abs=1e-5)
+    assert r["mean_cos_nearest_text"] == pytest.approx(sims[:4, :4].max(axis=1).mean(), abs=1e-5)
+    # qi1 is nearest to a text doc: half the image-answerable queries are routed to images
+    assert r["image_queries_nearest_image"] == 0.5 and r["text_queries_nearest_text"] == 1.0
+    assert (r["image_queries"], r["text_queries"]) == (2, 2)
+    assert "routing" not in evaluate_embeddings(queries, qids, docs, doc_ids, mods, qrels)
+
+
 def test_evaluate_embeddings_equals_metrics_on_numpy_run():
     rng = np.random.default_rng(5)
     docs = _unit(rng, 300, 24)

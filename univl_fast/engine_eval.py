@@ -72,6 +72,7 @@ def evaluate_engine(
     by_modality: bool = False,
     batch_size: int = 64,
     depth: int = RUN_DEPTH,
+    per_query: bool = False,
 ) -> dict[str, Any]:
     """Metrics of ``engine`` (with its index) on ``queries`` (``data.Query`` list) against
     ``qrels``, the same way ``univl_fast.evaluation.evaluate_embeddings`` scores exact search.
@@ -79,7 +80,8 @@ def evaluate_engine(
     Returns the eval JSON dict (``univl_fast.metrics.KEYS``); with by_modality also the blocks
     ``text`` (text-answerable queries, text docs only), ``image`` (image-answerable queries,
     images only) and ``multi`` (all queries, joint index = the top-level numbers). A query's
-    modality is that of its positives (``evaluation.query_modalities``).
+    modality is that of its positives (``evaluation.query_modalities``). ``per_query``: each
+    block also holds ``per_query`` ({qid: {metric: value}}).
     """
     from univl_fast.evaluation import query_modalities
     from univl_fast.metrics import KEYS, evaluate
@@ -92,9 +94,9 @@ def evaluate_engine(
     qids = [q.qid for q in queries]
     vectors = encode_queries(engine, [q.text for q in queries], batch_size)
     joint = search_run(index, qids, vectors, depth=depth)
-    result: dict[str, Any] = dict(evaluate(joint, qrels, mod_map))
+    result: dict[str, Any] = dict(evaluate(joint, qrels, mod_map, per_query=per_query))
     if by_modality:
-        result["multi"] = {k: result[k] for k in KEYS}
+        result["multi"] = {k: result[k] for k in (*KEYS, "per_query") if k in result}
         qmod = query_modalities(qrels, mod_map)
         for modality in (TEXT, IMAGE):
             sub_qrels = {q: r for q, r in qrels.items() if qmod[q] == modality}
@@ -105,7 +107,7 @@ def evaluate_engine(
             run = search_run(
                 index, [qids[i] for i in picked], vectors[picked], modality=modality, depth=depth
             )
-            result[modality] = dict(evaluate(run, sub_qrels, mod_map))
+            result[modality] = dict(evaluate(run, sub_qrels, mod_map, per_query=per_query))
     return result
 
 
@@ -128,7 +130,12 @@ def run_engine_eval(args: argparse.Namespace) -> int:
         queries = ds.queries(args.split)
         qrels = ds.qrels(args.split)
         metrics = evaluate_engine(
-            engine, queries, qrels, by_modality=args.by_modality, batch_size=args.batch_size
+            engine,
+            queries,
+            qrels,
+            by_modality=args.by_modality,
+            batch_size=args.batch_size,
+            per_query=getattr(args, "per_query", False),
         )
     print(format_result(metrics, label=str(args.engine)))
     print(

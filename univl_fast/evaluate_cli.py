@@ -30,7 +30,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also report the paper's Text / Image / Multi settings",
     )
+    p.add_argument(
+        "--per-query",
+        action="store_true",
+        help="also write each query's metric values (per setting with --by-modality) and, "
+        "for a checkpoint, the modality routing of each query (nearest text vs image cosine)",
+    )
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--threads", type=int, help="torch threads (checkpoint path)")
     p.add_argument("--json", help="write the metrics as JSON here")
 
 

@@ -104,6 +104,7 @@ def evaluate_embeddings(
     qrels: Mapping[str, Mapping[str, int]],
     k: int = 100,
     by_modality: bool = False,
+    per_query: bool = False,
 ) -> dict:
     """Exact top-k over the corpus and the paper's metrics (``univl_fast.metrics`` keys).
 
@@ -112,7 +113,9 @@ def evaluate_embeddings(
     Only queries in ``qrels`` count (as in the paper; absent ones score 0). With
     ``by_modality`` the result also has blocks ``text`` (text-answerable queries against the
     text docs only), ``image`` (image-answerable queries against the images only) and
-    ``multi`` (all queries, joint corpus: the top-level numbers).
+    ``multi`` (all queries, joint corpus: the top-level numbers). With ``per_query`` every
+    block also has ``per_query`` ({qid: {metric: value}}) and the result has ``routing``
+    (``modality_routing``: where each query's nearest text and nearest image lie).
     """
     qids = [str(q) for q in qids]
     doc_ids = [str(d) for d in doc_ids]
@@ -134,20 +137,91 @@ def evaluate_embeddings(
     def block(rows_q: np.ndarray, doc_rows: np.ndarray | None, sub_qrels: Mapping) -> dict:
         q_ids = [qids[i] for i in rows_q]
         scores, rows = exact_topk(qv[rows_q], dv, k, doc_rows)
-        return evaluate(make_run(q_ids, doc_ids, scores, rows), sub_qrels, mod_map)
+        run = make_run(q_ids, doc_ids, scores, rows)
+        return evaluate(run, sub_qrels, mod_map, per_query=per_query)
 
     all_rows = np.array([i for i, q in enumerate(qids) if q in qrels], dtype=np.int64)
     result = block(all_rows, None, qrels)
     if by_modality:
         qmod = query_modalities(qrels, mod_map)
         mods_arr = np.asarray(mods)
-        result["multi"] = {k_: result[k_] for k_ in KEYS}
+        result["multi"] = {k_: result[k_] for k_ in (*KEYS, "per_query") if k_ in result}
         for m in (TEXT, IMAGE):
             sub = {q: r for q, r in qrels.items() if qmod[q] == m}
             rows_q = np.array([i for i, q in enumerate(qids) if q in sub], dtype=np.int64)
             doc_rows = np.flatnonzero(mods_arr == m)
             result[m] = block(rows_q, doc_rows, sub) if sub else dict.fromkeys(KEYS, 0.0)
+    if per_query:
+        result["routing"] = modality_routing(
+            qv[all_rows],
+            [qids[i] for i in all_rows],
+            dv,
+            mods,
+            query_modalities(qrels, mod_map),
+        )
     return result
+
+
+def _num(x: float) -> float | None:
+    """A float for JSON (NaN, e.g. no doc of a modality, becomes None)."""
+    return None if np.isnan(x) else float(x)
+
+
+def modality_routing(
+    query_vecs: np.ndarray,
+    qids: Sequence[str],
+    doc_vecs: np.ndarray,
+    doc_modalities: Sequence[str],
+    query_modality: Mapping[str, str],
+) -> dict:
+    """Where queries land between the two modalities (the numbers behind the paper's Figure 4).
+
+    For each query: the cosine (inner product of unit vectors) to its nearest text doc and to
+    its nearest image doc. ``query_modality``: {qid: "text" | "image" | ...}, the modality of
+    the query's answer (``query_modalities``). Returns ``mean_cos_nearest_text`` /
+    ``mean_cos_nearest_image`` (over all queries), ``image_queries_nearest_image`` (share of
+    image-answerable queries whose nearest doc overall is an image; None without such
+    queries), ``text_queries_nearest_text`` (the same for text-answerable queries and texts),
+    the query counts, and ``per_query`` ({qid: {"cos_text", "cos_image", "modality"}}).
+    """
+    qids = [str(q) for q in qids]
+    mods = np.asarray([str(m) for m in doc_modalities])
+    if len(mods) != len(doc_vecs):
+        raise ValueError(f"{len(mods)} doc modalities but {len(doc_vecs)} doc vectors")
+    if len(qids) != len(query_vecs):
+        raise ValueError(f"{len(qids)} qids but {len(query_vecs)} query vectors")
+    n = len(qids)
+    cos = {}
+    for m in (TEXT, IMAGE):
+        rows = np.flatnonzero(mods == m)
+        if rows.size == 0 or n == 0:
+            cos[m] = np.full(n, np.nan)
+            continue
+        scores, _ = exact_topk(query_vecs, doc_vecs, 1, rows)
+        cos[m] = scores[:, 0].astype(np.float64)
+    qmod = [query_modality.get(q, "unknown") for q in qids]
+    img_q = np.array([m == IMAGE for m in qmod], dtype=bool)
+    txt_q = np.array([m == TEXT for m in qmod], dtype=bool)
+    nearest_image = cos[IMAGE] > cos[TEXT]
+
+    def share(mask: np.ndarray, hit: np.ndarray) -> float | None:
+        return float(hit[mask].mean()) if mask.any() else None
+
+    def mean(x: np.ndarray) -> float | None:
+        return float(np.mean(x)) if n and not np.isnan(x).any() else None
+
+    return {
+        "mean_cos_nearest_text": mean(cos[TEXT]),
+        "mean_cos_nearest_image": mean(cos[IMAGE]),
+        "image_queries_nearest_image": share(img_q, nearest_image),
+        "text_queries_nearest_text": share(txt_q, ~nearest_image),
+        "image_queries": int(img_q.sum()),
+        "text_queries": int(txt_q.sum()),
+        "per_query": {
+            q: {"cos_text": _num(cos[TEXT][i]), "cos_image": _num(cos[IMAGE][i]), "modality": m}
+            for i, (q, m) in enumerate(zip(qids, qmod, strict=True))
+        },
+    }
 
 
 DEFAULT_TABLE_KEYS = ("MRR@10", "NDCG@10", "MRR@20", "NDCG@20", "Recall@20", "Recall@100")

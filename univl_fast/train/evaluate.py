@@ -26,10 +26,12 @@ def evaluate_checkpoint(
     batch_size: int = 64,
     progress: bool = True,
     k: int = 100,
+    per_query: bool = False,
 ) -> dict:
     """Metrics of ``model`` (a UniVLDR, or a checkpoint path) on ``split``: the design.md keys
     (fractions) plus ``text`` / ``image`` / ``multi`` blocks with ``by_modality``, and an
-    ``inputs`` block counting skipped images and empty captions."""
+    ``inputs`` block counting skipped images and empty captions. ``per_query``: per-query
+    values and the ``routing`` block (``evaluation.evaluate_embeddings``)."""
     from univl_fast.evaluation import evaluate_embeddings
     from univl_fast.model import UniVLDR
     from univl_fast.train.encode import encode_corpus, encode_queries
@@ -53,6 +55,7 @@ def evaluate_checkpoint(
         qrels,
         k=k,
         by_modality=by_modality,
+        per_query=per_query,
     )
     result["inputs"] = {
         "docs": len(corpus.ids),
@@ -82,6 +85,7 @@ def run_checkpoint_eval(args: argparse.Namespace) -> int:
         by_modality=args.by_modality,
         model_name=args.model,
         batch_size=args.batch_size,
+        per_query=getattr(args, "per_query", False),
     )
     print(format_result(result, Path(args.checkpoint).name or str(args.checkpoint)))
     if args.json:
