@@ -384,13 +384,14 @@ def _write_results():
     single_ratio = f["flat_single"]["median"] / f["tuned_single"]["median"]
     batch_ratio = f["flat_batch"]["median"] / f["tuned_batch"]["median"]
     lines = [
-        "# Index benchmark (issue 5, index half)",
+        "# Index benchmark (issues 5 and 13)",
         "",
         "Command (repo root):",
         "```",
         f"BENCH_INDEX_N={N} .venv/bin/python -m pytest bench/bench_index.py -q -s -p no:cacheprovider",
         "```",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores shared with other jobs, no GPU; "
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, no GPU, 1-minute load average "
+        f"{os.getloadavg()[0]:.2f} when this was written; "
         f"faiss {faiss.__version__}, OMP threads {faiss.omp_get_max_threads()}. "
         f"Run at {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
         "",
