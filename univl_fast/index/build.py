@@ -18,6 +18,11 @@ from univl_fast.index import tune as tune_mod
 from univl_fast.index.introspect import memory_figures, parts_of, searcher
 from univl_fast.index.params import IndexConfig, SearchParams
 from univl_fast.index.search import MODALITY_NAMES, Index, encode_modalities
+from univl_fast.index.steps import (  # noqa: F401 - re-exported (scale.build)
+    add_in_chunks,
+    new_index,
+    set_training_costs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,40 +70,8 @@ def check_doc_ids(doc_ids: list[str], n: int) -> list[str]:
     return ids
 
 
-def set_training_costs(index: faiss.Index, cfg: IndexConfig) -> None:
-    """Cheaper OPQ / PQ training than faiss's defaults (see IndexConfig). Measured on this
-    machine kind: faiss's default OPQ64 training on 512-d took > 10 min of 2 busy cores, most
-    of it in 8-d k-means; with these settings it takes about a minute, and the exact
-    re-ranking step makes up the small loss in code quality (bench/results/index.md)."""
-    top = faiss.downcast_index(index)
-    base = faiss.downcast_index(top.base_index) if isinstance(top, faiss.IndexRefine) else top
-    if isinstance(base, faiss.IndexPreTransform):
-        for i in range(base.chain.size()):
-            vt = faiss.downcast_VectorTransform(base.chain.at(i))
-            if isinstance(vt, faiss.OPQMatrix):
-                vt.niter = int(cfg.opq_iterations)
-                vt.niter_pq_0 = int(cfg.pq_kmeans_iterations)
-                vt.max_train_points = int(cfg.opq_train_points)
-    try:
-        ivf = faiss.downcast_index(faiss.extract_index_ivf(base))
-    except RuntimeError:
-        return
-    pq = getattr(ivf, "pq", None)
-    if pq is not None:
-        pq.cp.niter = int(cfg.pq_kmeans_iterations)
-        pq.cp.max_points_per_centroid = int(cfg.pq_points_per_centroid)
-
-
 def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="vec", file=sys.stderr, disable=not enabled)
-
-
-def new_index(factory: str, d: int) -> faiss.Index:
-    """An empty inner-product index from a faiss factory string (ValueError if invalid)."""
-    try:
-        return faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as exc:
-        raise ValueError(f"invalid faiss factory string {factory!r}: {exc}") from None
 
 
 def train_index(
@@ -132,19 +105,6 @@ def train_index(
         sample.shape[0],
     )
     index.train(sample)
-    return time.perf_counter() - t0
-
-
-def add_in_chunks(
-    index: faiss.Index, vectors: np.ndarray, chunk: int, progress: bool = False, bar=None
-) -> float:
-    """Add ``vectors`` to ``index`` ``chunk`` rows at a time; returns the seconds it took."""
-    t0 = time.perf_counter()
-    for start in range(0, vectors.shape[0], chunk):
-        block = np.ascontiguousarray(vectors[start : start + chunk], dtype=np.float32)
-        index.add(block)
-        if bar is not None:
-            bar.update(block.shape[0])
     return time.perf_counter() - t0
 
 

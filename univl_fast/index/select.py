@@ -40,6 +40,7 @@ from univl_fast.index import tune as tune_mod
 from univl_fast.index.candidates import Candidate, candidates
 from univl_fast.index.introspect import parts_of, searcher
 from univl_fast.index.params import IndexConfig, RecallTargetUnreachable, SearchParams
+from univl_fast.index.steps import add_in_chunks, new_index, set_training_costs
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +209,6 @@ def train_candidate(
     cache: CoarseCache,
     n_full: int,
 ) -> faiss.Index:
-    from univl_fast.index.build import new_index, set_training_costs
     from univl_fast.index.factory import training_size
 
     index = new_index(factory, d)
@@ -236,7 +236,6 @@ def measure(
     target: float,
 ) -> tuple[Measured, faiss.Index]:
     """Train, fill with ``sample``, tune and time one candidate; memory scaled to n_full."""
-    from univl_fast.index.build import add_in_chunks
 
     t0 = time.perf_counter()
     d = sample.shape[1]

@@ -32,15 +32,11 @@ import faiss
 import numpy as np
 
 from univl_fast.index import binding
+from univl_fast.index.files import MANIFEST_FILE
 from univl_fast.index.introspect import IndexParts, default_search_params, parts_of
 from univl_fast.index.params import IndexFormatError, SearchParams
+from univl_fast.index.reader import check_file, load_single_index, read_manifest
 from univl_fast.index.search import MODALITY_NAMES, Index, check_queries, hits_of
-from univl_fast.index.store import (
-    MANIFEST_FILE,
-    _check_file,
-    load_index,
-    read_manifest,
-)
 from univl_fast.scale.errors import ShardTimeoutError
 from univl_fast.types import Hit
 from univl_fast.utils.io import sha256_file
@@ -390,12 +386,12 @@ def check_binding(root: Any, manifest: dict[str, Any], encoder: Any, engine_sha2
 
 def check_sharded_files(root: Path, manifest: dict[str, Any], verify: bool) -> None:
     """Every shard dir and the trained file are present and match the manifest's records."""
-    _check_file(root / TRAINED_FILE, manifest.get("trained_file"), verify)
+    check_file(root / TRAINED_FILE, manifest.get("trained_file"), verify)
     for i, sh in enumerate(manifest.get("shards", [])):
         if sh.get("dir") != shard_dir_name(i):
             raise IndexFormatError(f"{root / MANIFEST_FILE}: shard {i} is {sh.get('dir')!r}")
         for name, rec in sh.get("files", {}).items():
-            _check_file(root / sh["dir"] / name, rec, verify)
+            check_file(root / sh["dir"] / name, rec, verify)
 
 
 def load_sharded_index(
@@ -419,7 +415,8 @@ def load_sharded_index(
         start, stop = (int(x) for x in sh["rows"])
         if start != expect:
             raise IndexFormatError(f"{root}: shard {sh['dir']} starts at row {start}, not {expect}")
-        idx = load_index(root / sh["dir"], device="cpu", verify=False)  # bound above
+        sub = root / sh["dir"]
+        idx = load_single_index(sub, read_manifest(sub), None, "cpu", False)  # bound above
         if idx.ntotal != stop - start:
             raise IndexFormatError(
                 f"{root / sh['dir']}: {idx.ntotal} rows, manifest says {stop - start}"
