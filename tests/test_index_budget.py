@@ -152,3 +152,29 @@ def test_fallback_tune_queries_do_not_flatter_the_index(corpus):
     r_real, r_new, r_old = recall(real), recall(fallback_tune_queries(v, 500, 0)), recall(old)
     assert r_old > r_real + 0.02, (r_old, r_real)  # the check can tell easy queries apart
     assert r_new <= r_real + 0.005, (r_new, r_real)
+
+
+def test_tune_by_cost_is_deterministic_and_bad_rule_named(corpus):
+    """tune_by="cost" gives the same parameters build after build (the latency rule depends on
+    timings: two builds under load picked k_factor 32 and 4); a rule it does not know is an
+    error naming it."""
+    v, q, _ = corpus
+
+    def build(rule: str):
+        cfg = IndexConfig(factory=MID, dim=D, tune_by=rule)
+        return build_index(
+            v,
+            [str(i) for i in range(N)],
+            np.zeros(N, np.uint8),
+            factory=MID,
+            target_recall=0.9,
+            tune_queries=q,
+            config=cfg,
+            progress=False,
+        )
+
+    a, b = build("cost"), build("cost")
+    assert a.manifest["search_params"] == b.manifest["search_params"]
+    assert a.manifest["search_params"]["k_factor"] is not None
+    with pytest.raises(ValueError, match="'fastest'"):
+        build("fastest")

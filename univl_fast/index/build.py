@@ -186,6 +186,7 @@ def tune_and_describe(
             code,
             int(refine_code),
             hnsw=parts.hnsw is not None,
+            by=cfg.tune_by,
         )
     held_recall = None
     if held.shape[0]:

@@ -83,6 +83,10 @@ class IndexConfig:
     add_chunk: int = 65_536  # vectors per add() call (progress granularity)
     max_tune_queries: int = 1000  # tune queries beyond this are subsampled
     tune_queries_source: str = "given"  # "given" | tune.FALLBACK_SOURCE
+    # how tuning picks among the search parameters reaching the target: "latency" (measured
+    # single-query time, the fastest on this machine) | "cost" (estimated bytes touched per
+    # query: deterministic, the same parameters under any load)
+    tune_by: str = "latency"
     # budget-driven choice (univl_fast.index.select): used when no factory is given
     margin: float = 0.005  # tune to target_recall + margin on the tune split
     held_out_fraction: float = 0.2  # share of the tune queries kept out of tuning, reported

@@ -171,7 +171,12 @@ def time_search(run, queries: np.ndarray, k: int, p: SearchParams) -> tuple[floa
 
 
 def tune_index(
-    index: faiss.Index, vectors: np.ndarray, queries: np.ndarray, k: int, target: float
+    index: faiss.Index,
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    target: float,
+    by: str = "latency",
 ) -> tune_mod.TuneResult:
     """Tune the knobs of a filled index (rows = ``vectors``) to ``target`` recall@k."""
     parts = parts_of(index)
@@ -198,6 +203,7 @@ def tune_index(
         code,
         refine,
         hnsw=parts.hnsw is not None,
+        by=by,
     )
 
 
@@ -244,7 +250,7 @@ def measure(
     fixed = serialized_bytes(index)
     add_in_chunks(index, sample, cfg.add_chunk)
     per_vec = (serialized_bytes(index) - fixed) / sample.shape[0]
-    tuned = tune_index(index, sample, queries, cfg.k, target)
+    tuned = tune_index(index, sample, queries, cfg.k, target, by=cfg.tune_by)
     single, batch = time_search(searcher(index), queries, cfg.k, tuned.params)
     parts = parts_of(index)
     m = Measured(

@@ -157,6 +157,10 @@ def _cost(primary: int, k_factor: int, k: int, per_step: float, refine: int) -> 
 
 
 LATENCY_QUERIES = 32
+TUNE_BY = (
+    "latency",
+    "cost",
+)  # how tune() picks among the (primary, k_factor) pairs reaching the target
 
 
 def _latency(search, queries: np.ndarray, k: int, params: SearchParams) -> float:
@@ -182,6 +186,7 @@ def tune(
     code_bytes: int,
     refine_bytes: int,
     hnsw: bool = False,
+    by: str = "latency",
 ) -> TuneResult:
     """Find the cheapest SearchParams reaching ``target`` recall@k (tie-aware, vs exact).
 
@@ -193,8 +198,12 @@ def tune(
     both), and stop once scanning alone costs more than the best pair so far (``_cost``:
     estimated bytes touched per query). Among the pairs that reach the target, the lowest
     measured single-query latency wins (``_latency``). If no pair reaches it, the best recall
-    measured wins (``target_met`` False, a warning logged).
+    measured wins (``target_met`` False, a warning logged). ``by="cost"`` picks among the pairs
+    reaching the target by ``_cost`` alone: deterministic (the same inputs give the same
+    parameters on any machine and under any load), where ``"latency"`` depends on timings.
     """
+    if by not in TUNE_BY:
+        raise ValueError(f"tune by {by!r}: expected one of {', '.join(TUNE_BY)}")
     n = vectors.shape[0]
     exact_scores, _ = exact_search(vectors, queries, k)
     trials: list[dict[str, Any]] = []
@@ -255,7 +264,12 @@ def tune(
         if i == len(steps) or steps[i] * per_step >= best_cost:
             break  # shallower pools would need even more
     if reached:
-        _, primary, kf = min(reached, key=lambda r: _latency(search, queries, k, params_of(*r[1:])))
+        if by == "cost":
+            _, primary, kf = min(reached)
+        else:
+            _, primary, kf = min(
+                reached, key=lambda r: _latency(search, queries, k, params_of(*r[1:]))
+            )
         return result((primary, kf), True)
     best = max(cache, key=lambda key: cache[key])
     log.warning(
