@@ -13,8 +13,8 @@ What is measured, per query (one client, one query per call, as a web handler wo
 Ours and the baseline alternate in blocks so that drift hits both; medians per block are
 printed, the table gives p50 over all blocks.
 
-Corpus: N synthetic unit vectors from the index benchmark's generator
-(``univl_fast.index.synth_corpus``), indexed in the engine's embedding space. They are not
+Corpus: bench_index's synthetic corpus (``bench_index.synthetic_corpus``: the same N vectors,
+cached under its directory, and its tune queries), indexed in the engine's embedding space. They are not
 the engine's encodings of documents (encoding 1.17M documents takes hours on this machine),
 so no recall of the engine's queries is reported: recall at this size is bench_index's
 (same generator, its own queries). The cost of one search at the tuned point depends on N,
@@ -39,26 +39,6 @@ from bench_e2e import ROOT, bench_queries, ensure_engine
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "results" / "e2e_scale.md"
 K = 10
-
-
-def corpus(n: int, d: int, seed: int = 1234) -> tuple[np.ndarray, list[str], np.ndarray]:
-    from univl_fast.index.synth_corpus import Generator
-
-    gen = Generator(d, seed=seed)
-    rng = np.random.default_rng(seed)
-    n_text = n * 2 // 3
-    parts, step = [], 262_144
-    for start in range(0, n, step):
-        m = min(step, n - start)
-        t = max(0, min(m, n_text - start))
-        if t:
-            parts.append(gen.docs(t, "text", rng))
-        if m - t:
-            parts.append(gen.docs(m - t, "image", rng))
-    vectors = np.concatenate(parts)
-    modalities = np.zeros(n, dtype=np.uint8)
-    modalities[n_text:] = 1
-    return vectors, [f"d{i}" for i in range(n)], modalities
 
 
 def p50_ms(xs: list[float]) -> float:
@@ -87,13 +67,19 @@ def main(argv: list[str] | None = None) -> int:
     engine_dir = ensure_engine()
     plain = univl_fast.load(engine_dir, precision="int8", batching=False)
     d = int(plain.encoder.dim)
-    t0 = time.perf_counter()
-    vectors, ids, modalities = corpus(args.n, d)
-    gen_s = time.perf_counter() - t0
-    print(f"corpus {args.n:,} x {d} in {gen_s:.1f} s", file=sys.stderr, flush=True)
+    from bench_index import ROOT as INDEX_ROOT
+    from bench_index import synthetic_corpus
+
+    vectors, modalities, tune_q, _ = synthetic_corpus(INDEX_ROOT, args.n, d)
+    ids = [f"d{i}" for i in range(args.n)]
     t0 = time.perf_counter()
     index = build_index(
-        vectors, ids, modalities, target_recall=args.target_recall, encoder=plain.encoder
+        vectors,
+        ids,
+        modalities,
+        target_recall=args.target_recall,
+        tune_queries=tune_q,
+        encoder=plain.encoder,
     )
     build_s = time.perf_counter() - t0
     index_dir = ROOT / f"index_scale_{args.n}"
@@ -115,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
     eager = Eager(ROOT / "ckpt_vitb32_random")  # the checkpoint the engine was exported from
     flat = faiss.IndexFlatIP(d)
-    flat.add(vectors)
+    flat.add(np.ascontiguousarray(vectors))
     del vectors
 
     qs = bench_queries()
@@ -188,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{load0:.2f} at the start, {os.getloadavg()[0]:.2f} at the end; "
             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
             "",
-            f"Corpus: {args.n:,} x {d} synthetic unit vectors (the index benchmark's generator) "
+            f"Corpus: {args.n:,} x {d} synthetic unit vectors (bench_index's corpus and tune queries) "
             f"in the engine's embedding space; engine {engine_dir.name} (ViT-B-32, random "
             f"weights, int8, text runtime {text_runtime}); index chosen by the budget builder "
             f"for target {args.target_recall}: `{factory}` {params} (built in {build_s:.0f} s). "
