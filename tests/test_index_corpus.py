@@ -118,3 +118,43 @@ def test_index_cli_end_to_end(encoder, dataset_with_bad_image, tmp_path, capsys)
     assert all(mods[h.doc_id] == h.modality for h in hits)
     with pytest.raises(EngineMismatchError, match=encoder.manifest_sha256):
         load_index(out, engine_sha256="0" * 64)
+
+
+@pytest.mark.parametrize("runtime", ["native", "onnxruntime"])
+def test_index_cli_runs_the_image_tower_asked_for(
+    encoder, dataset_with_bad_image, tmp_path, capsys, runtime
+):
+    """--image-runtime reaches the encoder: the line after encoding names the tower that ran,
+    and the index's image vectors are that tower's (not the other's)."""
+    import faiss
+
+    from univl_fast.cli import main
+    from univl_fast.runtime import Encoder
+
+    ds, bad_id = dataset_with_bad_image
+    out = tmp_path / f"index_{runtime}"
+    argv = ["index", "--engine", str(encoder.engine_dir), "--data", str(ds.path)]
+    argv += ["--out", str(out), "--precision", "int8", "--image-runtime", runtime]
+    assert main([*argv, "--batch-size", "64", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert f"image tower {runtime})" in err, err
+    idx = load_index(out, engine_sha256=encoder.manifest_sha256)
+    flat = faiss.downcast_index(idx._cpu)
+    # the index's first batch of image documents, encoded again the same way (ONNX Runtime's
+    # int8 graph quantizes activations per tensor, so a vector depends on its batch-mates)
+    docs = ds.image_docs()[:64]
+    raw = [ds.images.read_bytes(d.doc_id) for d in docs]
+    caps = [d.caption for d in docs]
+    want = {}
+    for rt in ("native", "onnxruntime"):
+        enc = Encoder(encoder.engine_dir, precision="int8", image_runtime=rt, batch_size=64)
+        res = enc.encode_image_docs(raw, caps, on_error="skip")
+        assert [docs[i].doc_id for i in res.indices.tolist()] == [
+            d.doc_id for d in docs if d.doc_id != bad_id
+        ]
+        want[rt] = res.embeddings
+    kept = [d.doc_id for d in docs if d.doc_id != bad_id]
+    stored = np.stack([flat.reconstruct(idx.doc_ids.index(i)) for i in kept])
+    other = "onnxruntime" if runtime == "native" else "native"
+    assert np.abs(stored - want[runtime]).max() < 1e-5
+    assert np.abs(stored - want[other]).max() > 1e-4  # the two towers' int8 rounding differs

@@ -65,6 +65,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="documents per resumable work shard (default 4096)",
     )
     parser.add_argument("--precision", default=None, help="fp32 | fp16 | int8 (default: fastest)")
+    for tower in ("text", "image"):
+        parser.add_argument(
+            f"--{tower}-runtime",
+            choices=("auto", "native", "onnxruntime"),
+            default="auto",
+            help=f"who runs the int8 {tower} tower: our native one, ONNX Runtime's graph, or "
+            "auto (native where its parity passed and it is fast here; the line after "
+            "encoding says which ran)",
+        )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--keep-work",
@@ -109,7 +118,13 @@ def run(args: argparse.Namespace) -> int:
     progress = not args.quiet
     out = Path(args.out)
     t0 = time.perf_counter()
-    encoder = Encoder(args.engine, precision=args.precision, batch_size=args.batch_size)
+    encoder = Encoder(
+        args.engine,
+        precision=args.precision,
+        batch_size=args.batch_size,
+        text_runtime=args.text_runtime,
+        image_runtime=args.image_runtime,
+    )
     dataset = DatasetDir(args.data)
     print(
         f"engine {args.engine} ({encoder.precision}, {encoder.backend}), data {args.data}",

@@ -188,6 +188,11 @@ class Encoder:
         self._threads = threads
         # tower -> why auto passed over its native tower (only where the engine has one)
         self.runtime_reasons: dict[str, str] = {}
+        # what the caller asked for per tower (workers elsewhere re-resolve the same request)
+        self.runtime_requests: dict[str, str] = {
+            "text": text_runtime or "auto",
+            "image": image_runtime or "auto",
+        }
         self.text_runtime: str = self._pick_runtime("text", text_runtime)
         self.image_runtime: str = self._pick_runtime("image", image_runtime)
         self._towers: dict[str, Any] = {}

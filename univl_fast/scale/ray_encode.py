@@ -82,6 +82,8 @@ class ShardEncoder:
         data_dir: str,
         captions: str,
         work_dir: str,
+        text_runtime: str = "auto",
+        image_runtime: str = "auto",
     ):
         from univl_fast.data import DatasetDir
         from univl_fast.runtime import Encoder
@@ -96,6 +98,8 @@ class ShardEncoder:
             backend=backend,
             batch_size=batch_size,
             threads=ThreadSettings(intra_op=threads),
+            text_runtime=text_runtime,
+            image_runtime=image_runtime,
         )
         self.dataset = DatasetDir(data_dir)
         self.captions = captions
@@ -201,6 +205,9 @@ def encode_corpus_ray(
         "data_dir": str(Path(dataset.path).resolve()),
         "captions": captions,
         "work_dir": str(work),
+        # the caller's runtime request per tower, resolved again on each actor's CPU
+        "text_runtime": getattr(encoder, "runtime_requests", {}).get("text", "auto"),
+        "image_runtime": getattr(encoder, "runtime_requests", {}).get("image", "auto"),
     }
     results = ds.map_batches(
         ShardEncoder,
