@@ -422,6 +422,8 @@ def test_index_records_space_and_encoding(bound_index):
         "precision": "fp32",
         "backend": "onnxruntime-cpu",
         "text_runtime": "onnxruntime",
+        "image_runtime": "onnxruntime",
+        "jpeg_draft": False,
     }
     assert man["engine_sha256"] == enc.manifest_sha256
     back = load_index(out, encoder=enc)

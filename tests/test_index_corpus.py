@@ -158,3 +158,31 @@ def test_index_cli_runs_the_image_tower_asked_for(
     other = "onnxruntime" if runtime == "native" else "native"
     assert np.abs(stored - want[runtime]).max() < 1e-5
     assert np.abs(stored - want[other]).max() > 1e-4  # the two towers' int8 rounding differs
+
+
+def test_work_dir_is_not_resumed_under_another_image_path(
+    encoder, dataset_with_bad_image, tmp_path
+):
+    """The image tower and JPEG draft are part of the encoding a work dir is resumed under:
+    shards encoded one way are not mixed with shards encoded another way."""
+    from univl_fast.runtime import Encoder
+
+    ds, _ = dataset_with_bad_image
+    work = tmp_path / "work"
+
+    def run(enc) -> list[bool]:
+        computed: list[bool] = []
+        encode_corpus(
+            enc, ds, work, shard_size=64, progress=False, on_shard=lambda n, c: computed.append(c)
+        )
+        return computed
+
+    native = Encoder(encoder.engine_dir, precision="int8", image_runtime="native")
+    assert all(run(native))
+    assert not any(run(native))  # same settings: every shard reused
+    ort = Encoder(encoder.engine_dir, precision="int8", image_runtime="onnxruntime")
+    assert all(run(ort))  # another image tower: nothing reused
+    draft = Encoder(
+        encoder.engine_dir, precision="int8", image_runtime="onnxruntime", jpeg_draft=True
+    )
+    assert all(run(draft))

@@ -74,6 +74,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             "auto (native where its parity passed and it is fast here; the line after "
             "encoding says which ran)",
         )
+    parser.add_argument(
+        "--jpeg-draft",
+        action="store_true",
+        help="decode JPEG images at a reduced DCT scale (faster; pixels are not exactly those of "
+        "a full decode: RESULTS.md has its measured effect on retrieval)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--keep-work",
@@ -124,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         text_runtime=args.text_runtime,
         image_runtime=args.image_runtime,
+        jpeg_draft=args.jpeg_draft,
     )
     dataset = DatasetDir(args.data)
     print(

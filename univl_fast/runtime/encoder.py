@@ -200,12 +200,15 @@ class Encoder:
             self._towers[tower] = self._open(tower)
 
     @property
-    def encoding(self) -> dict[str, str]:
-        """How this encoder turns text and images into vectors (an index records the corpus's)."""
+    def encoding(self) -> dict[str, Any]:
+        """How this encoder turns text and images into vectors (an index records the corpus's;
+        a corpus work dir is resumed only under the same encoding)."""
         return {
             "precision": self.precision,
             "backend": self.backend,
             "text_runtime": self.text_runtime,
+            "image_runtime": self.image_runtime,
+            "jpeg_draft": self.jpeg_draft,
         }
 
     # -- setup ---------------------------------------------------------------------------

@@ -84,6 +84,7 @@ class ShardEncoder:
         work_dir: str,
         text_runtime: str = "auto",
         image_runtime: str = "auto",
+        jpeg_draft: bool = False,
     ):
         from univl_fast.data import DatasetDir
         from univl_fast.runtime import Encoder
@@ -100,6 +101,7 @@ class ShardEncoder:
             threads=ThreadSettings(intra_op=threads),
             text_runtime=text_runtime,
             image_runtime=image_runtime,
+            jpeg_draft=jpeg_draft,
         )
         self.dataset = DatasetDir(data_dir)
         self.captions = captions
@@ -208,6 +210,7 @@ def encode_corpus_ray(
         # the caller's runtime request per tower, resolved again on each actor's CPU
         "text_runtime": getattr(encoder, "runtime_requests", {}).get("text", "auto"),
         "image_runtime": getattr(encoder, "runtime_requests", {}).get("image", "auto"),
+        "jpeg_draft": bool(getattr(encoder, "jpeg_draft", False)),
     }
     results = ds.map_batches(
         ShardEncoder,

@@ -32,6 +32,7 @@ def service_info(engine: Any, config: ServeConfig) -> dict[str, Any]:
         "precision": getattr(enc, "precision", None),
         "backend": getattr(enc, "backend", None),
         "text_runtime": getattr(enc, "text_runtime", None),
+        "image_runtime": getattr(enc, "image_runtime", None),
         "engine_sha256": getattr(enc, "manifest_sha256", None),
         "engine": engine_cfg.to_dict() if hasattr(engine_cfg, "to_dict") else None,
         "index": {
