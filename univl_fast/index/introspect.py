@@ -54,11 +54,15 @@ def parts_of(index: faiss.Index) -> IndexParts:
 
 
 def default_search_params(parts: IndexParts) -> SearchParams:
-    """The knobs the index would use on its own (before tuning)."""
+    """The knobs the index would use on its own (before tuning). An IVF's HNSW quantizer
+    gets no ef_search here: left None, it follows ``quantizer_ef``'s 2 * nprobe rule, as
+    during tuning (the graph's stored efSearch, 16, would cut the lists probed)."""
     return SearchParams(
         nprobe=int(parts.ivf.nprobe) if parts.ivf is not None else None,
         k_factor=int(parts.default_k_factor) if parts.refine is not None else None,
-        ef_search=int(parts.hnsw.hnsw.efSearch) if parts.hnsw is not None else None,
+        ef_search=(
+            int(parts.hnsw.hnsw.efSearch) if parts.hnsw is not None and parts.ivf is None else None
+        ),
     )
 
 
