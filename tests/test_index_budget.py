@@ -215,3 +215,27 @@ def test_ivf_hnsw_searches_with_the_tuned_quantizer_ef(corpus):
     tuned = idx.manifest["tuning"]["recall_at_k"]
     _, rows = idx.search_arrays(q, 10)  # the tuned params, as the engine searches
     assert tie_aware_recall(v, q, rows, exact, 10) >= tuned - 0.02
+
+
+def test_explicit_hnsw_sq8_build_reports_its_memory(corpus):
+    """``HNSW32_SQ8`` is a candidate of the budget builder (up to HNSW_MAX_VECTORS): built
+    as given (or chosen), its manifest's memory counts the graph's SQ8 codes (the storage
+    index's code size; faiss's IndexHNSW has no standalone codec) and the graph links."""
+    v, q, _ = corpus
+    idx = build_index(
+        v,
+        [str(i) for i in range(N)],
+        np.zeros(N, np.uint8),
+        factory="HNSW32_SQ8",
+        tune_queries=q,
+        target_recall=0.9,
+        progress=False,
+    )
+    mem = idx.manifest["memory"]
+    assert mem["code_bytes_per_vector"] == D  # one byte per dimension
+    assert mem["codes_bytes"] == N * D
+    # 2 x 32 links per node at level 0 (4 bytes each) dominate the graph
+    assert 64 * 4 * N <= mem["graph_bytes"] <= mem["serialized_bytes"] - N * D
+    exact, _ = exact_search(v, q, 10)
+    _, rows = idx.search_arrays(q, 10)
+    assert tie_aware_recall(v, q, rows, exact, 10) >= 0.85

@@ -127,6 +127,8 @@ def searcher(index: faiss.Index):
 
 def _code_size(index: faiss.Index) -> int:
     idx = faiss.downcast_index(index)
+    if isinstance(idx, faiss.IndexHNSW):  # no standalone codec: its vectors live in storage
+        return _code_size(idx.storage)
     if hasattr(idx, "code_size"):
         return int(idx.code_size)
     return int(idx.sa_code_size())
