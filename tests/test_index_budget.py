@@ -48,6 +48,19 @@ def _build(corpus, **kw):
     )
 
 
+def _build_as_given(corpus, factory: str):
+    v, q, _ = corpus
+    return build_index(
+        v,
+        [str(i) for i in range(N)],
+        np.zeros(N, np.uint8),
+        factory=factory,
+        tune_queries=q,
+        target_recall=0.9,
+        progress=False,
+    )
+
+
 def test_budget_picks_fastest_within_memory(corpus):
     flat_bytes = N * D * 4
     budget = flat_bytes - 1  # Flat and the float32 re-ranking store (more bytes) do not fit
@@ -191,15 +204,7 @@ def test_ivf_hnsw_searches_with_the_tuned_quantizer_ef(corpus):
     from univl_fast.index.introspect import parts_of
 
     v, q, _ = corpus
-    idx = build_index(
-        v,
-        [str(i) for i in range(N)],
-        np.zeros(N, np.uint8),
-        factory="IVF256_HNSW32,Flat",
-        tune_queries=q,
-        target_recall=0.9,
-        progress=False,
-    )
+    idx = _build_as_given(corpus, "IVF256_HNSW32,Flat")
     # reference: plain faiss, the quantizer's efSearch set to 2 * nprobe by hand
     parts = parts_of(idx.faiss_index)
     ivf = faiss.SearchParametersIVF()
@@ -222,15 +227,7 @@ def test_explicit_hnsw_sq8_build_reports_its_memory(corpus):
     as given (or chosen), its manifest's memory counts the graph's SQ8 codes (the storage
     index's code size; faiss's IndexHNSW has no standalone codec) and the graph links."""
     v, q, _ = corpus
-    idx = build_index(
-        v,
-        [str(i) for i in range(N)],
-        np.zeros(N, np.uint8),
-        factory="HNSW32_SQ8",
-        tune_queries=q,
-        target_recall=0.9,
-        progress=False,
-    )
+    idx = _build_as_given(corpus, "HNSW32_SQ8")
     mem = idx.manifest["memory"]
     assert mem["code_bytes_per_vector"] == D  # one byte per dimension
     assert mem["codes_bytes"] == N * D
