@@ -117,14 +117,29 @@ def cached_ground_truth(root: Path, vectors, queries, k: int):
     return scores, rows
 
 
+def benchmark_corpus() -> dict:
+    """The cached corpus at N x D, its tune / benchmark queries and exact top-K of the
+    benchmark queries (also what bench/index_frontier_full.py measures on)."""
+    vectors, modalities, tune_q, bench_q = synthetic_corpus(ROOT, N, D)
+    gt_scores, gt_rows = cached_ground_truth(ROOT, vectors, bench_q, K)
+    return {
+        "vectors": vectors,
+        "modalities": modalities,
+        "tune_q": tune_q,
+        "bench_q": bench_q,
+        "gt_scores": gt_scores,
+        "gt_rows": gt_rows,
+    }
+
+
 # ---------------------------------------------------------------------------- fixtures
 FIGURES: dict = {}
 
 
 @pytest.fixture(scope="module")
 def corpus():
-    vectors, modalities, tune_q, bench_q = synthetic_corpus(ROOT, N, D)
-    gt_scores, gt_rows = cached_ground_truth(ROOT, vectors, bench_q, K)
+    c = benchmark_corpus()
+    vectors, gt_scores = c["vectors"], c["gt_scores"]
     a = np.asarray(vectors[:2000])
     b = np.asarray(vectors[N // 2 : N // 2 + 2000])
     FIGURES["corpus"] = {
@@ -134,14 +149,7 @@ def corpus():
         "mean_top1_cos": float(gt_scores[:, 0].mean()),
         "mean_top10_cos": float(gt_scores[:, K - 1].mean()),
     }
-    yield {
-        "vectors": vectors,
-        "modalities": modalities,
-        "tune_q": tune_q,
-        "bench_q": bench_q,
-        "gt_scores": gt_scores,
-        "gt_rows": gt_rows,
-    }
+    yield c
     _write_results()
 
 
