@@ -236,3 +236,73 @@ def test_explicit_hnsw_sq8_build_reports_its_memory(corpus):
     exact, _ = exact_search(v, q, 10)
     _, rows = idx.search_arrays(q, 10)
     assert tie_aware_recall(v, q, rows, exact, 10) >= 0.85
+
+
+def test_finalists_are_compared_at_full_size(corpus):
+    """Near-ties on the selection sample are each filled and tuned at full size and timed
+    against each other there; the faster one at full size is built, the other is named."""
+    v, q, _ = corpus
+    ids = [str(i) for i in range(N)]
+    other = "IVF32,PQ8x4fs,Refine(SQ8)"
+
+    def build(**over):
+        cfg = IndexConfig(
+            factory="",
+            dim=D,
+            candidates=[MID, other],
+            selection_sample=4000,
+            max_memory=N * D * 4 - 1,  # below Flat's bytes: the builder compares candidates
+            **over,
+        )
+        return build_index(
+            v,
+            ids,
+            np.zeros(N, np.uint8),
+            tune_queries=q,
+            config=cfg,
+            progress=False,
+            target_recall=0.9,
+        )
+
+    idx = build(finalists=3, finalist_band=1.0)  # every ranked candidate is a finalist
+    sel = idx.manifest["selection"]
+    ranked = [r for r in sel["frontier"] if r["target_met"]]
+    assert {r["factory"] for r in ranked} == {MID, other}, sel["frontier"]
+    (note,) = sel["finalists_at_full_size"]
+    assert {note["faster"], note["slower"]} == {MID, other}
+    assert set(note["single_query_ms"]) == {MID, other}
+    assert all(ms > 0 for ms in note["single_query_ms"].values())
+    faster_ms = note["single_query_ms"][note["faster"]]
+    assert faster_ms <= note["single_query_ms"][note["slower"]]
+    assert idx.manifest["factory"] == note["faster"] == sel["chosen"]["factory"]
+    assert any(note["slower"] in t for t in sel["passed_over_at_full_size"])
+    assert idx.manifest["tuning"]["target_met"]
+    # one finalist: the sample's fastest is built as before, nothing compared at full size
+    one = build(finalists=1)
+    osel = one.manifest["selection"]
+    assert osel["finalists_at_full_size"] == []
+    fastest = max(
+        (r for r in osel["frontier"] if r["target_met"]), key=lambda r: r["single_query_qps"]
+    )
+    assert one.manifest["factory"] == fastest["factory"]
+
+
+def test_interleaved_latency_takes_turns_and_ranks_by_time():
+    import time as _time
+
+    from univl_fast.index.tune import interleaved_latency
+
+    calls: list[str] = []
+
+    def make(name: str, sleep_s: float):
+        def call(q):
+            calls.append(name)
+            _time.sleep(sleep_s)
+
+        return call
+
+    q = np.zeros((10, 4), np.float32)
+    lat = interleaved_latency([make("a", 0.004), make("b", 0.0)], q, rounds=3, per_round=5)
+    assert lat[0] > lat[1] and lat[0] >= 0.004
+    # one warm-up each, then rounds in turn: a x5, b x5, a x5, b x5, a x5, b x5
+    assert calls == ["a", "b"] + (["a"] * 5 + ["b"] * 5) * 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import time
@@ -375,6 +376,44 @@ def training_pool(vectors: np.ndarray, cfg: IndexConfig) -> np.ndarray:
     return np.ascontiguousarray(pool[rng.permutation(pool.shape[0])])
 
 
+def _finalists(sel: Any, cfg: IndexConfig) -> list[Any]:
+    """The ranked candidates within ``cfg.finalist_band`` of the fastest's sample speed (at
+    most ``cfg.finalists``): each is filled and tuned at full size and the fastest there wins.
+    None when the sample was the whole corpus (its timings were already at full size)."""
+    if not sel.ranked or sel.indexes or cfg.finalists < 2:
+        return []
+    floor = (1.0 - cfg.finalist_band) * sel.ranked[0].single_qps
+    return [m for m in sel.ranked[: cfg.finalists] if m.single_qps >= floor]
+
+
+def _faster_at_full_size(
+    a: tuple[faiss.Index, dict[str, Any], int, float],
+    b: tuple[faiss.Index, dict[str, Any], int, float],
+    queries: np.ndarray,
+    cfg: IndexConfig,
+) -> tuple[tuple[faiss.Index, dict[str, Any], int, float], dict[str, Any]]:
+    """The finalist with the lower median single-query latency at its tuned parameters
+    (interleaved rounds on the held-out tune queries), and a note of both timings."""
+    lat = tune_mod.interleaved_latency(
+        [
+            functools.partial(
+                searcher(x[0]), k=cfg.k, p=SearchParams.from_json(x[1]["search_params"])
+            )
+            for x in (a, b)
+        ],
+        queries,
+        rounds=5,
+        per_round=40,
+    )
+    win, lose = (a, b) if lat[0] <= lat[1] else (b, a)
+    ms = dict(
+        zip((a[1]["factory"], b[1]["factory"]), (round(v * 1e3, 4) for v in lat), strict=True)
+    )
+    note = {"faster": win[1]["factory"], "slower": lose[1]["factory"], "single_query_ms": ms}
+    log.info("finalists at full size: %s", note)
+    return win, note
+
+
 def _build_selected(
     vectors: np.ndarray,
     ids: list[str],
@@ -398,8 +437,17 @@ def _build_selected(
     sel = select_mod.select(vectors, queries, cfg, pool)
     select_s = time.perf_counter() - t0
     tried: list[str] = []
+    finalists = _finalists(sel, cfg)
+    held_q = _held if _held.size else queries
+    best: tuple[faiss.Index, dict[str, Any], int, float] | None = None  # index, manifest, ...
+    finals: list[dict[str, Any]] = []
+    remaining = [f.candidate.factory for f in finalists]
     for m in sel.ranked:
         factory = m.candidate.factory
+        if best is not None and factory not in remaining:
+            break  # a candidate held at full size; the rest were slower on the sample
+        if factory in remaining:
+            remaining.remove(factory)
         cfg.factory = factory
         t1 = time.perf_counter()
         if factory in sel.indexes:  # the selection sample was the whole corpus
@@ -430,14 +478,21 @@ def _build_selected(
             tried.append(f"{factory}: recall {manifest['tuning']['recall_at_k']:.4f} at full size")
             log.warning("%s misses the target at full size: trying the next candidate", factory)
             continue
-        break
-    else:
+        if best is None:
+            best = (index, manifest, size, t1)
+        else:
+            best, note = _faster_at_full_size(best, (index, manifest, size, t1), held_q, cfg)
+            finals.append(note)
+            tried.append(f"{note['slower']}: slower at full size than {note['faster']}")
+    if best is None:
         raise RecallTargetUnreachable(
             f"no candidate reaching recall@{cfg.k} >= {cfg.target_recall + cfg.margin:.4f} on the "
             f"selection sample held it at full size within the budget: {'; '.join(tried)}",
             None,
             sel.frontier_json(),
         )
+    index, manifest, size, t1 = best
+    cfg.factory = manifest["factory"]
     p = SearchParams.from_json(manifest["search_params"])
     held = split_queries(vectors, tune_queries, cfg)[1]
     single, batch = select_mod.time_search(
@@ -462,6 +517,7 @@ def _build_selected(
         "chosen": chosen,
         "why": sel.reason,
         "passed_over_at_full_size": tried,
+        "finalists_at_full_size": finals,
     }
     manifest["build_seconds"]["total"] = round(time.perf_counter() - t_start, 3)
     log.log(

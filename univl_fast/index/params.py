@@ -93,6 +93,11 @@ class IndexConfig:
     max_memory: int | None = None  # bytes: codes + re-ranking store + coarse structures
     allow_below_target: bool = False  # keep the best instead of raising (logged loudly)
     selection_sample: int = 131_072  # candidates are compared on this many corpus rows
+    # candidates whose single-query speed on the sample is within this band of the fastest's
+    # are each filled and tuned at full size and timed against each other there (interleaved),
+    # up to ``finalists`` of them: the sample's order of near-ties does not carry to full size
+    finalists: int = 3
+    finalist_band: float = 0.15
     candidates: list[str] | None = None  # factory strings to compare (None: candidates.py)
 
     def to_json(self) -> dict[str, Any]:

@@ -16,6 +16,7 @@ benchmark's generator (tests/test_index_budget.py checks it), and the manifest l
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -163,16 +164,33 @@ TUNE_BY = (
 )  # how tune() picks among the (primary, k_factor) pairs reaching the target
 
 
-def _latency(search, queries: np.ndarray, k: int, params: SearchParams) -> float:
-    """Median single-query seconds of ``params`` over the first LATENCY_QUERIES queries: the
-    pairs reaching the target are compared by measured time (a deep re-ranking pool costs
-    more per byte than a fast-scan list, which a byte count misses)."""
-    times = []
-    for i in range(min(LATENCY_QUERIES, queries.shape[0])):
-        t0 = time.perf_counter()
-        search(queries[i : i + 1], k, params)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)) if times else 0.0
+def _search_k(search, k: int, params: SearchParams, q: np.ndarray):
+    return search(q, k, params)
+
+
+def interleaved_latency(
+    calls: list[Callable[[np.ndarray], Any]],
+    queries: np.ndarray,
+    rounds: int = 3,
+    per_round: int = LATENCY_QUERIES,
+) -> list[float]:
+    """Median single-query seconds of each call over ``rounds`` x ``per_round`` one-query
+    calls, the calls taking turns round by round, so that a machine whose speed drifts (or a
+    burst of other load) shifts every call's figures alike instead of favouring whichever was
+    timed in a quiet moment. One warm-up query per call first."""
+    n = min(per_round, queries.shape[0])
+    times: list[list[float]] = [[] for _ in calls]
+    if n == 0:
+        return [0.0 for _ in calls]
+    for call in calls:
+        call(queries[:1])
+    for _ in range(max(1, rounds)):
+        for j, call in enumerate(calls):
+            for i in range(n):
+                t0 = time.perf_counter()
+                call(queries[i : i + 1])
+                times[j].append(time.perf_counter() - t0)
+    return [float(np.median(t)) for t in times]
 
 
 def tune(
@@ -197,7 +215,7 @@ def tune(
     reaching the target, walking up from the previous k_factor's answer (recall grows with
     both), and stop once scanning alone costs more than the best pair so far (``_cost``:
     estimated bytes touched per query). Among the pairs that reach the target, the lowest
-    measured single-query latency wins (``_latency``). If no pair reaches it, the best recall
+    measured single-query latency wins (``interleaved_latency``). If no pair reaches it, the best recall
     measured wins (``target_met`` False, a warning logged). ``by="cost"`` picks among the pairs
     reaching the target by ``_cost`` alone: deterministic (the same inputs give the same
     parameters on any machine and under any load), where ``"latency"`` depends on timings.
@@ -264,12 +282,14 @@ def tune(
         if i == len(steps) or steps[i] * per_step >= best_cost:
             break  # shallower pools would need even more
     if reached:
-        if by == "cost":
+        if by == "cost" or len(reached) == 1:
             _, primary, kf = min(reached)
         else:
-            _, primary, kf = min(
-                reached, key=lambda r: _latency(search, queries, k, params_of(*r[1:]))
+            lat = interleaved_latency(
+                [functools.partial(_search_k, search, k, params_of(*r[1:])) for r in reached],
+                queries,
             )
+            _, primary, kf = reached[int(np.argmin(lat))]
         return result((primary, kf), True)
     best = max(cache, key=lambda key: cache[key])
     log.warning(
