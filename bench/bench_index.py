@@ -333,12 +333,30 @@ def _frontier_lines(f: dict) -> list[str]:
         if "skipped" in r:
             lines.append(f"| {r['factory']} | skipped: {r['skipped']} | | | | | | | | |")
     lines.append("")
+    lines += _finalist_lines(sel)
     try:
         _draw_frontier(rows, chosen, f)
         lines += [f"Picture: `bench/results/{PNG.name}`.", ""]
     except ImportError as exc:  # matplotlib is in the [report] extra
         lines += [f"(no picture: {exc})", ""]
     return lines
+
+
+def _finalist_lines(sel: dict) -> list[str]:
+    """The near-ties the builder filled, tuned and timed against each other at full size."""
+    finals = sel.get("finalists_at_full_size") or []
+    if not finals:
+        return []
+    out = [
+        "Finalists (within the builder's band of the fastest on the sample), each filled and "
+        "tuned at full size, then timed against each other (interleaved single queries on the "
+        "held-out tune split, median ms):",
+        "",
+    ]
+    for f in finals:
+        ms = ", ".join(f"`{k}` {v:.3f} ms" for k, v in f["single_query_ms"].items())
+        out.append(f"- {ms}: `{f['faster']}` kept")
+    return out + [""]
 
 
 def _draw_frontier(rows: list[dict], chosen: str, f: dict) -> None:
