@@ -276,6 +276,7 @@ def test_finalists_are_compared_at_full_size(corpus):
     assert faster_ms <= note["single_query_ms"][note["slower"]]
     assert idx.manifest["factory"] == note["faster"] == sel["chosen"]["factory"]
     assert any(note["slower"] in t for t in sel["passed_over_at_full_size"])
+    assert "finalists within 100% of it" in sel["why"] and f"{note['faster']} kept" in sel["why"]
     assert idx.manifest["tuning"]["target_met"]
     # one finalist: the sample's fastest is built as before, nothing compared at full size
     one = build(finalists=1)

@@ -414,6 +414,22 @@ def _faster_at_full_size(
     return win, note
 
 
+def _why(sel: Any, finals: list[dict[str, Any]], cfg: IndexConfig) -> str:
+    """The selection's reason, plus what the finalists at full size changed."""
+    if not finals:
+        return sel.reason
+    first = sel.ranked[0].candidate.factory
+    kept = finals[-1]["faster"]
+    timed = "; ".join(
+        ", ".join(f"{k} {v:.3f} ms" for k, v in f["single_query_ms"].items()) for f in finals
+    )
+    return (
+        f"on the sample: {first} was the {sel.reason}; {len(finals) + 1} finalists within "
+        f"{cfg.finalist_band:.0%} of it were filled and tuned at full size and timed there "
+        f"({timed}): {kept} kept"
+    )
+
+
 def _build_selected(
     vectors: np.ndarray,
     ids: list[str],
@@ -515,7 +531,7 @@ def _build_selected(
         "sample_rows": sel.sample_rows,
         "frontier": sel.frontier_json(),
         "chosen": chosen,
-        "why": sel.reason,
+        "why": _why(sel, finals, cfg),
         "passed_over_at_full_size": tried,
         "finalists_at_full_size": finals,
     }
