@@ -548,6 +548,6 @@ def _build_selected(
         single,
         batch,
         size,
-        sel.reason,
+        manifest["selection"]["why"],
     )
     return Index(index, ids, codes, manifest, device=device)
