@@ -39,6 +39,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def eval_args(ckpt: Path, data: Path, captions: str, out: Path, *extra: str) -> list[str]:
+    """``univl-fast eval`` arguments of one table row: the test split, by modality, as JSON
+    (shared with bench/tables_stats.py, which adds ``--per-query``)."""
+    return [
+        "eval",
+        "--checkpoint",
+        str(ckpt),
+        "--data",
+        str(data),
+        "--split",
+        "test",
+        "--by-modality",
+        "--captions",
+        captions,
+        *extra,
+        "--json",
+        str(out),
+    ]
+
+
 def sh(cmd: list[str], log: Path) -> float:
     """Run ``univl-fast <cmd>`` (as python -m univl_fast.cli), logging to ``log``; seconds."""
     full = [sys.executable, "-m", "univl_fast.cli", *cmd]
@@ -193,24 +213,7 @@ def run_one(args: argparse.Namespace, work: Path, root: Path, seed: int | None) 
 
     def evaluate(name: str, ckpt: Path, captions: str) -> dict:
         out = res_dir / f"{name}.json"
-        timed(
-            f"eval_{name}",
-            [
-                "eval",
-                "--checkpoint",
-                str(ckpt),
-                "--data",
-                str(data),
-                "--split",
-                "test",
-                "--by-modality",
-                "--captions",
-                captions,
-                "--json",
-                str(out),
-            ],
-            out,
-        )
+        timed(f"eval_{name}", eval_args(ckpt, data, captions, out), out)
         return json.loads(out.read_text())
 
     rows3: dict[str, tuple[str, dict, list[list[str]]]] = {}

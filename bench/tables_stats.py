@@ -42,6 +42,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(ROOT / "bench"))
+
+from run_tables import eval_args  # noqa: E402
+
 from univl_fast.significance import mean_sd, paired_test_across_seeds  # noqa: E402
 
 # (label, run_tables checkpoint / eval name, captions)
@@ -198,25 +202,12 @@ def per_query_eval(
         if not (ckpt / "DONE").is_file() or not do_eval:
             return None
         path.parent.mkdir(parents=True, exist_ok=True)
+        extra = ("--per-query", "--threads", str(threads))
         cmd = [
             sys.executable,
             "-m",
             "univl_fast.cli",
-            "eval",
-            "--checkpoint",
-            str(ckpt),
-            "--data",
-            str(data),
-            "--split",
-            "test",
-            "--by-modality",
-            "--per-query",
-            "--captions",
-            captions,
-            "--threads",
-            str(threads),
-            "--json",
-            str(path),
+            *eval_args(ckpt, data, captions, path, *extra),
         ]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         t = time.perf_counter()

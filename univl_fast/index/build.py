@@ -510,10 +510,7 @@ def _build_selected(
     index, manifest, size, t1 = best
     cfg.factory = manifest["factory"]
     p = SearchParams.from_json(manifest["search_params"])
-    held = split_queries(vectors, tune_queries, cfg)[1]
-    single, batch = select_mod.time_search(
-        searcher(index), held if held.size else queries, cfg.k, p
-    )
+    single, batch = select_mod.time_search(searcher(index), held_q, cfg.k, p)
     chosen = {
         "factory": cfg.factory,
         "search_params": manifest["search_params"],
