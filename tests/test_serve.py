@@ -161,6 +161,9 @@ def test_probes_info_docs(client, flat_index, plain):
     assert info["precision"] == PRECISION
     assert info["backend"] == plain.encoder.backend and info["backend"].startswith("onnxruntime")
     assert info["model"] and info["dim"] == plain.dim
+    # which towers answer: the engine's own picks, image included
+    assert info["text_runtime"] == plain.encoder.text_runtime
+    assert info["image_runtime"] == plain.encoder.image_runtime
     assert info["index"]["factory"] == manifest["factory"] == "Flat"
     assert info["index"]["recall"] == manifest["tuning"]["recall_at_k"] == 1.0
     assert info["index"]["ntotal"] == manifest["ntotal"]
