@@ -305,11 +305,15 @@ def build_index(
     vectors: (n, d) float32 unit rows (a memory-mapped array works and is read in chunks).
     doc_ids: n unique strings; modalities: n of "text" | "image" (or (n,) uint8 codes).
     factory: faiss index_factory string: built as given. None: exact ``Flat`` below
-    ``factory.FLAT_MAX_VECTORS`` rows when it fits ``max_memory``; otherwise the fastest
-    candidate (``univl_fast.index.candidates``) reaching ``target_recall`` + ``margin`` on the
-    tune split within ``max_memory`` bytes (int, or a size such as "4GB"; None: no limit),
-    measured as ``univl_fast.index.select`` describes; ``RecallTargetUnreachable`` when none
-    does (naming the cheapest that would), unless ``allow_below_target``.
+    ``IndexConfig.flat_max_vectors`` (``factory.FLAT_MAX_VECTORS``) rows when it fits
+    ``max_memory``; otherwise the fastest candidate (``univl_fast.index.candidates``) reaching
+    ``target_recall`` + ``margin`` on the tune split within ``max_memory`` bytes (int, or a
+    size such as "4GB"; None: no limit) and the build budget, measured as
+    ``univl_fast.index.select`` describes. Above ``flat_max_vectors`` exact ``Flat`` is only
+    the frontier's reference point, never built by surprise: ``RecallTargetUnreachable`` when
+    no approximate candidate reaches the target (naming the cheapest that would, the corpus's
+    difficulty and the exact option), unless ``allow_below_target`` (best approximate, logged
+    as a warning).
     tune_queries: (m, d) float32 queries; a share (``IndexConfig.held_out_fraction``) is held
     out of tuning and its recall reported; None -> ``tune.fallback_tune_queries``.
     encoder: the ``univl_fast.runtime.Encoder`` that encoded ``vectors``: the manifest then
@@ -338,7 +342,7 @@ def build_index(
         cfg.margin = float(margin)
     n, d = vectors.shape
     flat_fits = cfg.max_memory is None or n * d * 4 <= cfg.max_memory
-    if auto and not (n < factory_mod.FLAT_MAX_VECTORS and flat_fits):
+    if auto and not (n < cfg.flat_max_vectors and flat_fits):
         return _build_selected(
             vectors, ids, codes, cfg, tune_queries, engine_sha256, bound, progress, device, t_start
         )
@@ -506,6 +510,7 @@ def _build_selected(
             f"selection sample held it at full size within the budget: {'; '.join(tried)}",
             None,
             sel.frontier_json(),
+            select_mod.difficulty(sel.frontier),
         )
     index, manifest, size, t1 = best
     cfg.factory = manifest["factory"]
@@ -527,6 +532,7 @@ def _build_selected(
         "max_memory": cfg.max_memory,
         "sample_rows": sel.sample_rows,
         "frontier": sel.frontier_json(),
+        "difficulty": select_mod.difficulty(sel.frontier),
         "chosen": chosen,
         "why": _why(sel, finals, cfg),
         "passed_over_at_full_size": tried,

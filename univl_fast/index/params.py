@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from univl_fast.errors import UnivlFastError
+from univl_fast.index.factory import FLAT_MAX_VECTORS
 
 
 class IndexError_(UnivlFastError, ValueError):  # noqa: N801 - avoid shadowing the builtin IndexError
@@ -29,12 +30,21 @@ class RecallTargetUnreachable(UnivlFastError, RuntimeError):
     """No index configuration within the memory budget reaches the recall target.
 
     ``cheapest`` is the smallest configuration measured that does reach it (a dict with its
-    factory, params, recall and bytes; None when none does), ``frontier`` every measurement."""
+    factory, params, recall and bytes; None when none does), ``frontier`` every measurement,
+    ``difficulty`` the best recall each family reached with every list probed."""
 
-    def __init__(self, message: str, cheapest: dict | None, frontier: list[dict]):
+    def __init__(
+        self,
+        message: str,
+        cheapest: dict | None,
+        frontier: list[dict],
+        difficulty: dict | None = None,
+    ):
         super().__init__(message)
         self.cheapest = cheapest
         self.frontier = frontier
+        # how hard the corpus is: per family, the best recall with every list probed
+        self.difficulty = difficulty or {}
 
 
 @dataclass(frozen=True)
@@ -99,6 +109,14 @@ class IndexConfig:
     finalists: int = 3
     finalist_band: float = 0.15
     candidates: list[str] | None = None  # factory strings to compare (None: candidates.py)
+    # seconds one candidate's build at full size may take (training + filling, extrapolated
+    # from its measured training and the time per row of its first rows on the sample); the
+    # slow families (OPQ, 8-bit PQ, graphs) are not started once the selection has used half
+    # of it. None: no limit
+    build_budget_s: float | None = 600.0
+    # at or above this many rows an exact index is built only when asked (factory "Flat", or
+    # "Flat" in ``candidates``): the builder measures it as the frontier's reference point
+    flat_max_vectors: int = FLAT_MAX_VECTORS
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -7,9 +7,13 @@ Selection strategy (so that a 1.17M x 512 build fits its time budget on 2 cores)
 1. Every candidate is trained once on a sample of the WHOLE corpus (the same training set a
    full build uses; candidates with the same OPQ / coarse structure share one OPQ training and
    one k-means via ``CoarseCache``) and then filled with ``cfg.selection_sample`` corpus rows
-   (all rows when the corpus is smaller). Its search knobs are tuned on that sample against
-   exact search over the same rows (target + margin), then single-query and batch-64
-   throughput are timed at the tuned point. Memory at full size is measured, not modelled:
+   (all rows when the corpus is smaller): the first ``PROBE_ROWS`` first, timed, and the
+   candidate abandoned when its training plus filling the whole corpus at that pace would
+   exceed ``cfg.build_budget_s`` (no family is dropped by a row count). Its search knobs are
+   tuned on that sample against exact search over the same rows (target + margin): first
+   with every list probed and the deepest re-ranking pool (``tune.tune``'s ceiling, which
+   also grows the pool while recall rises); a candidate that misses the target there is
+   abandoned at once. Then single-query and batch-64 throughput are timed at the tuned point. Memory at full size is measured, not modelled:
    the serialized size of the trained, empty index (centroids, OPQ, PQ tables, graphs) plus
    the measured serialized bytes per added row times the corpus size.
 2. The winner (fastest within the budget that met the target) is filled with every row from
@@ -17,8 +21,15 @@ Selection strategy (so that a 1.17M x 512 build fits its time budget on 2 cores)
    target at its largest knobs, or its measured memory exceeds the budget, the next candidate
    in the ranking is built instead (logged), so a miss is never silent.
 3. Nothing within the budget reaches the target: ``RecallTargetUnreachable`` names the
-   cheapest measured configuration that does (and its memory), unless
-   ``cfg.allow_below_target`` keeps the best-recall one in budget (a warning is logged).
+   cheapest measured configuration that does (and its memory and estimated build time), the
+   corpus's difficulty (``difficulty``: per family, the recall with every list probed) and,
+   when only the exact index reaches it, that index (``factory="Flat"`` builds it), unless
+   ``cfg.allow_below_target`` keeps the best-recall approximate one in budget (a warning is
+   logged).
+
+Exact ``Flat`` is measured last, as the frontier's reference point; at or above
+``cfg.flat_max_vectors`` rows it is never chosen unless the caller lists it (``candidates``)
+or asks for it (``factory="Flat"``): an exact index is never built by surprise.
 
 The frontier measured in step 1 (per candidate: params, recall, q/s, bytes) and the reason for
 the choice are returned for the manifest.
@@ -131,6 +142,10 @@ class Measured:
     build_s: float = 0.0
     trained: bytes | None = field(default=None, repr=False)
     within_budget: bool = True
+    ceiling: float | None = None  # recall with every list probed, deepest pool (tune.py)
+    est_build_s: float = 0.0  # training + filling at full size, extrapolated
+    abandoned: str | None = None  # why it was not tuned (over the build budget)
+    eligible: bool = True  # False: exact Flat above flat_max_vectors (reference point only)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -146,6 +161,10 @@ class Measured:
             "fixed_bytes": int(self.fixed_bytes),
             "within_budget": self.within_budget,
             "seconds": round(self.build_s, 2),
+            "ceiling_recall_at_k": None if self.ceiling is None else round(self.ceiling, 5),
+            "estimated_build_s": round(self.est_build_s, 1),
+            **({"abandoned": self.abandoned} if self.abandoned else {}),
+            **({} if self.eligible else {"reference_only": True}),
         }
 
 
@@ -231,6 +250,18 @@ def train_candidate(
     return index
 
 
+PROBE_ROWS = 8192  # rows added first, to time a candidate's filling before committing to it
+
+
+def estimated_build_s(train_s: float, add_s: float, rows: int, n_full: int, graph: bool) -> float:
+    """Training + filling ``n_full`` rows, from ``add_s`` seconds for the first ``rows``:
+    linear in rows, times log(n_full) / log(rows) for a graph (an insertion searches the
+    graph, whose depth grows with log n)."""
+    per_row = add_s / max(1, rows)
+    grow = math.log(max(n_full, 2)) / math.log(max(rows, 2)) if graph else 1.0
+    return train_s + per_row * n_full * max(1.0, grow)
+
+
 def measure(
     cand: Candidate,
     n_full: int,
@@ -241,34 +272,56 @@ def measure(
     cache: CoarseCache,
     target: float,
 ) -> tuple[Measured, faiss.Index]:
-    """Train, fill with ``sample``, tune and time one candidate; memory scaled to n_full."""
+    """Train, fill with ``sample``, tune and time one candidate; memory scaled to n_full.
+
+    After training, the first ``PROBE_ROWS`` rows are added and timed: when training plus
+    filling ``n_full`` rows at that pace exceeds ``cfg.build_budget_s``, the candidate is
+    abandoned there (returned with ``abandoned`` set, not tuned)."""
 
     t0 = time.perf_counter()
     d = sample.shape[1]
     index = train_candidate(cand.factory, d, train_sample, cfg, cache, n_full)
+    train_s = time.perf_counter() - t0
     trained = faiss.serialize_index(index).tobytes()
     fixed = serialized_bytes(index)
-    add_in_chunks(index, sample, cfg.add_chunk)
-    per_vec = (serialized_bytes(index) - fixed) / sample.shape[0]
-    tuned = tune_index(index, sample, queries, cfg.k, target, by=cfg.tune_by)
-    single, batch = time_search(searcher(index), queries, cfg.k, tuned.params)
+    probe = min(PROBE_ROWS, sample.shape[0])
+    add_s = add_in_chunks(index, sample[:probe], cfg.add_chunk)
     parts = parts_of(index)
+    est = estimated_build_s(
+        train_s, add_s, probe, n_full, parts.hnsw is not None and parts.ivf is None
+    )
+    per_vec = (serialized_bytes(index) - fixed) / max(1, probe)
     m = Measured(
         cand,
-        params=tuned.params,
-        recall=tuned.recall,
-        target_met=tuned.target_met,
-        single_qps=single,
-        batch_qps=batch,
         bytes_full=int(fixed + per_vec * n_full),
         fixed_bytes=fixed,
         bytes_per_vector=per_vec,
         refine_bytes_per_vector=(
             float(faiss.downcast_index(parts.refine).code_size) if parts.refine else 0.0
         ),
-        build_s=time.perf_counter() - t0,
         trained=trained,
+        est_build_s=est,
     )
+    if cfg.build_budget_s is not None and est > cfg.build_budget_s:
+        m.abandoned = (
+            f"estimated build {est:.0f} s at {n_full:,} rows (training {train_s:.1f} s + "
+            f"{add_s / probe * 1e6:.1f} us per row added) > build budget {cfg.build_budget_s:.0f} s"
+        )
+        m.build_s = time.perf_counter() - t0
+        log.info("candidate %-45s abandoned: %s", cand.factory, m.abandoned)
+        return m, index
+    add_in_chunks(index, sample[probe:], cfg.add_chunk)
+    m.bytes_per_vector = per_vec = (serialized_bytes(index) - fixed) / sample.shape[0]
+    m.bytes_full = int(fixed + per_vec * n_full)
+    tuned = tune_index(index, sample, queries, cfg.k, target, by=cfg.tune_by)
+    m.params, m.recall, m.target_met, m.ceiling = (
+        tuned.params,
+        tuned.recall,
+        tuned.target_met,
+        tuned.ceiling,
+    )
+    m.single_qps, m.batch_qps = time_search(searcher(index), queries, cfg.k, tuned.params)
+    m.build_s = time.perf_counter() - t0
     log.info(
         "candidate %-45s recall@%d %.4f %s q/s %8.1f  %.0f B/vector  (%s)",
         cand.factory,
@@ -312,6 +365,64 @@ class Selection:
         return rows + [c.to_json() for c in self.skipped]
 
 
+def difficulty(measured: list[Measured]) -> dict[str, float]:
+    """Per family, the best recall measured with every list probed and the deepest pool (the
+    ceiling): how hard the corpus is for that kind of code. Exact Flat is left out."""
+    out: dict[str, float] = {}
+    for m in measured:
+        if m.ceiling is not None and not m.candidate.exact:
+            out[m.candidate.family] = round(max(out.get(m.candidate.family, 0.0), m.ceiling), 4)
+    return out
+
+
+def _describe(m: Measured) -> str:
+    return (
+        f"{m.candidate.factory} ({m.candidate.family}, {m.params}) at {m.bytes_full:,} bytes "
+        f"({_human(m.bytes_full)}), recall {m.recall:.4f}, {m.single_qps:.0f} q/s single-query "
+        f"on the sample, estimated build {m.est_build_s:.0f} s"
+    )
+
+
+def _unreachable_message(
+    measured: list[Measured], budget: str, target: float, cfg: IndexConfig, sample_note: str
+) -> tuple[str, Measured | None]:
+    """The error of a selection where nothing eligible in budget reaches the target: what
+    would reach it (the cheapest approximate configuration out of budget, else the exact
+    index when it was not allowed), and the corpus's difficulty."""
+    reaching = sorted(
+        (m for m in measured if m.target_met and m.eligible), key=lambda m: m.bytes_full
+    )
+    cheapest = reaching[0] if reaching else None
+    if cheapest is not None:
+        need = f"the cheapest configuration reaching it is {_describe(cheapest)}"
+    else:
+        top = max((m for m in measured if m.eligible), key=lambda m: m.recall, default=None)
+        need = "no approximate candidate measured reaches it" + (
+            f" (best: {top.candidate.factory} recall {top.recall:.4f})" if top else ""
+        )
+        exact = next((m for m in measured if m.candidate.exact and m.target_met), None)
+        if exact is not None:
+            need += (
+                f"; exact Flat does, at {exact.bytes_full:,} bytes ({_human(exact.bytes_full)}) "
+                f"and {exact.single_qps:.0f} q/s single-query on the sample: build it with "
+                "factory='Flat' (--factory Flat)"
+            )
+    hard = difficulty(measured)
+    if hard:
+        need += "; recall with every list probed, per family: " + ", ".join(
+            f"{fam} {r:.3f}" for fam, r in hard.items()
+        )
+    over = [m for m in measured if m.abandoned]
+    if over:
+        need += "; over the build budget: " + ", ".join(
+            f"{m.candidate.factory} (~{m.est_build_s:.0f} s)" for m in over
+        )
+    message = (
+        f"no index within {budget} reaches recall@{cfg.k} >= {target:.4f} ({sample_note}); {need}"
+    )
+    return message, cheapest
+
+
 def select(
     vectors: np.ndarray,
     queries: np.ndarray,
@@ -330,11 +441,25 @@ def select(
     measured: list[Measured] = []
     skipped: list[Candidate] = []
     kept: dict[str, faiss.Index] = {}
+    asked = pool is not None or bool(cfg.candidates)
     if pool is None and cfg.candidates:
         pool = [Candidate("given", f) for f in cfg.candidates]
-    for cand in pool if pool is not None else candidates(n, d):
+    # the exact index is a candidate below flat_max_vectors or when listed by the caller;
+    # above, the reference point only. Slow families last, the exact reference at the end
+    flat_ok = asked or n < cfg.flat_max_vectors
+    order = sorted(pool if pool is not None else candidates(n, d), key=lambda c: (c.exact, c.slow))
+    t_start = time.perf_counter()
+    for cand in order:
         if cand.skip_reason:
             skipped.append(cand)
+            continue
+        spent = time.perf_counter() - t_start
+        if cand.slow and cfg.build_budget_s is not None and spent > cfg.build_budget_s / 2:
+            reason = (
+                f"not measured: the selection had used {spent:.0f} s of the "
+                f"{cfg.build_budget_s:.0f} s build budget"
+            )
+            skipped.append(Candidate(cand.family, cand.factory, reason))
             continue
         try:
             m, index = measure(cand, n, sample, train_pool, queries, cfg, cache, target)
@@ -342,15 +467,19 @@ def select(
             skipped.append(Candidate(cand.family, cand.factory, f"failed: {exc}"))
             continue
         m.within_budget = cfg.max_memory is None or m.bytes_full <= cfg.max_memory
+        m.eligible = flat_ok or not cand.exact
         measured.append(m)
-        if rows is None:
+        if rows is None and not m.abandoned:
             kept[cand.factory] = index
         else:
             del index
     ranked = sorted(
-        (m for m in measured if m.within_budget and m.target_met), key=lambda m: -m.single_qps
+        (m for m in measured if m.within_budget and m.target_met and m.eligible),
+        key=lambda m: -m.single_qps,
     )
     budget = "no memory budget" if cfg.max_memory is None else f"<= {cfg.max_memory:,} bytes"
+    if cfg.build_budget_s is not None:
+        budget += f", build <= {cfg.build_budget_s:.0f} s"
     sample_note = f"measured on {s:,} of {n:,} rows" if rows is not None else f"{n:,} rows"
     if ranked:
         best = ranked[0]
@@ -360,26 +489,14 @@ def select(
             f"(target {cfg.target_recall} + margin {cfg.margin}) within {budget}"
         )
         return Selection(ranked, measured, skipped, s, reason, kept)
-    reaching = sorted((m for m in measured if m.target_met), key=lambda m: m.bytes_full)
-    cheapest = reaching[0] if reaching else None
-    if cheapest is not None:
-        need = (
-            f"the cheapest configuration reaching it is {cheapest.candidate.factory} "
-            f"({cheapest.params}) at {cheapest.bytes_full:,} bytes "
-            f"({_human(cheapest.bytes_full)}), recall {cheapest.recall:.4f}"
-        )
-    else:
-        top = max(measured, key=lambda m: m.recall, default=None)
-        need = "no candidate measured reaches it" + (
-            f" (best: {top.candidate.factory} recall {top.recall:.4f})" if top else ""
-        )
-    message = (
-        f"no index within {budget} reaches recall@{cfg.k} >= {target:.4f} ({sample_note}); {need}"
-    )
-    in_budget = [m for m in measured if m.within_budget]
+    message, cheapest = _unreachable_message(measured, budget, target, cfg, sample_note)
+    in_budget = [m for m in measured if m.within_budget and m.eligible and not m.abandoned]
     if not cfg.allow_below_target or not in_budget:
         raise RecallTargetUnreachable(
-            message, cheapest.to_json() if cheapest else None, [m.to_json() for m in measured]
+            message,
+            cheapest.to_json() if cheapest else None,
+            [m.to_json() for m in measured],
+            difficulty(measured),
         )
     best = max(in_budget, key=lambda m: (m.recall, m.single_qps))
     log.warning("%s; allow_below_target: keeping %s", message, best.candidate.factory)

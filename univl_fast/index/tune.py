@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 
 SCORE_TOLERANCE = 1e-5  # float32 rounding of a 512-d unit-vector inner product is ~1e-6
 K_FACTORS = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # 4-bit fast-scan needs deep pools
+# beyond K_FACTORS[-1], the re-ranking pool keeps doubling while recall with every list
+# probed rises by >= MIN_RISE per doubling, up to MAX_K_FACTOR
+MAX_K_FACTOR = 2048
+MIN_RISE = 0.002
 MAX_NPROBE = 2048  # also faiss-gpu's limit, so a tuned value is valid on both
 
 
@@ -124,6 +128,9 @@ class TuneResult:
     queries: int
     k: int
     trials: list[dict[str, Any]] = field(default_factory=list)
+    # recall with every list probed (or the deepest graph search) and the deepest re-ranking
+    # pool: what the index can reach at any speed; below the target the tuning stops there
+    ceiling: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -132,6 +139,7 @@ class TuneResult:
             "k": self.k,
             "target_met": self.target_met,
             "queries": self.queries,
+            "ceiling_recall_at_k": self.ceiling,
             "trials": self.trials,
         }
 
@@ -244,11 +252,32 @@ def tune(
             log.debug("tune %s=%s k_factor=%s recall=%.4f", knob, primary, kf, cache[key])
         return cache[key]
 
-    def result(key: tuple[int | None, int | None], met: bool) -> TuneResult:
-        return TuneResult(params_of(*key), cache[key], met, queries.shape[0], k, trials)
+    ceiling: list[float] = []
 
-    k_factors: tuple[int | None, ...] = K_FACTORS if has_refine else (None,)
+    def result(key: tuple[int | None, int | None], met: bool) -> TuneResult:
+        top = ceiling[0] if ceiling else None
+        return TuneResult(params_of(*key), cache[key], met, queries.shape[0], k, trials, top)
+
+    def deeper_pools(primary: int | None) -> tuple[int | None, ...]:
+        """K_FACTORS, then doubled while recall at ``primary`` (the deepest search) keeps
+        rising and the target is not reached: 4-bit codes of near-duplicates need pools
+        deeper than any fixed list (the issue-21 corpus)."""
+        if not has_refine:
+            return (None,)
+        kfs = list(K_FACTORS)
+        r = recall_of(primary, kfs[-1])
+        while r < target and kfs[-1] * 2 <= MAX_K_FACTOR and kfs[-1] * 2 * k <= n:
+            r2 = recall_of(primary, kfs[-1] * 2)
+            kfs.append(kfs[-1] * 2)
+            if r2 < r + MIN_RISE:
+                break
+            r = r2
+        return tuple(kfs)
+
     if knob is None:  # neither IVF nor HNSW: only the re-ranking depth to choose
+        k_factors = deeper_pools(None)
+        recall_of(None, k_factors[-1])
+        ceiling.append(max(cache.values()))
         for kf in k_factors:
             if recall_of(None, kf) >= target:
                 return result((None, kf), True)
@@ -260,6 +289,22 @@ def tune(
     else:
         steps = [v for v in EF_SEARCH_GRID if v <= max(16, n)]
         per_step = float(code_bytes)
+    # the ceiling first: every list probed (the deepest graph search), the deepest pool; an
+    # index that cannot reach the target there is abandoned at once instead of walked through
+    k_factors = deeper_pools(steps[-1])
+    recall_of(steps[-1], k_factors[-1])
+    ceiling.append(max(v for (p, _), v in cache.items() if p == steps[-1]))
+    if ceiling[0] < target:
+        best = max(cache, key=lambda key: cache[key])
+        log.info(
+            "recall target %.3f out of reach: %.4f with every %s (%s=%s, k_factor=%s)",
+            target,
+            ceiling[0],
+            "list probed" if knob == "nprobe" else "graph step",
+            knob,
+            *best,
+        )
+        return result(best, False)
     reached: list[tuple[float, int, int | None]] = []
     best_cost = math.inf
     lo = 0  # index into steps: the smallest value worth trying for this k_factor
