@@ -441,7 +441,7 @@ def select(
     measured: list[Measured] = []
     skipped: list[Candidate] = []
     kept: dict[str, faiss.Index] = {}
-    asked = pool is not None or bool(cfg.candidates)
+    asked = bool(cfg.candidates)  # the caller listed the factories (Flat among them: asked)
     if pool is None and cfg.candidates:
         pool = [Candidate("given", f) for f in cfg.candidates]
     # the exact index is a candidate below flat_max_vectors or when listed by the caller;
