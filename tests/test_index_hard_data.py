@@ -122,6 +122,12 @@ def test_impossible_memory_budget_raises_naming_the_cheapest(small_hard):
     assert f"cheapest configuration reaching it is {cheapest['factory']}" in msg, msg
     assert f"{cheapest['bytes']:,} bytes" in msg and "estimated build" in msg, msg
     assert "recall with every list probed, per family" in msg and e.difficulty, msg
+    # what `univl-fast index` prints: the frontier (every candidate), difficulty, next steps
+    from univl_fast.index.cli import unreachable_report
+
+    report = unreachable_report(e)
+    assert all(f in report for f in POOL), report
+    assert "corpus difficulty" in report and "--allow-below-target" in report, report
     # opt-in below the target: still an error when no index fits the budget at all
     with pytest.raises(RecallTargetUnreachable):
         _build(small_hard, max_memory=50_000, allow_below_target=True, candidates=POOL)

@@ -113,10 +113,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def unreachable_report(exc) -> str:
+    """What ``univl-fast index`` prints when no index reaches the target
+    (``RecallTargetUnreachable``): the reason, the frontier it measured (one line per
+    candidate: recall, recall with every list probed, q/s, bytes, estimated build time), the
+    corpus's difficulty per family, and how to go on."""
+    lines = [f"univl-fast index: {exc}", "measured frontier (selection sample):"]
+    head = f"  {'factory':<46} {'recall':>7} {'ceiling':>7} {'q/s':>8} {'bytes':>14} {'build s':>8}"
+    lines.append(head)
+    for r in exc.frontier:
+        ceiling = r.get("ceiling_recall_at_k")
+        note = r.get("abandoned") or ("reference only (exact)" if r.get("reference_only") else "")
+        lines.append(
+            f"  {r['factory']:<46} {r['recall_at_k']:>7.4f} "
+            f"{'-' if ceiling is None else f'{ceiling:.4f}':>7} {r['single_query_qps']:>8.0f} "
+            f"{r['bytes']:>14,} {r.get('estimated_build_s', 0):>8.0f}  "
+            f"{'ok' if r['target_met'] else 'low'} {note}".rstrip()
+        )
+    if exc.difficulty:
+        lines.append(
+            "corpus difficulty (recall@k with every list probed, per family): "
+            + ", ".join(f"{fam} {v:.3f}" for fam, v in exc.difficulty.items())
+        )
+    lines.append(
+        "to go on: raise --max-memory to the cheapest configuration above, lower "
+        "--target-recall, pass --allow-below-target (best approximate index, warned), or "
+        "--factory Flat (exact search)"
+    )
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
     from univl_fast.data import DatasetDir
     from univl_fast.index.build import build_index
     from univl_fast.index.corpus import encode_corpus, encode_tune_queries
+    from univl_fast.index.params import RecallTargetUnreachable
     from univl_fast.index.store import save_index
     from univl_fast.runtime import Encoder
 
@@ -205,9 +236,13 @@ def run(args: argparse.Namespace) -> int:
 
         index = build_scaled(args, corpus, build_args, corpus_info, out)
     else:
-        index = build_index(
-            corpus.vectors, corpus.doc_ids, corpus.modalities, device="cpu", **build_args
-        )
+        try:
+            index = build_index(
+                corpus.vectors, corpus.doc_ids, corpus.modalities, device="cpu", **build_args
+            )
+        except RecallTargetUnreachable as exc:
+            print(unreachable_report(exc), file=sys.stderr)
+            return 3
         index.manifest["corpus"] = corpus_info
         save_index(index, out)
     if not args.keep_work:
