@@ -197,3 +197,17 @@ def test_over_build_budget_is_abandoned_with_its_estimate(hard):
     assert row["abandoned"].startswith("estimated build") and row["estimated_build_s"] > 0
     assert "over the build budget: IVF64,SQ8" in str(err.value)
     assert "search_params" in row and row["search_params"] is None, "abandoned: not tuned"
+
+
+def test_ivfpq_trains_without_polysemous_codes():
+    """faiss's index_factory enables polysemous training for ``IVF..,PQ{m}`` (a code
+    re-ordering we never search with; most of an 8-bit PQ build's training time): the
+    builder's training settings turn it off, for plain and OPQ-rotated IVF-PQ alike."""
+    from univl_fast.index.steps import new_index, set_training_costs
+
+    for factory in ("IVF16,PQ8,Refine(SQfp16)", "OPQ8,IVF16,PQ8"):
+        index = new_index(factory, 32)
+        ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
+        assert ivf.do_polysemous_training, "premise: faiss's factory default"
+        set_training_costs(index, IndexConfig(factory=factory, dim=32))
+        assert not ivf.do_polysemous_training, factory

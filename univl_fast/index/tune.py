@@ -220,9 +220,11 @@ def tune(
     (IVF; an HNSW quantizer searches with ef = 2 * nprobe) or efSearch (HNSW over codes,
     ``hnsw`` without ``nlist``), walked over ``probe_grid`` / ``EF_SEARCH_GRID``. For each
     k_factor (deepest first; just None without refine) find the smallest primary value
-    reaching the target, walking up from the previous k_factor's answer (recall grows with
+    reaching the target by bisection above the previous k_factor's answer (recall grows with
     both), and stop once scanning alone costs more than the best pair so far (``_cost``:
-    estimated bytes touched per query). Among the pairs that reach the target, the lowest
+    estimated bytes touched per query). First of all, the ceiling: every list probed (the
+    deepest graph search) with the deepest pool, the pool doubled beyond ``K_FACTORS`` while
+    recall rises (``MAX_K_FACTOR``); an index below the target there is abandoned at once. Among the pairs that reach the target, the lowest
     measured single-query latency wins (``interleaved_latency``). If no pair reaches it, the best recall
     measured wins (``target_met`` False, a warning logged). ``by="cost"`` picks among the pairs
     reaching the target by ``_cost`` alone: deterministic (the same inputs give the same
@@ -309,23 +311,27 @@ def tune(
     best_cost = math.inf
     lo = 0  # index into steps: the smallest value worth trying for this k_factor
     # deepest re-ranking first: it needs the smallest primary value, and the value a
-    # shallower pool needs can only be larger, so each k_factor starts where the last ended
+    # shallower pool needs can only be larger, so each k_factor starts where the last ended.
+    # Recall grows with the primary value: the smallest one reaching the target is found by
+    # bisection between ``lo`` and the largest value whose scan alone costs less than the
+    # best pair so far (checked first: if it misses, shallower pools would miss too)
     for kf in sorted(k_factors, key=lambda v: -(v or 0)):
-        i = lo
-        while i < len(steps):
-            cost = _cost(steps[i], kf or 0, k, per_step, refine_bytes)
-            if steps[i] * per_step >= best_cost:
-                break  # scanning alone already costs more than the best pair found
-            if recall_of(steps[i], kf) >= target:
-                reached.append((cost, steps[i], kf))
-                best_cost = min(best_cost, cost)
-                break
-            i += 1
-        else:
-            i = len(steps)
-        lo = min(i, len(steps) - 1)
-        if i == len(steps) or steps[i] * per_step >= best_cost:
-            break  # shallower pools would need even more
+        hi = lo
+        while hi < len(steps) and steps[hi] * per_step < best_cost:
+            hi += 1
+        if hi == lo or recall_of(steps[hi - 1], kf) < target:
+            break
+        a, b = lo, hi - 1  # steps[b] reaches the target
+        while a < b:
+            mid = (a + b) // 2
+            if recall_of(steps[mid], kf) >= target:
+                b = mid
+            else:
+                a = mid + 1
+        cost = _cost(steps[b], kf or 0, k, per_step, refine_bytes)
+        reached.append((cost, steps[b], kf))
+        best_cost = min(best_cost, cost)
+        lo = b
     if reached:
         if by == "cost" or len(reached) == 1:
             _, primary, kf = min(reached)
