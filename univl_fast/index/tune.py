@@ -219,10 +219,10 @@ def tune(
     search(queries, k, params) -> (scores, rows) runs the index. The primary knob is nprobe
     (IVF; an HNSW quantizer searches with ef = 2 * nprobe) or efSearch (HNSW over codes,
     ``hnsw`` without ``nlist``), walked over ``probe_grid`` / ``EF_SEARCH_GRID``. For each
-    k_factor (deepest first; just None without refine) find the smallest primary value
-    reaching the target by bisection above the previous k_factor's answer (recall grows with
-    both), and stop once scanning alone costs more than the best pair so far (``_cost``:
-    estimated bytes touched per query). First of all, the ceiling: every list probed (the
+    k_factor (shallowest first; just None without refine) find the smallest primary value
+    reaching the target by bisection below the previous k_factor's answer (recall grows with
+    both), among the values whose pair costs less than the best pair so far (``_cost``:
+    estimated bytes touched per query); stop once re-ranking alone costs more. First of all, the ceiling: every list probed (the
     deepest graph search) with the deepest pool, the pool doubled beyond ``K_FACTORS`` while
     recall rises (``MAX_K_FACTOR``); an index below the target there is abandoned at once. Among the pairs that reach the target, the lowest
     measured single-query latency wins (``interleaved_latency``). If no pair reaches it, the best recall
@@ -309,19 +309,21 @@ def tune(
         return result(best, False)
     reached: list[tuple[float, int, int | None]] = []
     best_cost = math.inf
-    lo = 0  # index into steps: the smallest value worth trying for this k_factor
-    # deepest re-ranking first: it needs the smallest primary value, and the value a
-    # shallower pool needs can only be larger, so each k_factor starts where the last ended.
-    # Recall grows with the primary value: the smallest one reaching the target is found by
-    # bisection between ``lo`` and the largest value whose scan alone costs less than the
-    # best pair so far (checked first: if it misses, shallower pools would miss too)
-    for kf in sorted(k_factors, key=lambda v: -(v or 0)):
-        hi = lo
-        while hi < len(steps) and steps[hi] * per_step < best_cost:
-            hi += 1
-        if hi == lo or recall_of(steps[hi - 1], kf) < target:
+    hi = len(steps)  # steps[:hi] are worth trying for the next k_factor
+    # shallowest re-ranking pool first: a deeper pool needs a primary value no larger, so
+    # each k_factor searches below the last one's answer; recall grows with the primary value,
+    # so the smallest one reaching the target is found by bisection once the largest value
+    # worth trying (its pair costing less than the best pair so far) reaches it. Deeper pools
+    # stop once re-ranking alone costs more than the best pair found
+    for kf in sorted(k_factors, key=lambda v: v or 0):
+        if _cost(0, kf or 0, k, per_step, refine_bytes) >= best_cost:
             break
-        a, b = lo, hi - 1  # steps[b] reaches the target
+        top = hi
+        while top > 0 and _cost(steps[top - 1], kf or 0, k, per_step, refine_bytes) >= best_cost:
+            top -= 1
+        if top == 0 or recall_of(steps[top - 1], kf) < target:
+            continue  # a deeper pool may reach it with fewer lists
+        a, b = 0, top - 1  # steps[b] reaches the target
         while a < b:
             mid = (a + b) // 2
             if recall_of(steps[mid], kf) >= target:
@@ -331,7 +333,7 @@ def tune(
         cost = _cost(steps[b], kf or 0, k, per_step, refine_bytes)
         reached.append((cost, steps[b], kf))
         best_cost = min(best_cost, cost)
-        lo = b
+        hi = b + 1
     if reached:
         if by == "cost" or len(reached) == 1:
             _, primary, kf = min(reached)
