@@ -1,14 +1,18 @@
-"""Distributed index build: train once, fill copies of the trained empty index in parallel,
-then keep them as shards (``sharded``) or merge them into one ordinary index dir.
+"""Filling a trained index as N shards and writing a sharded index dir.
 
-The fill step is pluggable: ``fill_local`` (threads in this process) or
-``ray_build.fill_ray`` (Ray tasks, one per shard). Tuning runs once, on the sharded result.
+``build_index(..., shards=N, out_dir=...)`` (``build.py``) trains once (or picks a candidate
+by the budget-driven selection, trained on the sample), and hands the trained empty index to
+``ShardFill``: copies of it are filled with contiguous row ranges, each saved as an index dir
+(``fill``: ``fill_local``, threads in this process, or ``univl_fast.scale.ray_build``'s Ray
+tasks), and searched together as a ``ShardedIndex`` while tuning runs once on the whole.
+``merge_sharded`` turns the shards back into one ordinary index.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,19 +22,12 @@ from typing import Any
 import faiss
 import numpy as np
 
-from univl_fast.index.build import (
-    MANIFEST_FORMAT,
-    add_in_chunks,
-    new_index,
-    prepare_build,
-    train_index,
-    tune_and_describe,
-)
-from univl_fast.index.introspect import memory_figures, parts_of
-from univl_fast.index.params import IndexConfig, SearchParams
+from univl_fast.index.files import MANIFEST_FILE, save_index
+from univl_fast.index.introspect import _serialized_bytes, memory_figures, parts_of
+from univl_fast.index.params import SearchParams
+from univl_fast.index.reader import load_single_index, read_manifest
 from univl_fast.index.search import Index
-from univl_fast.index.store import MANIFEST_FILE, load_index, save_index
-from univl_fast.scale.sharded import (
+from univl_fast.index.sharded import (
     LAYOUT,
     TRAINED_FILE,
     ShardedIndex,
@@ -38,6 +35,7 @@ from univl_fast.scale.sharded import (
     load_sharded_index,
     shard_dir_name,
 )
+from univl_fast.index.steps import Filled, add_in_chunks
 from univl_fast.utils.io import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -89,101 +87,104 @@ def fill_local(trained, ranges, vectors, ids, codes, manifest, chunk) -> list[di
         return [f.result() for f in futures]
 
 
-def build_sharded_index(
-    vectors: np.ndarray,
-    doc_ids: list[str],
-    modalities: list[str] | np.ndarray,
-    out_dir: str | os.PathLike,
-    shards: int,
-    factory: str | None = None,
-    target_recall: float = 0.95,
-    tune_queries: np.ndarray | None = None,
-    k: int = 10,
-    engine_sha256: str | None = None,
-    seed: int = 0,
-    progress: bool = True,
-    config: IndexConfig | None = None,
-    fill: Fill | None = None,
-    encoder: Any = None,
-) -> ShardedIndex:
-    """Train once on a sample, fill ``shards`` copies of the trained index with contiguous row
-    ranges (``fill``: ``fill_local`` by default, ``ray_build.fill_ray`` on a cluster), tune
-    once on the whole, and write the sharded index dir ``out_dir``. Same arguments and the same
-    search results as ``build_index`` (same factory, same trained parameters)."""
-    t_start = time.perf_counter()
-    vectors, ids, codes, cfg, bound = prepare_build(
-        vectors, doc_ids, modalities, factory, target_recall, k, seed, config, encoder
-    )
-    if bound:
-        engine_sha256 = bound["engine_sha256"]
-    n = vectors.shape[0]
-    ranges = row_ranges(n, shards)
-    index = new_index(cfg.factory, cfg.dim)
-    train_s = train_index(index, vectors, cfg, progress)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST_FILE).unlink(missing_ok=True)  # the dir is not loadable while rewritten
-    trained = faiss.serialize_index(index).tobytes()
-    atomic_write_bytes(out / TRAINED_FILE, trained)
-    shard_manifest = {
-        "format": MANIFEST_FORMAT,
-        "factory": cfg.factory,
-        "metric": "inner_product",
-        "dim": cfg.dim,
-        "engine_sha256": engine_sha256,
-        "embedding_space": bound.get("embedding_space"),
-        "encoding": bound.get("encoding"),
-        "search_params": None,
-        "sharded_by": "../manifest.json",
-    }
-    t0 = time.perf_counter()
-    jobs = [(str(out / shard_dir_name(i)), a, b) for i, (a, b) in enumerate(ranges)]
-    results = (fill or fill_local)(
-        trained, jobs, vectors, ids, codes, shard_manifest, cfg.add_chunk
-    )
-    add_s = time.perf_counter() - t0
-    loaded = [load_index(d, device="cpu", verify=False) for d, _a, _b in jobs]
-    sharded = ShardedIndex(loaded, [a for _d, a, _b in jobs], {"search_params": None}, index)
+class ShardFill:
+    """Fills trained indexes as ``shards`` shards under ``out`` (one work dir per candidate,
+    the kept one moved into place by ``finish``)."""
 
-    def run_search(q: np.ndarray, kk: int, p: SearchParams):
-        return sharded.search_arrays(q, kk, params=p)
+    in_memory = False
 
-    manifest = tune_and_describe(
-        run_search,
-        loaded[0].faiss_index,
-        vectors,
-        codes,
-        tune_queries,
-        cfg,
-        engine_sha256,
-        {"train": train_s, "add": add_s},
-        progress,
-        bound,
-    )
-    per_shard = [memory_figures(s.faiss_index) for s in loaded]
-    manifest["memory"] = {
-        key: sum(m[key] for m in per_shard)
-        for key in per_shard[0]
-        if key.endswith("_bytes") and key != "code_bytes_per_vector"
-    }
-    manifest["memory"]["code_bytes_per_vector"] = per_shard[0].get("code_bytes_per_vector")
-    manifest["build_seconds"]["total"] = round(time.perf_counter() - t_start, 3)
-    manifest.update(
-        layout=LAYOUT,
-        trained_file=file_record(out / TRAINED_FILE),
-        shards=[
-            {
-                "dir": Path(d).name,
-                "rows": [a, b],
-                "files": r["files"],
-                "add_seconds": r["add_seconds"],
-                "memory": m,
-            }
-            for (d, a, b), r, m in zip(jobs, results, per_shard, strict=True)
-        ],
-    )
-    atomic_write_json(out / MANIFEST_FILE, manifest)
-    return load_sharded_index(out, manifest, verify=False)
+    def __init__(
+        self,
+        out: str | os.PathLike,
+        shards: int,
+        vectors: np.ndarray,
+        ids: list[str],
+        codes: np.ndarray,
+        chunk: int,
+        shard_fields: dict[str, Any],
+        fill: Fill | None = None,
+    ):
+        self.out = Path(out)
+        self.ranges = row_ranges(vectors.shape[0], shards)
+        self.vectors, self.ids, self.codes, self.chunk = vectors, ids, codes, chunk
+        self.shard_fields = shard_fields  # format, engine_sha256, embedding_space, encoding
+        self._fill = fill or fill_local
+        self._tries = 0
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / MANIFEST_FILE).unlink(missing_ok=True)  # not loadable while rewritten
+
+    def fill(self, trained: faiss.Index, factory: str) -> Filled:
+        work = self.out / f".fill-{self._tries}"
+        self._tries += 1
+        shutil.rmtree(work, ignore_errors=True)
+        blob = faiss.serialize_index(trained).tobytes()
+        shard_manifest = {
+            **self.shard_fields,
+            "factory": factory,
+            "metric": "inner_product",
+            "dim": int(trained.d),
+            "search_params": None,
+            "sharded_by": "../manifest.json",
+        }
+        jobs = [(str(work / shard_dir_name(i)), a, b) for i, (a, b) in enumerate(self.ranges)]
+        t0 = time.perf_counter()
+        results = self._fill(
+            blob, jobs, self.vectors, self.ids, self.codes, shard_manifest, self.chunk
+        )
+        add_s = time.perf_counter() - t0
+        loaded = [
+            load_single_index(Path(d), read_manifest(Path(d)), None, "cpu", False)
+            for d, _a, _b in jobs
+        ]
+        sharded = ShardedIndex(loaded, [a for _d, a, _b in jobs], {"search_params": None}, trained)
+
+        def run_search(q: np.ndarray, k: int, p: SearchParams):
+            return sharded.search_arrays(q, k, params=p)
+
+        return Filled(
+            loaded[0].faiss_index, run_search, add_s, (work, jobs, results, sharded, blob)
+        )
+
+    def size(self, filled: Filled) -> int:
+        return sum(_serialized_bytes(s.faiss_index) for s in filled.state[3].shards)
+
+    def discard(self, filled: Filled) -> None:
+        shutil.rmtree(filled.state[0], ignore_errors=True)
+
+    def finish(
+        self, filled: Filled, ids: list[str], codes: np.ndarray, manifest: dict[str, Any]
+    ) -> ShardedIndex:
+        """Move the filled shards into place and write the sharded manifest (last)."""
+        work, jobs, results, sharded, blob = filled.state
+        out = self.out
+        atomic_write_bytes(out / TRAINED_FILE, blob)
+        per_shard = [memory_figures(s.faiss_index) for s in sharded.shards]
+        manifest["memory"] = {
+            key: sum(m[key] for m in per_shard)
+            for key in per_shard[0]
+            if key.endswith("_bytes") and key != "code_bytes_per_vector"
+        }
+        manifest["memory"]["code_bytes_per_vector"] = per_shard[0].get("code_bytes_per_vector")
+        shards = []
+        for (d, a, b), r, m in zip(jobs, results, per_shard, strict=True):
+            name = Path(d).name
+            shutil.rmtree(out / name, ignore_errors=True)
+            os.replace(d, out / name)
+            shards.append(
+                {
+                    "dir": name,
+                    "rows": [a, b],
+                    "files": r["files"],
+                    "add_seconds": r["add_seconds"],
+                    "memory": m,
+                }
+            )
+        shutil.rmtree(work, ignore_errors=True)
+        for stale in out.glob(".fill-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        manifest.update(layout=LAYOUT, trained_file=file_record(out / TRAINED_FILE), shards=shards)
+        atomic_write_json(out / MANIFEST_FILE, manifest)
+        return load_sharded_index(out, manifest, verify=False)
 
 
 def merge_faiss(indexes: list[faiss.Index]) -> faiss.Index:
