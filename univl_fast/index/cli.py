@@ -231,20 +231,20 @@ def run(args: argparse.Namespace) -> int:
         "counts": rep.counts,
         "tune_queries": "dev+train queries" if tune_q is not None else "fallback (index/tune.py)",
     }
-    if args.ray is not None or args.shards > 1:
-        from univl_fast.scale.cli import build_scaled
+    try:
+        if args.ray is not None or args.shards > 1:
+            from univl_fast.scale.cli import build_scaled
 
-        index = build_scaled(args, corpus, build_args, corpus_info, out)
-    else:
-        try:
+            index = build_scaled(args, corpus, build_args, corpus_info, out)
+        else:
             index = build_index(
                 corpus.vectors, corpus.doc_ids, corpus.modalities, device="cpu", **build_args
             )
-        except RecallTargetUnreachable as exc:
-            print(unreachable_report(exc), file=sys.stderr)
-            return 3
-        index.manifest["corpus"] = corpus_info
-        save_index(index, out)
+            index.manifest["corpus"] = corpus_info
+            save_index(index, out)
+    except RecallTargetUnreachable as exc:
+        print(unreachable_report(exc), file=sys.stderr)
+        return 3
     if not args.keep_work:
         shutil.rmtree(out / ".work", ignore_errors=True)
     t = index.manifest["tuning"]
