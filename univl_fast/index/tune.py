@@ -298,8 +298,8 @@ def tune(
     ceiling.append(max(v for (p, _), v in cache.items() if p == steps[-1]))
     if ceiling[0] < target:
         best = max(cache, key=lambda key: cache[key])
-        log.info(
-            "recall target %.3f out of reach: %.4f with every %s (%s=%s, k_factor=%s)",
+        log.warning(
+            "recall target %.3f not reached: %.4f with every %s (%s=%s, k_factor=%s)",
             target,
             ceiling[0],
             "list probed" if knob == "nprobe" else "graph step",
