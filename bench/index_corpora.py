@@ -59,6 +59,10 @@ ROOT = Path(
 )
 RESULTS = Path(__file__).resolve().parent / "results"
 CHUNK = 65_536
+# which builds to run per corpus: "given" (the corpus's tune queries) and / or "fallback"
+TUNE_MODES = [
+    m == "given" for m in os.environ.get("BENCH_CORPORA_TUNE", "given,fallback").split(",")
+]
 
 
 def _load() -> str:
@@ -310,7 +314,7 @@ def main(argv: list[str]) -> int:
             continue
         entry = {"corpus": c["name"], "n": int(c["vectors"].shape[0]), "builds": []}
         results.append(entry)
-        for with_tune in (True, False):
+        for with_tune in TUNE_MODES:
             b = measure_build(c, with_tune)
             print(json.dumps({k: v for k, v in b.items() if k != "frontier"}), file=sys.stderr)
             entry["builds"].append(b)

@@ -38,7 +38,7 @@ from univl_fast.index.factory import FLAT_MAX_VECTORS
 from univl_fast.index.store import save_index
 from univl_fast.index.tune import interleaved_latency, tie_aware_recall
 
-SCANN_LEAVES_SEARCHED = (0.02, 0.05, 0.1)  # shares of num_leaves
+SCANN_LEAVES_SEARCHED = (0.02, 0.05, 0.1, 0.2, 0.4)  # shares of num_leaves
 SCANN_REORDER = (50, 100, 200, 400)
 HNSW_EF = (16, 32, 64, 128, 256, 512)
 
