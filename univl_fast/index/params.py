@@ -108,6 +108,9 @@ class IndexConfig:
     max_memory: int | None = None  # bytes: codes + re-ranking store + coarse structures
     allow_below_target: bool = False  # keep the best instead of raising (logged loudly)
     selection_sample: int = 131_072  # candidates are compared on this many corpus rows
+    # ... with at most this many of the tune split's queries (seeded subsample): tuning is
+    # most of a candidate's selection time; the winner is re-tuned at full size on them all
+    selection_queries: int = 400
     # candidates whose single-query speed on the sample is within this band of the fastest's
     # are each filled and tuned at full size and timed against each other there (interleaved),
     # up to ``finalists`` of them: the sample's order of near-ties does not carry to full size

@@ -13,7 +13,9 @@ Selection strategy (so that a 1.17M x 512 build fits its time budget on 2 cores)
    tuned on that sample against exact search over the same rows (target + margin): first
    with every list probed and the deepest re-ranking pool (``tune.tune``'s ceiling, which
    also grows the pool while recall rises); a candidate that misses the target there is
-   abandoned at once. Then single-query and batch-64 throughput are timed at the tuned point. Memory at full size is measured, not modelled:
+   abandoned at once. Then single-query and batch-64 throughput are timed at the tuned point.
+   At most ``cfg.selection_queries`` of the tune queries are used here (tuning is most of a
+   candidate's time); the winner is re-tuned at full size on all of them. Memory at full size is measured, not modelled:
    the serialized size of the trained, empty index (centroids, OPQ, PQ tables, graphs) plus
    the measured serialized bytes per added row times the corpus size.
 2. The winner (fastest within the budget that met the target) is filled with every row from
@@ -437,6 +439,9 @@ def select(
     s = min(n, int(cfg.selection_sample))
     rows = None if s >= n else np.sort(rng.choice(n, size=s, replace=False))
     sample = np.ascontiguousarray(vectors[rows] if rows is not None else vectors[:])
+    if queries.shape[0] > cfg.selection_queries:
+        pick = np.sort(rng.choice(queries.shape[0], size=cfg.selection_queries, replace=False))
+        queries = np.ascontiguousarray(queries[pick])
     cache = CoarseCache()
     measured: list[Measured] = []
     skipped: list[Candidate] = []
