@@ -106,7 +106,7 @@ def test_info_json():
     info = json.loads(_info("--json").stdout)
     assert info["core"]["available"] is True
     assert info["core"]["simd_selected"] == _C.build_info()["simd_selected"]
-    assert info["cuda_devices"] == _C.cuda_device_count()
+    assert info["core"]["cuda_devices"] == _C.cuda_device_count()
     assert "CPUExecutionProvider" in info["onnxruntime"]["providers"]
     assert info["faiss"]["gpus"] >= 0
     assert isinstance(info["tensorrt"]["installed"], bool)

@@ -2,7 +2,8 @@
 
 Prints the univl_fast version, the build of the compiled core (or why it failed to import),
 numpy, ONNX Runtime (version and execution providers), faiss (version and GPU count), TensorRT
-presence and the CUDA devices the compiled core sees. Never imports torch.
+presence and the CUDA devices the CUDA driver reports (asked directly, whatever the core was
+built with). Never imports torch.
 
     python -m univl_fast.info            # readable report
     python -m univl_fast.info --brief    # one line per item
@@ -47,16 +48,22 @@ def collect() -> dict[str, Any]:
         from univl_fast import _C
 
         info["core"] = {"available": True, "path": _C.__file__, **_C.build_info()}
-        info["cuda_devices"] = int(_C.cuda_device_count())
-        info["cuda_driver_version"] = int(_C.cuda_driver_version())
+        # what the core's own CUDA kernels see (0 when it was built without nvcc)
+        info["core"]["cuda_devices"] = int(_C.cuda_device_count())
     except Exception as exc:  # noqa: BLE001 - report why, whatever it was
         info["core"] = {
             "available": False,
             "error": _error(exc),
             "hint": "build it with: python -m pip install --no-build-isolation -e .",
         }
-        info["cuda_devices"] = 0
-        info["cuda_driver_version"] = 0
+
+    # GPUs as the CUDA driver sees them, whatever the core was built with
+    from univl_fast.utils.cuda_driver import driver_info
+
+    driver = driver_info()
+    info["cuda_devices"] = driver.devices
+    info["cuda_driver_version"] = driver.driver_version
+    info["cuda_driver"] = driver.to_json()
 
     import numpy
 
@@ -69,6 +76,13 @@ def collect() -> dict[str, Any]:
             "version": onnxruntime.__version__,
             "providers": list(onnxruntime.get_available_providers()),
         }
+        if driver.devices and "CUDAExecutionProvider" in info["onnxruntime"]["providers"]:
+            from univl_fast.runtime.backends import provider_binds
+
+            ok, why = provider_binds("CUDAExecutionProvider")
+            info["onnxruntime"]["cuda_binds"] = ok
+            if not ok:
+                info["onnxruntime"]["cuda_problem"] = why
     except Exception as exc:  # noqa: BLE001
         info["onnxruntime"] = {"version": None, "error": _error(exc)}
 
@@ -135,9 +149,22 @@ def brief_lines(info: dict[str, Any]) -> list[str]:
             if trt["installed"]
             else "not installed (pip install univl-fast[gpu])"
         ),
-        f"cuda devices: {info['cuda_devices']}"
-        + (f" (driver {info['cuda_driver_version']})" if info["cuda_driver_version"] else ""),
+        _gpu_line(info),
     ]
+
+
+def _gpu_line(info: dict[str, Any]) -> str:
+    driver = info.get("cuda_driver") or {}
+    if not info["cuda_devices"]:
+        return f"cuda devices: 0 ({driver.get('error') or 'none visible'})"
+    line = (
+        f"cuda devices: {info['cuda_devices']} ({', '.join(driver.get('names', []))}; "
+        f"driver supports CUDA {driver.get('driver_cuda', '?')})"
+    )
+    ort = info["onnxruntime"]
+    if ort.get("cuda_binds") is False:
+        line += f"; onnxruntime CUDA NOT usable: {ort['cuda_problem']}"
+    return line
 
 
 def full_report(info: dict[str, Any]) -> str:

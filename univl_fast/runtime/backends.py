@@ -15,7 +15,9 @@ install. The GPU backends cannot be exercised on a machine without a GPU (unveri
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,7 +28,10 @@ import numpy as np
 from univl_fast.errors import UnivlFastError
 from univl_fast.runtime.device_buffers import GrowingBuffer
 from univl_fast.runtime.slots import SlotPool
+from univl_fast.utils import cuda_driver
 from univl_fast.utils.env import env_flag, env_int
+
+log = logging.getLogger(__name__)
 
 GPU_EXTRA = "pip install univl-fast[gpu]"
 BACKENDS = ("onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")
@@ -107,12 +112,74 @@ def _ort_providers() -> list[str]:
 
 
 def _cuda_devices() -> int:
-    try:
-        from univl_fast import _C
+    """CUDA devices the driver makes visible (``univl_fast.utils.cuda_driver``: asked of
+    ``libcuda`` directly, whatever ``_C`` was built with)."""
+    return cuda_driver.device_count()
 
-        return int(_C.cuda_device_count())
-    except Exception:  # noqa: BLE001 - no extension / no driver: no usable GPU
-        return 0
+
+# A one-node ONNX model (Identity on a float tensor of shape (1,)), serialized by hand so that
+# probing a provider needs neither the onnx package nor an engine file.
+def _pb_varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _pb_field(number: int, value: int | bytes | str) -> bytes:
+    if isinstance(value, int):
+        return _pb_varint(number << 3) + _pb_varint(value)
+    data = value.encode() if isinstance(value, str) else value
+    return _pb_varint((number << 3) | 2) + _pb_varint(len(data)) + data
+
+
+def _probe_model_bytes() -> bytes:
+    shape = _pb_field(1, _pb_field(1, 1))  # TensorShapeProto.dim { dim_value: 1 }
+    tensor_type = _pb_field(1, _pb_field(1, 1) + _pb_field(2, shape))  # float, (1,)
+    value = lambda name: _pb_field(1, name) + _pb_field(2, tensor_type)  # noqa: E731
+    node = _pb_field(1, "x") + _pb_field(2, "y") + _pb_field(4, "Identity")
+    graph = (
+        _pb_field(1, node)
+        + _pb_field(2, "provider_probe")
+        + _pb_field(11, value("x"))
+        + _pb_field(12, value("y"))
+    )
+    opset = _pb_field(1, "") + _pb_field(2, 13)
+    return _pb_field(1, 8) + _pb_field(7, graph) + _pb_field(8, opset)  # ir_version 8
+
+
+@functools.lru_cache(maxsize=4)
+def provider_binds(provider: str) -> tuple[bool, str]:
+    """Whether ONNX Runtime really binds ``provider`` for a session (a tiny probe graph), and
+    why not. onnxruntime-gpu lists CUDAExecutionProvider as available even where its CUDA /
+    cuDNN libraries are missing; a session then silently runs on the CPU."""
+    if provider == "CPUExecutionProvider":
+        return True, ""
+    ort = import_onnxruntime()
+    if provider not in ort.get_available_providers():
+        return False, f"onnxruntime has no {provider}"
+    try:
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        session = ort.InferenceSession(
+            _probe_model_bytes(), so, providers=[provider, "CPUExecutionProvider"]
+        )
+        bound = list(session.get_providers())
+    except Exception as exc:  # noqa: BLE001 - a provider that cannot open a session is unusable
+        return False, f"{provider} failed to open a session: {type(exc).__name__}: {exc}"
+    if provider in bound:
+        return True, ""
+    return False, _not_bound_reason(provider, bound)
+
+
+def _not_bound_reason(provider: str, bound: list[str]) -> str:
+    return (
+        f"ONNX Runtime did not bind {provider} (the session got {', '.join(bound) or 'none'}): "
+        "its CUDA / cuDNN libraries are missing or do not match this onnxruntime-gpu "
+        f"({GPU_EXTRA}; check with: python -m univl_fast.info)"
+    )
 
 
 def tensorrt_importable() -> bool:
@@ -122,17 +189,28 @@ def tensorrt_importable() -> bool:
     )
 
 
+def _ort_gpu_backend_usable(backend: str, provs: list[str]) -> bool:
+    provider = _PROVIDER[backend]
+    if provider not in provs:
+        return False
+    ok, why = provider_binds(provider)
+    if not ok:
+        log.warning("backend %s not used: %s", backend, why)
+    return ok
+
+
 def available_backends(has_plans: bool = False) -> list[str]:
-    """Backends that can run here, best first."""
+    """Backends that can run here, best first. A GPU is asked of the CUDA driver (not of how
+    ``_C`` was built); an ONNX Runtime GPU provider counts only where a probe session really
+    binds it."""
     out = []
-    provs = _ort_providers()
     gpus = _cuda_devices()
+    provs = _ort_providers()
     if has_plans and gpus and tensorrt_importable():
         out.append("tensorrt")
-    if gpus and "CUDAExecutionProvider" in provs:
-        out.append("onnxruntime-cuda")
-    if gpus and "TensorrtExecutionProvider" in provs:
-        out.append("onnxruntime-tensorrt")
+    for backend in ("onnxruntime-cuda", "onnxruntime-tensorrt"):
+        if gpus and _ort_gpu_backend_usable(backend, provs):
+            out.append(backend)
     out.append("onnxruntime-cpu")
     return out
 
@@ -154,6 +232,10 @@ def resolve_backend(name: str | None, has_plans: bool = False) -> str:
     if key == "onnxruntime-cpu":
         return key
     reasons = []
+    gpus = _cuda_devices()
+    if gpus == 0:
+        why = cuda_driver.driver_info().error
+        reasons.append("no CUDA device is visible" + (f" ({why})" if why else ""))
     if key == "tensorrt":
         if not tensorrt_importable():
             reasons.append(f"tensorrt / cuda-python are not installed ({GPU_EXTRA})")
@@ -161,17 +243,22 @@ def resolve_backend(name: str | None, has_plans: bool = False) -> str:
             reasons.append(
                 "this engine has no TensorRT plans (export with --tensorrt on a GPU host)"
             )
-    else:
-        if _PROVIDER[key] not in _ort_providers():
-            reasons.append(
-                f"onnxruntime has no {_PROVIDER[key]} (installed: {', '.join(_ort_providers())}; "
-                f"{GPU_EXTRA})"
-            )
-    if _cuda_devices() == 0:
-        reasons.append("no CUDA device is visible")
+    elif _PROVIDER[key] not in _ort_providers():
+        reasons.append(
+            f"onnxruntime has no {_PROVIDER[key]} (installed: {', '.join(_ort_providers())}; "
+            f"{GPU_EXTRA})"
+        )
+    elif gpus:
+        ok, why = provider_binds(_PROVIDER[key])
+        if not ok:
+            reasons.append(why)
     if reasons:
         raise BackendUnavailable(f"backend {key!r} cannot run here: " + "; ".join(reasons))
     return key
+
+
+class ProviderNotBound(BackendUnavailable):
+    """ONNX Runtime opened the session on another provider than the one asked for."""
 
 
 class OrtTower:
@@ -205,6 +292,14 @@ class OrtTower:
         self.path = str(path)
         self.backend = backend
         self.session = ort.InferenceSession(self.path, so, providers=providers)
+        # onnxruntime-gpu falls back to the CPU provider without an error when its CUDA /
+        # cuDNN libraries cannot load: refuse instead of running (and reporting) the wrong one.
+        self.providers: list[str] = list(self.session.get_providers())
+        if _PROVIDER[backend] not in self.providers:
+            raise ProviderNotBound(
+                f"{self.path}: backend {backend!r}: "
+                + _not_bound_reason(_PROVIDER[backend], self.providers)
+            )
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
 
