@@ -34,6 +34,7 @@ def test_driver_counts_devices_without_a_cuda_core(driver):
     info = cuda_driver.driver_info()
     assert info.devices == 2
     assert info.names == ("Fake GPU 0", "Fake GPU 1")
+    assert info.capabilities == ("8.9", "8.9")
     assert info.driver_cuda == "12.4"
     assert info.error is None
     # the backends' view: on the old code this asked _C.cuda_device_count() (0 here)

@@ -189,6 +189,90 @@ def tensorrt_importable() -> bool:
     )
 
 
+class PlanUnusable(BackendUnavailable):
+    """A TensorRT plan cannot run here: built for another GPU model or TensorRT version, or
+    TensorRT could not deserialize it."""
+
+
+def tensorrt_version() -> str | None:
+    """The installed TensorRT's version (the module's own, so any wheel name counts)."""
+    if importlib.util.find_spec("tensorrt") is None:
+        return None
+    import tensorrt as trt
+
+    return str(getattr(trt, "__version__", "")) or None
+
+
+def plan_provenance(device: int = 0) -> dict[str, str | None]:
+    """What a plan built here is bound to: the GPU model, its compute capability and the
+    TensorRT version (recorded in the engine manifest beside each plan)."""
+    drv = cuda_driver.driver_info()
+    return {
+        "gpu": drv.names[device] if device < drv.devices else None,
+        "compute_capability": drv.capabilities[device] if device < len(drv.capabilities) else None,
+        "tensorrt": tensorrt_version(),
+    }
+
+
+def plan_mismatch(entry: Mapping, device: int = 0) -> str | None:
+    """Why a plan whose manifest entry is ``entry`` was built for another GPU model or
+    TensorRT version than this host's (None: same, or not recorded: TensorRT's own
+    deserialization check then decides)."""
+    here = plan_provenance(device)
+    problems = [
+        f"{what} {entry[key]!r} built it, this host has {here[key]!r}"
+        for key, what in (("gpu", "GPU"), ("tensorrt", "TensorRT"))
+        if entry.get(key) and entry[key] != here[key]
+    ]
+    return "; ".join(problems) or None
+
+
+def tensorrt_plans_problem(plans: Mapping[str, Mapping], device: int = 0) -> str | None:
+    """Why the plans ``{path: manifest entry}`` cannot run here, or None once every one of them
+    matches this host and deserializes (kept for the towers that open them next), so a loader
+    can fall back to ONNX Runtime instead of failing."""
+    for path, entry in plans.items():
+        why = plan_mismatch(entry, device)
+        if why is None:
+            try:
+                _deserialized(str(path), device)
+            except BackendUnavailable as exc:
+                why = str(exc)
+        if why is not None:
+            _PLAN_ENGINES.clear()
+            return f"{path}: {why}"
+    return None
+
+
+# plan path -> deserialized ICudaEngine, from tensorrt_plans_problem to the TensorRTTower
+# that opens the same plan (one deserialization per plan and load)
+_PLAN_ENGINES: dict[str, object] = {}
+
+
+def _deserialized(path: str, device: int):
+    engine = _PLAN_ENGINES.get(path)
+    if engine is not None:
+        return engine
+    if not tensorrt_importable():
+        raise BackendUnavailable(f"tensorrt / cuda-python are not installed ({GPU_EXTRA})")
+    import tensorrt as trt
+    from cuda.bindings import runtime as cudart
+
+    (err,) = cudart.cudaSetDevice(device)
+    _check_cuda(err, f"cudaSetDevice({device})")
+    logger = trt.Logger(trt.Logger.WARNING)
+    with open(path, "rb") as fh:
+        engine = trt.Runtime(logger).deserialize_cuda_engine(fh.read())
+    if engine is None:
+        raise PlanUnusable(
+            f"{path}: TensorRT {tensorrt_version()} could not deserialize the plan (built by "
+            "another TensorRT version or for another GPU?); rebuild it on this host with "
+            "python export/build_trt_plans.py ENGINE_DIR"
+        )
+    _PLAN_ENGINES[path] = engine
+    return engine
+
+
 def _ort_gpu_backend_usable(backend: str, provs: list[str]) -> bool:
     provider = _PROVIDER[backend]
     if provider not in provs:
@@ -365,15 +449,21 @@ class TensorRTTower:
         self._trt, self._cudart = trt, cudart
         self.path, self.device = str(plan_path), int(device)
         self._set_device()
-        logger = trt.Logger(trt.Logger.WARNING)
-        with open(plan_path, "rb") as fh:
-            self.engine = trt.Runtime(logger).deserialize_cuda_engine(fh.read())
-        if self.engine is None:
-            raise RuntimeError(f"{plan_path}: TensorRT could not deserialize the plan")
+        self.engine = _deserialized(self.path, self.device)
+        _PLAN_ENGINES.pop(self.path, None)
         self.input_name, self.output_name = input_name, output_name
         self.input_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(input_name)))
         self.output_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(output_name)))
+        # the plan's optimization profile bounds the batch: bigger batches run in chunks
+        self.max_batch: int | None = self._profile_max_batch()
         self._slots = SlotPool(lambda: _TrtSlot(self), max_contexts)
+
+    def _profile_max_batch(self) -> int | None:
+        try:
+            _min, _opt, biggest = self.engine.get_tensor_profile_shape(self.input_name, 0)
+            return max(1, int(biggest[0]))
+        except Exception:  # noqa: BLE001 - no readable profile: batches go through whole
+            return None
 
     def _set_device(self) -> None:
         (err,) = self._cudart.cudaSetDevice(self.device)
@@ -391,8 +481,13 @@ class TensorRTTower:
         """(n, ...) input batch -> float32 (n, d); safe to call from several threads."""
         x = np.ascontiguousarray(x, dtype=self.input_dtype)
         self._set_device()  # the CUDA current device is per thread
+        step = self.max_batch or len(x) or 1
         with self._slots.take() as slot:
-            return self._run_on(slot, x)
+            if len(x) <= step:
+                return self._run_on(slot, x)
+            return np.concatenate(
+                [self._run_on(slot, x[i : i + step]) for i in range(0, len(x), step)]
+            )
 
     def _run_on(self, slot: _TrtSlot, x: np.ndarray) -> np.ndarray:
         cudart, ctx = self._cudart, slot.context

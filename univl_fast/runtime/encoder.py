@@ -44,6 +44,7 @@ from univl_fast.runtime.backends import (
     ThreadSettings,
     open_tower,
     resolve_backend,
+    tensorrt_plans_problem,
 )
 from univl_fast.runtime.manifest import (
     EngineError,
@@ -220,11 +221,27 @@ class Encoder:
         if backend in (None, "auto"):
             if plans_problem is not None and m.get("tensorrt_plans"):
                 log.info("TensorRT plans not picked by auto: %s", plans_problem)
-            return resolve_backend(None, has_plans=plans_problem is None)
+            return self._plans_run_here(resolve_backend(None, has_plans=plans_problem is None))
         chosen = resolve_backend(backend, has_plans=bool(m.get("tensorrt_plans")))
         if chosen == "tensorrt":
             selection.warn_unverified("backend 'tensorrt' (the engine's plans)", plans_problem)
-        return chosen
+        return self._plans_run_here(chosen)
+
+    def _plans_run_here(self, chosen: str) -> str:
+        """TensorRT plans are bound to the GPU model and TensorRT version that built them: on
+        a mismatch or a plan that does not deserialize, ONNX Runtime instead, with a warning."""
+        if chosen != "tensorrt":
+            return chosen
+        m = self.manifest
+        plans = {}
+        for tower in ("text", "image"):
+            rel = m["tensorrt_plans"][tower]["fp16"]
+            plans[verify_file(self.engine_dir, m, rel)] = m["files"][rel]
+        why = tensorrt_plans_problem(plans)
+        if why is None:
+            return chosen
+        log.warning("TensorRT plans not used, running on ONNX Runtime instead: %s", why)
+        return resolve_backend("onnxruntime")
 
     def _pick_precision(self, precision: str | None) -> str:
         m = self.manifest

@@ -35,6 +35,7 @@ class CudaDriverInfo:
     devices: int = 0
     driver_version: int = 0  # CUDA's encoding: 1000 * major + 10 * minor (12040 = 12.4)
     names: tuple[str, ...] = field(default_factory=tuple)
+    capabilities: tuple[str, ...] = field(default_factory=tuple)  # per device, "8.9"
     error: str | None = None  # why devices is 0, when the driver said so or could not be asked
 
     @property
@@ -44,7 +45,12 @@ class CudaDriverInfo:
         return f"{v // 1000}.{(v % 1000) // 10}" if v else ""
 
     def to_json(self) -> dict:
-        return {**asdict(self), "names": list(self.names), "driver_cuda": self.driver_cuda}
+        return {
+            **asdict(self),
+            "names": list(self.names),
+            "capabilities": list(self.capabilities),
+            "driver_cuda": self.driver_cuda,
+        }
 
 
 def _load_library(names: tuple[str, ...]):
@@ -69,27 +75,41 @@ def probe(names: tuple[str, ...] | None = None) -> CudaDriverInfo:
         rc = int(lib.cuInit(ctypes.c_uint(0)))
         if rc != 0:
             # 100 = CUDA_ERROR_NO_DEVICE (also when CUDA_VISIBLE_DEVICES hides them all)
-            return CudaDriverInfo(0, version.value, (), f"cuInit failed with CUDA error {rc}")
+            return CudaDriverInfo(0, version.value, error=f"cuInit failed with CUDA error {rc}")
         count = ctypes.c_int(0)
         rc = int(lib.cuDeviceGetCount(ctypes.byref(count)))
         if rc != 0:
             return CudaDriverInfo(
-                0, version.value, (), f"cuDeviceGetCount failed with CUDA error {rc}"
+                0, version.value, error=f"cuDeviceGetCount failed with CUDA error {rc}"
             )
-        names_out = []
-        for i in range(max(0, count.value)):
-            dev = ctypes.c_int(0)
-            buf = ctypes.create_string_buffer(256)
-            if lib.cuDeviceGet(ctypes.byref(dev), i) == 0 and (
-                lib.cuDeviceGetName(buf, len(buf), dev) == 0
-            ):
-                names_out.append(buf.value.decode("utf-8", "replace"))
-            else:
-                names_out.append(f"CUDA device {i}")
         n = max(0, count.value)
-        return CudaDriverInfo(n, version.value, tuple(names_out), None if n else "no device")
+        names_out, caps = [], []
+        for i in range(n):
+            name, cap = _device(lib, i)
+            names_out.append(name)
+            caps.append(cap)
+        return CudaDriverInfo(
+            n, version.value, tuple(names_out), tuple(caps), None if n else "no device"
+        )
     except Exception as exc:  # noqa: BLE001 - a broken driver library means no usable GPU
         return CudaDriverInfo(error=f"the CUDA driver library failed: {type(exc).__name__}: {exc}")
+
+
+def _device(lib, ordinal: int) -> tuple[str, str]:
+    """(name, compute capability "8.9") of device ``ordinal``; placeholders where unknown."""
+    dev = ctypes.c_int(0)
+    if lib.cuDeviceGet(ctypes.byref(dev), ordinal) != 0:
+        return f"CUDA device {ordinal}", ""
+    buf = ctypes.create_string_buffer(256)
+    name = f"CUDA device {ordinal}"
+    if lib.cuDeviceGetName(buf, len(buf), dev) == 0:
+        name = buf.value.decode("utf-8", "replace")
+    major, minor = ctypes.c_int(0), ctypes.c_int(0)
+    get = getattr(lib, "cuDeviceGetAttribute", None)
+    # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75, _MINOR = 76
+    if get is None or get(ctypes.byref(major), 75, dev) or get(ctypes.byref(minor), 76, dev):
+        return name, ""
+    return name, f"{major.value}.{minor.value}"
 
 
 def _probe_in_subprocess() -> CudaDriverInfo:
@@ -112,6 +132,7 @@ def _probe_in_subprocess() -> CudaDriverInfo:
             int(data["devices"]),
             int(data["driver_version"]),
             tuple(data["names"]),
+            tuple(data["capabilities"]),
             data["error"],
         )
     except Exception as exc:  # noqa: BLE001 - the probe itself failing means no known GPU
