@@ -33,7 +33,7 @@ from univl_fast.utils.env import env_flag, env_int
 
 log = logging.getLogger(__name__)
 
-GPU_EXTRA = "pip install univl-fast[gpu]"
+GPU_EXTRA = "pip install univl-fast[gpu]"  # = [gpu-cu12], the CUDA 12 set
 BACKENDS = ("onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")
 ALIASES = {"onnxruntime": None, "ort": None, "cpu": "onnxruntime-cpu", "cuda": "onnxruntime-cuda"}
 _PROVIDER = {
@@ -95,11 +95,14 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
-INSTALL_EXTRA = 'pip install "univl-fast[cpu]" (or "univl-fast[gpu]" on a CUDA host, not both)'
+INSTALL_EXTRA = 'pip install "univl-fast[cpu]" (or "univl-fast[gpu-cu12]" on a CUDA host, not both)'
 
 
 def import_onnxruntime():
     """The onnxruntime module, or an ImportError naming the extra that brings it."""
+    from univl_fast.utils.install_check import warn_once
+
+    warn_once()  # a CPU and a GPU build side by side, or mixed CUDA majors: say so once
     try:
         import onnxruntime
     except ImportError as exc:
