@@ -4,11 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  echo "[setup] creating .venv"
-  "$PY" -m venv .venv
+VENV=${UNIVL_VENV:-.venv}  # scripts/gpu_check.sh sets its own (.venv-gpu)
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[setup] creating $VENV"
+  "$PY" -m venv "$VENV"
 fi
-PIP=".venv/bin/python -m pip"
+PIP="$VENV/bin/python -m pip"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 # The versions the tests passed with (scripts/make_constraints.py wrote it from that venv), so
 # a fresh install next month gets them, not whatever is newest. UNIVL_CONSTRAINTS=FILE picks
@@ -42,4 +43,4 @@ $PIP install -q "${PIN[@]}" "ray[data]==2.60.0"
 EXTRAS=${UNIVL_EXTRAS:-dev}
 echo "[setup] univl-fast[$EXTRAS] (builds univl_fast._C)"
 $PIP install -q "${PIN[@]}" --no-build-isolation -e ".[$EXTRAS]"
-.venv/bin/python -m univl_fast.info --brief
+"$VENV/bin/python" -m univl_fast.info --brief

@@ -120,3 +120,27 @@ def test_info_reports_the_driver_s_gpus(driver):
     assert info["cuda_driver"]["names"] == ["Fake GPU 0"]
     line = info_mod.brief_lines(info)[-1]
     assert line.startswith("cuda devices: 1 (Fake GPU 0; driver supports CUDA 12.4")
+
+
+# ------------------------------------------------------------------ on a GPU host (gpu_check)
+
+
+@pytest.mark.needs_cuda
+def test_real_driver_and_onnxruntime_cuda_agree():
+    """The driver names the GPU, and where onnxruntime-gpu is installed its CUDA provider
+    really binds (the CUDA / cuDNN libraries of the [gpu-*] extra are found)."""
+    cuda_driver.driver_info.cache_clear()
+    backends.provider_binds.cache_clear()
+    info = cuda_driver.driver_info()
+    assert info.devices > 0 and info.names[0] and info.capabilities[0]
+    if "CUDAExecutionProvider" not in backends._ort_providers():
+        pytest.skip("onnxruntime-gpu is not installed in this environment")
+    ok, why = backends.provider_binds("CUDAExecutionProvider")
+    assert ok, why
+    assert backends.available_backends()[0] in ("onnxruntime-cuda", "tensorrt")
+
+
+@pytest.mark.needs_tensorrt
+def test_real_plan_provenance():
+    here = backends.plan_provenance()
+    assert here["gpu"] and here["tensorrt"] and here["tensorrt"].split(".")[0] == "10"
