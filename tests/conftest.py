@@ -28,17 +28,33 @@ def cuda_device_count() -> int:
     return device_count()
 
 
+@functools.lru_cache(maxsize=1)
+def core_cuda_device_count() -> int:
+    """GPUs the compiled core's own CUDA kernels can use (0 when built without nvcc)."""
+    try:
+        from univl_fast import _C
+
+        return int(_C.cuda_device_count())
+    except Exception:  # noqa: BLE001 - no extension or no driver both mean no usable GPU
+        return 0
+
+
 def tensorrt_available() -> bool:
     return importlib.util.find_spec("tensorrt") is not None and cuda_device_count() > 0
 
 
 def pytest_collection_modifyitems(config, items):
     no_cuda = pytest.mark.skip(reason="needs a CUDA GPU: none visible on this machine")
+    no_core = pytest.mark.skip(
+        reason="univl_fast._C was built without its CUDA kernels (rebuild with UNIVL_CUDA=ON)"
+    )
     no_trt = pytest.mark.skip(
         reason="needs TensorRT and a CUDA GPU (pip install univl-fast[gpu] on a GPU host)"
     )
     for item in items:
         if "needs_cuda" in item.keywords and cuda_device_count() == 0:
             item.add_marker(no_cuda)
+        elif "needs_cuda_core" in item.keywords and core_cuda_device_count() == 0:
+            item.add_marker(no_core)
         if "needs_tensorrt" in item.keywords and not tensorrt_available():
             item.add_marker(no_trt)

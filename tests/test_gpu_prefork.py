@@ -129,6 +129,9 @@ def test_engine_uses_gpu_asks_without_cuda_in_this_process(fake_gpu):
     fake_gpu.setattr(backends, "import_onnxruntime", lambda: cpu_only)
     fake_gpu.setattr(backends, "tensorrt_importable", lambda: False)
     assert prefork.engine_uses_gpu("onnxruntime")[0] is False
+    azure = fake_onnxruntime(["AzureExecutionProvider", "CPUExecutionProvider"], set())
+    fake_gpu.setattr(backends, "import_onnxruntime", lambda: azure)
+    assert prefork.engine_uses_gpu(None)[0] is False  # not a GPU provider
     assert prefork.engine_uses_gpu("tensorrt") == (
         True,
         "backend 'tensorrt' on 1 CUDA device(s): Fake GPU 0",

@@ -52,9 +52,11 @@ def engine_uses_gpu(backend: str | None) -> tuple[bool, str]:
     gpu = f"{driver.devices} CUDA device(s): {', '.join(driver.names)}"
     if backend == "tensorrt":
         return True, f"backend 'tensorrt' on {gpu}"
-    from univl_fast.runtime.backends import _ort_providers, tensorrt_importable
+    from univl_fast.runtime.backends import _PROVIDER, _ort_providers, tensorrt_importable
 
-    gpu_providers = [p for p in _ort_providers() if p != "CPUExecutionProvider"]
+    gpu_providers = [
+        p for p in _ort_providers() if p in _PROVIDER.values() and p != "CPUExecutionProvider"
+    ]
     if gpu_providers:
         return True, f"onnxruntime has {', '.join(gpu_providers)} and {gpu}"
     if backend in (None, "auto") and tensorrt_importable():
