@@ -186,3 +186,21 @@ def read_response(sock: socket.socket, timeout_s: float) -> tuple[int | None, by
                 break
     m = re.match(rb"HTTP/1\.[01] (\d{3})", data)
     return (int(m.group(1)) if m else None), data
+
+
+@contextlib.contextmanager
+def cli_server(args: list[str], env: dict[str, str] | None = None) -> Iterator[CliServer]:
+    """A ready ``univl-fast serve`` subprocess, stopped (SIGTERM, then SIGKILL) however the
+    test ends, so a failing test leaves no server running."""
+    srv = CliServer(args, env)
+    try:
+        wait_ready(srv.url)
+        yield srv
+    finally:
+        if srv.proc.poll() is None:
+            try:
+                srv.stop()
+            finally:
+                if srv.proc.poll() is None:
+                    srv.proc.kill()
+                    srv.proc.wait(timeout=10)

@@ -8,12 +8,16 @@ that does not arrive within ``body_timeout_s`` 408, a request not answered withi
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from univl_fast.errors import UnivlFastError
+
+log = logging.getLogger("univl_fast.serve")
 
 # The image tower refuses more pixels than this per item (a decompression bomb is refused
 # without being decoded); 40 MP covers a full-size phone photo.
@@ -46,6 +50,13 @@ class ServeConfig:
     # one JSON line per request on the univl_fast.serve.access logger (off by default: a log
     # line per request is a measurable share of the CPU of a cheap request)
     access_log: bool = False
+    # Host header values answered (DNS rebinding: a web page cannot read a localhost service
+    # through a name of its own); "*" answers any. The CLI's default: the bound host and
+    # localhost. The probes (/health, /ready) answer any Host.
+    allowed_hosts: tuple[str, ...] = ("127.0.0.1", "localhost", "::1")
+    # Decoded image pixels in flight per worker process, all requests together (40 MP of RGB
+    # is ~120 MB decoded); an image batch waits for its share within the request's deadline.
+    max_decoded_pixels: int = 2 * DEFAULT_MAX_IMAGE_PIXELS
 
     def __post_init__(self) -> None:
         positive = (
@@ -55,6 +66,7 @@ class ServeConfig:
             "max_query_chars",
             "max_image_pixels",
             "max_queue",
+            "max_decoded_pixels",
         )
         for name in positive:
             value = getattr(self, name)
@@ -68,6 +80,18 @@ class ServeConfig:
             raise ServeConfigError(
                 f"serve setting retry_after_s must be >= 0, got {self.retry_after_s!r}"
             )
+        if self.max_decoded_pixels < self.max_image_pixels:
+            raise ServeConfigError(
+                f"serve setting max_decoded_pixels ({self.max_decoded_pixels}) must be >= "
+                f"max_image_pixels ({self.max_image_pixels}): one image must fit the budget"
+            )
+        hosts = self.allowed_hosts
+        if isinstance(hosts, str) or not hosts or not all(isinstance(h, str) and h for h in hosts):
+            raise ServeConfigError(
+                f"serve setting allowed_hosts must be a non-empty tuple of host names, got "
+                f"{hosts!r}"
+            )
+        self.allowed_hosts = tuple(h.strip().lower().strip("[]") for h in hosts)
         if self.api_key is not None and not self.api_key:
             raise ServeConfigError("serve setting api_key must not be empty (None disables auth)")
 
@@ -80,14 +104,32 @@ class ServeConfig:
 
 
 def read_api_key_file(path: str | os.PathLike) -> str:
-    """The API key in ``path``: its first non-empty line, surrounding whitespace removed."""
+    """The API key in ``path``: its first non-empty line, surrounding whitespace (and a UTF-8
+    byte-order mark) removed. Logs a warning when others than the owner may read the file."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        raw = p.read_bytes()
     except FileNotFoundError:
         raise ServeConfigError(f"--api-key-file {p}: no such file") from None
+    except IsADirectoryError:
+        raise ServeConfigError(f"--api-key-file {p}: is a directory, not a file") from None
+    except PermissionError:
+        raise ServeConfigError(
+            f"--api-key-file {p}: permission denied (the service's user cannot read it)"
+        ) from None
+    except OSError as exc:
+        raise ServeConfigError(f"--api-key-file {p}: cannot be read ({exc.strerror})") from None
+    try:
+        text = raw.decode("utf-8-sig")  # an editor's byte-order mark is not part of the key
     except UnicodeDecodeError:
         raise ServeConfigError(f"--api-key-file {p}: not UTF-8 text") from None
+    mode = p.stat().st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning(
+            "--api-key-file %s: others than its owner may read it (mode %o); chmod 600 it",
+            p,
+            stat.S_IMODE(mode),
+        )
     for line in text.splitlines():
         if line.strip():
             return line.strip()
