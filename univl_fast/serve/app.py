@@ -178,6 +178,14 @@ def _json_body(model: str) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
 
 
+def _path_param(name: str) -> dict[str, Any]:
+    """openapi_extra of a route that reads a string path parameter itself (FastAPI would
+    document a 422 for a parameter it validates, which a string path segment never fails)."""
+    return {
+        "parameters": [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}]
+    }
+
+
 def parse_body(model: type[T], raw: bytes) -> T:
     """``raw`` parsed and validated as ``model`` in one pass (pydantic-core), errors shaped as
     FastAPI's own: invalid JSON -> 400, a wrong field -> 422 with ``loc`` ``["body", ...]``."""
@@ -369,10 +377,11 @@ def _add_routes(app: FastAPI, state: ServeState) -> None:
         response_model=Model,
         tags=["embeddings"],
         responses=error_responses(*GUARDED, 404),
+        openapi_extra=_path_param("model"),
     )
-    async def model(model: str) -> dict[str, Any]:
+    async def model(request: Request) -> dict[str, Any]:
         """One model (404 unless it is the served one)."""
-        _check_model(state, model)
+        _check_model(state, request.path_params["model"])
         return _model(state)
 
     @app.post(
@@ -530,11 +539,7 @@ def _add_routes(app: FastAPI, state: ServeState) -> None:
             },
             **error_responses(*GUARDED, 404, 429, 500, 504),
         },
-        openapi_extra={
-            "parameters": [
-                {"name": "doc_id", "in": "path", "required": True, "schema": {"type": "string"}}
-            ]
-        },
+        openapi_extra=_path_param("doc_id"),
     )
     async def doc_image(request: Request) -> Response:
         """The image file of an image document (from the dataset's imgs.tsv). Runs under the
