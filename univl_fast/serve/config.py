@@ -1,9 +1,9 @@
 """Limits and settings of the HTTP service (``ServeConfig``), with the defaults a user expects.
 
 Every limit answers with a status code a client can act on: a body over ``max_body_bytes`` gets
-413, too many inputs, a ``k`` over ``max_k`` or a query over ``max_query_chars`` 422, a body
-that does not arrive within ``body_timeout_s`` 408, a request not answered within
-``request_timeout_s`` 504, and a full queue 429 with ``Retry-After``.
+413, too many inputs, a ``k`` over ``max_k`` or a query, text input or caption over
+``max_query_chars`` 422, a body that does not arrive within ``body_timeout_s`` 408, a request
+not answered within ``request_timeout_s`` 504, and a full queue 429 with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ class ServeConfig:
     max_body_bytes: int = 2 * 1024 * 1024  # request body; larger -> 413 before it is read
     max_inputs: int = 64  # queries per search, inputs per embeddings request; more -> 422
     max_k: int = 100  # hits per query; more -> 422
-    max_query_chars: int = 2048  # characters per query or text input; longer -> 422
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # per image; more -> that item's error
+    max_query_chars: int = 2048  # characters per query, text input or caption; longer -> 422
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # per image; more -> 400, not decoded
     request_timeout_s: float = 10.0  # deadline of one search / embeddings request -> 504
     body_timeout_s: float = 10.0  # the whole body must arrive within this -> 408
     # Requests admitted at once per worker process (running or waiting for the engine); one
