@@ -204,3 +204,14 @@ def cli_server(args: list[str], env: dict[str, str] | None = None) -> Iterator[C
                 if srv.proc.poll() is None:
                     srv.proc.kill()
                     srv.proc.wait(timeout=10)
+
+
+def png_bytes(side: int, color: tuple[int, int, int] = (20, 90, 200)) -> bytes:
+    """A side x side single-colour PNG file."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (side, side), color).save(buf, format="PNG")
+    return buf.getvalue()

@@ -7,7 +7,6 @@ Host headers and cross-site content types, and decoded image pixels in flight.""
 from __future__ import annotations
 
 import base64
-import io
 import json
 import logging
 import random
@@ -23,11 +22,17 @@ from pathlib import Path
 import ftfy
 import httpx
 import pytest
-from PIL import Image
 
 import univl_fast
 from tests.engine_helpers import PRECISION
-from tests.serve_helpers import REPO, host_port, raw_request, read_response, thread_server
+from tests.serve_helpers import (
+    REPO,
+    host_port,
+    png_bytes,
+    raw_request,
+    read_response,
+    thread_server,
+)
 from univl_fast.serve import ServeConfig, create_app
 from univl_fast.serve.config import ServeConfigError, read_api_key_file
 
@@ -41,16 +46,10 @@ def engine(tiny_engine, flat_index):
     eng.close()
 
 
-def _png(side: int) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (side, side), (20, 90, 200)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 # ---------------------------------------------------------------- captions and the tokenizer
 def test_captions_are_bounded_like_queries(engine):
     cfg = ServeConfig(max_query_chars=100)
-    png = _png(32)
+    png = png_bytes(32)
     long_caption = "word " * 100  # 500 characters
     with thread_server(create_app(engine, cfg)) as url, httpx.Client(base_url=url) as c:
         item = {"image": base64.b64encode(png).decode(), "caption": long_caption}
@@ -322,7 +321,7 @@ def test_decoded_pixels_in_flight_are_bounded(engine):
 
     engine.encode_image_docs = tracked
     try:
-        item = {"image": base64.b64encode(_png(side)).decode(), "caption": "blue"}
+        item = {"image": base64.b64encode(png_bytes(side)).decode(), "caption": "blue"}
         with thread_server(app) as url, httpx.Client(base_url=url, timeout=60) as c:
             with ThreadPoolExecutor(6) as pool:
                 answers = list(

@@ -8,7 +8,6 @@ body has the one shape."""
 from __future__ import annotations
 
 import base64
-import io
 import json
 import re
 import socket
@@ -17,11 +16,10 @@ from typing import Any
 
 import httpx
 import pytest
-from PIL import Image
 
 import univl_fast
 from tests.engine_helpers import PRECISION
-from tests.serve_helpers import host_port, raw_request, read_response, thread_server
+from tests.serve_helpers import host_port, png_bytes, raw_request, read_response, thread_server
 from univl_fast.serve import ServeConfig, create_app
 
 jsonschema = pytest.importorskip("jsonschema", reason="pip install jsonschema")
@@ -85,12 +83,6 @@ def engine(tiny_engine, flat_index):
     eng.close()
 
 
-def _png(side: int) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (side, side), (200, 30, 30)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def test_every_answer_of_every_route_is_documented(engine, synth_tiny, synth_tiny_dataset):
     cfg = ServeConfig(
         api_key=KEY,
@@ -142,8 +134,8 @@ def test_every_answer_of_every_route_is_documented(engine, synth_tiny, synth_tin
         for body, headers in search:
             w.check("POST", "/v1/search", _of(c.post("/v1/search", content=body, headers=headers)))
 
-        tiny = base64.b64encode(_png(50)).decode()
-        big = base64.b64encode(_png(200)).decode()
+        tiny = base64.b64encode(png_bytes(50)).decode()
+        big = base64.b64encode(png_bytes(200)).decode()
         embeddings = [
             {"input": ["a", "b"], "model": model, "user": "u", "dimensions": engine.dim},
             {"input": [{"image": tiny, "caption": "red"}], "encoding_format": "base64"},
@@ -160,7 +152,7 @@ def test_every_answer_of_every_route_is_documented(engine, synth_tiny, synth_tin
             w.check(
                 "POST", "/v1/embeddings", _of(c.post("/v1/embeddings", json=body, headers=AUTH))
             )
-        files = [("image", ("a.png", _png(50), "image/png"))]
+        files = [("image", ("a.png", png_bytes(50), "image/png"))]
         r = c.post("/v1/embeddings", files=files, data={"caption": ["red"]}, headers=AUTH)
         assert w.check("POST", "/v1/embeddings", _of(r)).status == 200
         r = c.post("/v1/embeddings", content=b"input=a", headers={**AUTH, "content-type": "x"})
