@@ -37,8 +37,8 @@ def cluster():
 
 
 def test_two_node_encoding_and_build(cluster, tiny_engine, synth_tiny_dataset, tmp_path):
+    from univl_fast.index.build import build_sharded_index
     from univl_fast.runtime import Encoder
-    from univl_fast.scale.build import build_sharded_index
     from univl_fast.scale.ray_build import make_fill_ray
 
     assert len([n for n in ray.nodes() if n["Alive"]]) == 2

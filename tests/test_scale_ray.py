@@ -234,7 +234,7 @@ def test_index_cli_on_ray(ray_local, encoder, dataset_with_bad_image, tmp_path, 
 
 @pytest.fixture(scope="module")
 def sharded_dir(tmp_path_factory):
-    from univl_fast.scale.build import build_sharded_index
+    from univl_fast.index.build import build_sharded_index
 
     rng = np.random.default_rng(3)
     n, d = 2000, 16

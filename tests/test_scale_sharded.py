@@ -17,15 +17,15 @@ from univl_fast.index import (
     SearchParams,
     load_index,
 )
-from univl_fast.index.build import build_index
+from univl_fast.index.build import build_index, build_sharded_index
 from univl_fast.index.search import Index
-from univl_fast.scale.build import build_sharded_index, merge_sharded, row_ranges
-from univl_fast.scale.sharded import (
+from univl_fast.index.sharded import (
     ShardedIndex,
     coarse_assign,
     merge_candidates,
     shard_candidates,
 )
+from univl_fast.index.sharded_build import merge_sharded, row_ranges
 
 N, D = 2400, 16
 ENGINE = "e" * 64

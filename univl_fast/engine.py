@@ -657,7 +657,7 @@ def load(
 
         idx = load_index(index, encoder=encoder)
     elif index is not None:  # an index object, e.g. univl_fast.scale.ray_shards.RayShardedIndex
-        from univl_fast.scale.sharded import check_binding
+        from univl_fast.index.binding import check_binding
 
         check_binding(index, index.manifest, encoder, None)
         idx = index

@@ -106,3 +106,12 @@ def encoding_mismatch(manifest: dict[str, Any], encoding: dict[str, Any] | None)
         "query and corpus vectors carry different rounding, so rankings can differ slightly "
         "from an index built at the query precision"
     )
+
+
+def check_binding(root: Any, manifest: dict[str, Any], encoder: Any, engine_sha256: str | None):
+    """EngineMismatchError unless the index's vectors are in ``encoder``'s embedding space;
+    returns how the query encoding differs (None: same). ``root`` names the index in errors."""
+    if encoder is not None:
+        engine_sha256 = encoder.manifest_sha256
+    check_space(root, manifest, getattr(encoder, "embedding_space", None), engine_sha256)
+    return encoding_mismatch(manifest, getattr(encoder, "encoding", None))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -16,14 +17,12 @@ from tqdm import tqdm
 from univl_fast.index import binding
 from univl_fast.index import factory as factory_mod
 from univl_fast.index import tune as tune_mod
+from univl_fast.index.base import MODALITY_NAMES, SearchableIndex, encode_modalities
 from univl_fast.index.introspect import memory_figures, parts_of, searcher
 from univl_fast.index.params import IndexConfig, SearchParams
-from univl_fast.index.search import MODALITY_NAMES, Index, encode_modalities
-from univl_fast.index.steps import (  # noqa: F401 - re-exported (scale.build)
-    add_in_chunks,
-    new_index,
-    set_training_costs,
-)
+from univl_fast.index.search import Index
+from univl_fast.index.sharded_build import Fill, ShardFill
+from univl_fast.index.steps import Filled, add_in_chunks, new_index, set_training_costs
 
 log = logging.getLogger(__name__)
 
@@ -282,6 +281,33 @@ def prepare_build(
     return vectors, ids, codes, cfg, bound
 
 
+class SingleFill:
+    """Fills a trained index in place: the unsharded build."""
+
+    in_memory = True
+
+    def __init__(self, vectors: np.ndarray, chunk: int, progress: bool, device: str):
+        self.vectors, self.chunk, self.progress, self.device = vectors, chunk, progress, device
+
+    def fill(self, trained: faiss.Index, factory: str) -> Filled:
+        with _progress(self.vectors.shape[0], f"adding ({factory})", self.progress) as bar:
+            add_s = add_in_chunks(trained, self.vectors, self.chunk, bar=bar)
+        return Filled(trained, searcher(trained), add_s)
+
+    def size(self, filled: Filled) -> int:
+        from univl_fast.index.select import serialized_bytes
+
+        return serialized_bytes(filled.index)
+
+    def discard(self, filled: Filled) -> None:
+        pass
+
+    def finish(
+        self, filled: Filled, ids: list[str], codes: np.ndarray, manifest: dict[str, Any]
+    ) -> Index:
+        return Index(filled.index, ids, codes, manifest, device=self.device)
+
+
 def build_index(
     vectors: np.ndarray,
     doc_ids: list[str],
@@ -299,7 +325,10 @@ def build_index(
     max_memory: int | str | None = None,
     allow_below_target: bool | None = None,
     margin: float | None = None,
-) -> Index:
+    shards: int = 1,
+    out_dir: str | os.PathLike | None = None,
+    fill: Fill | None = None,
+) -> SearchableIndex:
     """Build, fill and tune an inner-product index.
 
     vectors: (n, d) float32 unit rows (a memory-mapped array works and is read in chunks).
@@ -319,7 +348,11 @@ def build_index(
     Returns an ``Index`` whose manifest records factory, tuned params, measured recall@k vs
     exact (tune and held-out splits), memory, build times, the measured frontier
     (``"selection"``, when chosen by budget) and what binds it to its engine.
-    ``univl_fast.scale.build`` builds the same index as N shards, filled in parallel.
+    shards: N > 1 builds the same index as N shards of one trained index (the same choice of
+    index, trained once, each shard filled with contiguous rows, tuned once on the whole) and
+    writes it as a sharded index dir to ``out_dir`` (required then); ``fill`` fills the
+    shards (``sharded_build.fill_local``, threads, by default; ``scale.ray_build`` on Ray).
+    Returns a ``ShardedIndex`` then.
     """
     from univl_fast.index.select import parse_size
 
@@ -337,29 +370,78 @@ def build_index(
             raise ValueError(f"margin must be in [0, 1), got {margin}")
         cfg.margin = float(margin)
     n, d = vectors.shape
+    if bound:
+        engine_sha256 = bound["engine_sha256"]
+    filler = _filler(
+        vectors, ids, codes, cfg, bound, engine_sha256, progress, device, shards, out_dir, fill
+    )
     flat_fits = cfg.max_memory is None or n * d * 4 <= cfg.max_memory
     if auto and not (n < factory_mod.FLAT_MAX_VECTORS and flat_fits):
         return _build_selected(
-            vectors, ids, codes, cfg, tune_queries, engine_sha256, bound, progress, device, t_start
+            vectors, ids, codes, cfg, tune_queries, engine_sha256, bound, progress, filler, t_start
         )
     index = new_index(cfg.factory, cfg.dim)
     train_s = train_index(index, vectors, cfg, progress)
-    with _progress(n, "adding", progress) as bar:
-        add_s = add_in_chunks(index, vectors, cfg.add_chunk, bar=bar)
+    filled = filler.fill(index, cfg.factory)
     manifest = tune_and_describe(
-        searcher(index),
-        index,
+        filled.search,
+        filled.index,
         vectors,
         codes,
         tune_queries,
         cfg,
         engine_sha256,
-        {"train": train_s, "add": add_s},
+        {"train": train_s, "add": filled.add_seconds},
         progress,
         bound,
     )
     manifest["build_seconds"]["total"] = round(time.perf_counter() - t_start, 3)
-    return Index(index, ids, codes, manifest, device=device)
+    return filler.finish(filled, ids, codes, manifest)
+
+
+def _filler(
+    vectors: np.ndarray,
+    ids: list[str],
+    codes: np.ndarray,
+    cfg: IndexConfig,
+    bound: dict[str, Any],
+    engine_sha256: str | None,
+    progress: bool,
+    device: str,
+    shards: int,
+    out_dir: str | os.PathLike | None,
+    fill: Fill | None,
+) -> SingleFill | ShardFill:
+    """How a trained index gets its rows: in place, or as ``shards`` shards under ``out_dir``."""
+    if int(shards) < 1:
+        raise ValueError(f"shards must be >= 1, got {shards}")
+    if shards == 1:
+        return SingleFill(vectors, cfg.add_chunk, progress, device)
+    if out_dir is None:
+        raise ValueError(
+            "build_index(shards=N): a sharded index is written as it is built: give out_dir"
+        )
+    fields = {
+        "format": MANIFEST_FORMAT,
+        "engine_sha256": engine_sha256,
+        "embedding_space": bound.get("embedding_space"),
+        "encoding": bound.get("encoding"),
+    }
+    return ShardFill(out_dir, int(shards), vectors, ids, codes, cfg.add_chunk, fields, fill)
+
+
+def build_sharded_index(
+    vectors: np.ndarray,
+    doc_ids: list[str],
+    modalities: list[str] | np.ndarray,
+    out_dir: str | os.PathLike,
+    shards: int,
+    **build_args: Any,
+) -> SearchableIndex:
+    """``build_index(vectors, doc_ids, modalities, shards=shards, out_dir=out_dir, ...)``."""
+    return build_index(
+        vectors, doc_ids, modalities, shards=shards, out_dir=out_dir, device="cpu", **build_args
+    )
 
 
 def training_pool(vectors: np.ndarray, cfg: IndexConfig) -> np.ndarray:
@@ -387,18 +469,16 @@ def _finalists(sel: Any, cfg: IndexConfig) -> list[Any]:
 
 
 def _faster_at_full_size(
-    a: tuple[faiss.Index, dict[str, Any], int, float],
-    b: tuple[faiss.Index, dict[str, Any], int, float],
+    a: tuple[Filled, dict[str, Any], int, float],
+    b: tuple[Filled, dict[str, Any], int, float],
     queries: np.ndarray,
     cfg: IndexConfig,
-) -> tuple[tuple[faiss.Index, dict[str, Any], int, float], dict[str, Any]]:
+) -> tuple[tuple[Filled, dict[str, Any], int, float], dict[str, Any]]:
     """The finalist with the lower median single-query latency at its tuned parameters
     (interleaved rounds on the held-out tune queries), and a note of both timings."""
     lat = tune_mod.interleaved_latency(
         [
-            functools.partial(
-                searcher(x[0]), k=cfg.k, p=SearchParams.from_json(x[1]["search_params"])
-            )
+            functools.partial(x[0].search, k=cfg.k, p=SearchParams.from_json(x[1]["search_params"]))
             for x in (a, b)
         ],
         queries,
@@ -439,14 +519,13 @@ def _build_selected(
     engine_sha256: str | None,
     bound: dict[str, Any],
     progress: bool,
-    device: str,
+    filler: SingleFill | ShardFill,
     t_start: float,
-) -> Index:
+) -> SearchableIndex:
     """Measure the candidates, then fill and tune the winner at full size (select.py)."""
     from univl_fast.index import select as select_mod
     from univl_fast.index.params import RecallTargetUnreachable
 
-    n = vectors.shape[0]
     queries, _held = split_queries(vectors, tune_queries, cfg)
     pool = training_pool(vectors, cfg)
     t0 = time.perf_counter()
@@ -455,7 +534,7 @@ def _build_selected(
     tried: list[str] = []
     finalists = _finalists(sel, cfg)
     held_q = _held if _held.size else queries
-    best: tuple[faiss.Index, dict[str, Any], int, float] | None = None  # index, manifest, ...
+    best: tuple[Filled, dict[str, Any], int, float] | None = None  # filled, manifest, ...
     finals: list[dict[str, Any]] = []
     remaining = [f.candidate.factory for f in finalists]
     for m in sel.ranked:
@@ -466,26 +545,28 @@ def _build_selected(
             remaining.remove(factory)
         cfg.factory = factory
         t1 = time.perf_counter()
-        if factory in sel.indexes:  # the selection sample was the whole corpus
-            index, add_s = sel.indexes[factory], 0.0
+        if factory in sel.indexes and filler.in_memory:  # the sample was the whole corpus
+            index = sel.indexes[factory]
+            filled = Filled(index, searcher(index), 0.0)
         else:
-            index = faiss.deserialize_index(np.frombuffer(m.trained, dtype=np.uint8))
-            with _progress(n, f"adding ({factory})", progress) as bar:
-                add_s = add_in_chunks(index, vectors, cfg.add_chunk, bar=bar)
-        size = select_mod.serialized_bytes(index)
+            filled = filler.fill(
+                faiss.deserialize_index(np.frombuffer(m.trained, np.uint8)), factory
+            )
+        size = filler.size(filled)
         if cfg.max_memory is not None and size > cfg.max_memory:
             tried.append(f"{factory}: {size:,} bytes at full size > budget")
             log.warning("%s measures %d bytes at full size, over the budget: next", factory, size)
+            filler.discard(filled)
             continue
         manifest = tune_and_describe(
-            searcher(index),
-            index,
+            filled.search,
+            filled.index,
             vectors,
             codes,
             tune_queries,
             cfg,
             engine_sha256,
-            {"select": select_s, "add": add_s},
+            {"select": select_s, "add": filled.add_seconds},
             progress,
             bound,
         )
@@ -493,11 +574,14 @@ def _build_selected(
         if not met and not cfg.allow_below_target:
             tried.append(f"{factory}: recall {manifest['tuning']['recall_at_k']:.4f} at full size")
             log.warning("%s misses the target at full size: trying the next candidate", factory)
+            filler.discard(filled)
             continue
         if best is None:
-            best = (index, manifest, size, t1)
+            best = (filled, manifest, size, t1)
         else:
-            best, note = _faster_at_full_size(best, (index, manifest, size, t1), held_q, cfg)
+            pair = (best, (filled, manifest, size, t1))
+            best, note = _faster_at_full_size(*pair, held_q, cfg)
+            filler.discard(pair[1][0] if best is pair[0] else pair[0][0])
             finals.append(note)
             tried.append(f"{note['slower']}: slower at full size than {note['faster']}")
     if best is None:
@@ -507,10 +591,10 @@ def _build_selected(
             None,
             sel.frontier_json(),
         )
-    index, manifest, size, t1 = best
+    filled, manifest, size, t1 = best
     cfg.factory = manifest["factory"]
     p = SearchParams.from_json(manifest["search_params"])
-    single, batch = select_mod.time_search(searcher(index), held_q, cfg.k, p)
+    single, batch = select_mod.time_search(filled.search, held_q, cfg.k, p)
     chosen = {
         "factory": cfg.factory,
         "search_params": manifest["search_params"],
@@ -547,4 +631,4 @@ def _build_selected(
         size,
         manifest["selection"]["why"],
     )
-    return Index(index, ids, codes, manifest, device=device)
+    return filler.finish(filled, ids, codes, manifest)

@@ -37,6 +37,11 @@ class RecallTargetUnreachable(UnivlFastError, RuntimeError):
         self.frontier = frontier
 
 
+class ShardTimeoutError(UnivlFastError, TimeoutError):
+    """A shard did not answer within its timeout (or its actor died), and partial results
+    were not asked for (``search_partial`` returns them)."""
+
+
 @dataclass(frozen=True)
 class SearchParams:
     """Per-call search knobs; ``None`` means "the tuned value from the manifest"."""

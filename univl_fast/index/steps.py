@@ -1,16 +1,33 @@
 """The faiss steps shared by the index builder (``build``), the candidate selection
-(``select``) and the scale-out builder: an empty index from a factory string, cheaper
-OPQ / PQ training settings, and adding vectors in chunks.
+(``select``) and the sharded fill: an empty index from a factory string, cheaper
+OPQ / PQ training settings, adding vectors in chunks, and ``Filled`` (a trained index filled
+at full size, as one index or as shards: what tuning and timing search).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import faiss
 import numpy as np
 
-from univl_fast.index.params import IndexConfig
+from univl_fast.index.params import IndexConfig, SearchParams
+
+
+@dataclass
+class Filled:
+    """A trained index filled with the whole corpus: ``index`` the faiss index whose parts
+    and per-vector memory describe it (one shard of a sharded one), ``search(queries, k,
+    params) -> (scores, rows)`` over all of it, the seconds adding took, and what the filler
+    needs to finish it (``state``)."""
+
+    index: faiss.Index
+    search: Callable[[np.ndarray, int, SearchParams], tuple[np.ndarray, np.ndarray]]
+    add_seconds: float
+    state: Any = None
 
 
 def set_training_costs(index: faiss.Index, cfg: IndexConfig) -> None:

@@ -33,6 +33,7 @@ from univl_fast.index.reader import (  # noqa: F401 - read_manifest is re-export
     read_manifest,
 )
 from univl_fast.index.search import Index
+from univl_fast.index.sharded import is_sharded, load_sharded_index
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,6 @@ def load_index(
     """
     root = Path(directory)
     manifest = read_manifest(root)
-    if manifest.get("layout") == "sharded":  # N shards of one trained index (scale-out)
-        from univl_fast.scale.sharded import load_sharded_index
-
+    if is_sharded(manifest):  # N shards of one trained index
         return load_sharded_index(root, manifest, engine_sha256, verify, encoder=encoder)
     return load_single_index(root, manifest, engine_sha256, device, verify, encoder)

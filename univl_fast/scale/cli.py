@@ -7,8 +7,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from univl_fast.index.build import build_sharded_index
+from univl_fast.index.sharded_build import merge_sharded
 from univl_fast.index.store import MANIFEST_FILE
-from univl_fast.scale.build import build_sharded_index, merge_sharded
 from univl_fast.utils.io import atomic_write_json
 
 
@@ -24,13 +25,6 @@ def build_scaled(
     (--ray with --shards 1: one shard per actor)."""
     if args.shards < 1:
         raise ValueError(f"--shards must be >= 1, got {args.shards}")
-    build_args = dict(build_args)
-    build_args.pop("allow_below_target", None)
-    if build_args.pop("max_memory", None) is not None:
-        raise ValueError(
-            "--max-memory (a budget-chosen index) is not supported with --ray / --shards: "
-            "choose the index without them, then pass its --factory"
-        )
     fill = None
     if args.ray is not None:
         from univl_fast.scale.ray_build import make_fill_ray

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 from univl_fast.errors import UnivlFastError
+from univl_fast.index.params import ShardTimeoutError  # noqa: F401 - its home is index/
 
 
 class RayUnavailableError(UnivlFastError, ImportError):
     """Ray is needed (--ray, a Ray-hosted sharded index) but is not installed."""
-
-
-class ShardTimeoutError(UnivlFastError, TimeoutError):
-    """A shard did not answer within its timeout (or its actor died), and partial results
-    were not asked for (``search_partial`` returns them)."""

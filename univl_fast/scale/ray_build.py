@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from univl_fast.scale.build import fill_shard
+from univl_fast.index.sharded_build import fill_shard
 from univl_fast.scale.ray_runtime import require_ray
 
 

@@ -15,18 +15,17 @@ from typing import Any
 import faiss
 import numpy as np
 
-from univl_fast.index.params import SearchParams
-from univl_fast.index.store import read_manifest
-from univl_fast.scale.errors import ShardTimeoutError
-from univl_fast.scale.ray_runtime import require_ray
-from univl_fast.scale.sharded import (
+from univl_fast.index.binding import check_binding
+from univl_fast.index.params import SearchParams, ShardTimeoutError
+from univl_fast.index.sharded import (
     TRAINED_FILE,
     ShardedSearch,
-    check_binding,
     check_sharded_files,
     is_sharded,
     shard_candidates,
 )
+from univl_fast.index.store import load_index, read_manifest
+from univl_fast.scale.ray_runtime import require_ray
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +36,6 @@ class ShardHost:
     """Actor body: one shard dir loaded once; ``candidates`` answers one fan-out."""
 
     def __init__(self, shard_dir: str, row_start: int, threads: int):
-        from univl_fast.index import load_index
-
         faiss.omp_set_num_threads(int(threads))
         self.index = load_index(shard_dir, device="cpu")  # bound by the caller
         self.row_start = int(row_start)

@@ -31,14 +31,18 @@ from typing import Any
 import faiss
 import numpy as np
 
-from univl_fast.index import binding
+from univl_fast.index.base import SearchableIndex, empty_result
+from univl_fast.index.binding import check_binding
 from univl_fast.index.files import MANIFEST_FILE
-from univl_fast.index.introspect import IndexParts, default_search_params, parts_of
-from univl_fast.index.params import IndexFormatError, SearchParams
+from univl_fast.index.introspect import (
+    IndexParts,
+    default_search_params,
+    faiss_search_parameters,
+    parts_of,
+)
+from univl_fast.index.params import IndexFormatError, SearchParams, ShardTimeoutError
 from univl_fast.index.reader import check_file, load_single_index, read_manifest
-from univl_fast.index.search import MODALITY_NAMES, Index, check_queries, hits_of
-from univl_fast.scale.errors import ShardTimeoutError
-from univl_fast.types import Hit
+from univl_fast.index.search import Index
 from univl_fast.utils.io import sha256_file
 
 log = logging.getLogger(__name__)
@@ -93,8 +97,8 @@ def shard_candidates(
     index) with global rows; ``coarse`` = ``coarse_assign`` output (IVF indexes) or None.
     with_exact: also score the candidates exactly (refine index; a remote shard does, a local
     one leaves it to ``merge_candidates``, which scores only the merged pool)."""
-    parts: IndexParts = shard._parts
-    sel = shard._selector(modality).sel if modality is not None else None
+    parts: IndexParts = shard.parts
+    sel = shard.selector(modality)
     pool = k * int(params.k_factor or 1) if parts.refine is not None else k
     pool = min(pool, shard.ntotal)
     if pool == 0:
@@ -122,8 +126,6 @@ def shard_candidates(
             sp,
         )
     else:
-        from univl_fast.index.introspect import faiss_search_parameters
-
         fp, _keep = faiss_search_parameters(
             IndexParts(parts.base, parts.base, None, parts.ivf, 1.0), params, sel
         )
@@ -188,10 +190,10 @@ def _order(scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return np.lexsort((key_rows, -scores), axis=-1)
 
 
-class ShardedSearch:
+class ShardedSearch(SearchableIndex):
     """What every sharded index shares: row-order doc ids and modalities of all shards, the
-    tuned defaults, and the search API of ``Index`` over candidates gathered from the shards
-    (``_gather``, by the subclass: local threads or Ray actors)."""
+    tuned defaults, and the array search over candidates gathered from the shards
+    (``_gather``, by the subclass: local threads or Ray actors), merged."""
 
     def __init__(
         self,
@@ -200,56 +202,16 @@ class ShardedSearch:
         manifest: dict[str, Any],
         trained: faiss.Index,
     ):
-        self.doc_ids = doc_ids
-        self.modality_codes = modality_codes
-        self.manifest = manifest
         self.trained = trained
         self._parts = parts_of(trained)
         tuned = SearchParams.from_json(manifest.get("search_params"))
-        self.default_params = tuned.merged_over(default_search_params(self._parts))
-        self._modalities_list: list[str] | None = None
-        self.encoding_mismatch: str | None = None
-        self._counts = {
-            name: int((modality_codes == c).sum()) for c, name in enumerate(MODALITY_NAMES)
-        }
-
-    @property
-    def ntotal(self) -> int:
-        return len(self.doc_ids)
+        super().__init__(
+            doc_ids, modality_codes, manifest, tuned.merged_over(default_search_params(self._parts))
+        )
 
     @property
     def dim(self) -> int:
         return int(self.trained.d)
-
-    @property
-    def on_gpu(self) -> bool:
-        return False
-
-    @property
-    def embedding_space(self) -> dict[str, Any] | None:
-        return self.manifest.get("embedding_space")
-
-    @property
-    def encoding(self) -> dict[str, Any] | None:
-        return self.manifest.get("encoding")
-
-    @property
-    def modalities(self) -> list[str]:
-        if self._modalities_list is None:
-            self._modalities_list = [MODALITY_NAMES[c] for c in self.modality_codes.tolist()]
-        return self._modalities_list
-
-    def count(self, modality: str | None = None) -> int:
-        if modality is None:
-            return self.ntotal
-        if modality not in self._counts:
-            raise ValueError(
-                f"modality must be one of {list(MODALITY_NAMES)} or None, got {modality!r}"
-            )
-        return self._counts[modality]
-
-    def _check_queries(self, queries: Any) -> np.ndarray:
-        return check_queries(queries, self.dim)
 
     def _gather(self, q, k, params, modality, coarse) -> tuple[list[Candidates], list[str]]:
         """Every shard's candidates, and the shards that did not answer (with why)."""
@@ -269,52 +231,38 @@ class ShardedSearch:
     ) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """(scores, global rows, missing) where ``missing`` names each shard that did not
         answer (empty: complete results; otherwise the top-k of the shards that did)."""
-        if int(k) < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        q = self._check_queries(queries)
-        k_eff = min(int(k), self.count(modality))
+        q, k_eff, p = self.prepare(queries, k, params, modality)
         if q.shape[0] == 0 or k_eff == 0:
-            empty = np.empty((q.shape[0], k_eff))
-            return empty.astype(np.float32), empty.astype(np.int64), []
-        p = (params or SearchParams()).merged_over(self.default_params)
+            return (*empty_result(q.shape[0], k_eff), [])
+        return self._merged(q, k_eff, p, modality)
+
+    def _merged(
+        self, q: np.ndarray, k: int, p: SearchParams, modality: str | None
+    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
         coarse = None
         if self._parts.ivf is not None:
             coarse = coarse_assign(self.trained, q, int(p.nprobe or self._parts.ivf.nprobe))
-        pool = k_eff * int(p.k_factor or 1) if self._parts.refine is not None else k_eff
-        found, missing = self._gather(q, k_eff, p, modality, coarse)
+        pool = k * int(p.k_factor or 1) if self._parts.refine is not None else k
+        found, missing = self._gather(q, k, p, modality, coarse)
         if not found:
             raise ShardTimeoutError(f"no shard answered: {'; '.join(missing)}")
         rescore = None
         if self._parts.refine is not None and found[0].exact is None:
             rescore = functools.partial(self._rescore, q)
-        scores, rows = merge_candidates(found, k_eff, pool, rescore)
+        scores, rows = merge_candidates(found, k, pool, rescore)
         return scores, rows, missing
 
-    def search_arrays(
-        self,
-        queries: np.ndarray,
-        k: int,
-        params: SearchParams | None = None,
-        modality: str | None = None,
+    def _search_arrays(
+        self, q: np.ndarray, k: int, params: SearchParams, modality: str | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k by inner product over every shard: (scores (n, k'), global rows (n, k'))."""
-        scores, rows, missing = self.search_partial(queries, k, params, modality)
+        """Top-k over every shard; ``ShardTimeoutError`` when a shard did not answer."""
+        scores, rows, missing = self._merged(q, k, params, modality)
         if missing:
             raise ShardTimeoutError(
                 f"{len(missing)} shard(s) did not answer: {'; '.join(missing)} "
                 "(search_partial returns the other shards' results)"
             )
         return scores, rows
-
-    def search(
-        self,
-        queries: np.ndarray,
-        k: int,
-        params: SearchParams | None = None,
-        modality: str | None = None,
-    ) -> list[list[Hit]]:
-        scores, rows = self.search_arrays(queries, k, params=params, modality=modality)
-        return hits_of(self.doc_ids, self.modalities, scores, rows)
 
 
 class ShardedIndex(ShardedSearch):
@@ -359,7 +307,7 @@ class ShardedIndex(ShardedSearch):
             mine = (rows >= start) & (rows < start + shard.ntotal)
             if mine.any():
                 local = np.where(mine, rows - start, -1)
-                got = exact_scores(shard._parts.refine, q, local)
+                got = exact_scores(shard.parts.refine, q, local)
                 out[mine] = got[mine]
 
         for f in [
@@ -373,15 +321,6 @@ class ShardedIndex(ShardedSearch):
             f"ShardedIndex({self.manifest.get('factory')!r}, shards={len(self.shards)}, "
             f"ntotal={self.ntotal}, params={self.default_params})"
         )
-
-
-def check_binding(root: Any, manifest: dict[str, Any], encoder: Any, engine_sha256: str | None):
-    """EngineMismatchError unless the index's vectors are in ``encoder``'s embedding space
-    (``univl_fast.index.binding``); returns how the query encoding differs (None: same)."""
-    if encoder is not None:
-        engine_sha256 = encoder.manifest_sha256
-    binding.check_space(root, manifest, getattr(encoder, "embedding_space", None), engine_sha256)
-    return binding.encoding_mismatch(manifest, getattr(encoder, "encoding", None))
 
 
 def check_sharded_files(root: Path, manifest: dict[str, Any], verify: bool) -> None:
