@@ -315,7 +315,9 @@ def _measured_graph(
     refused: list[dict] = []
     first = None
     for route in routes:
-        q, info = quantize.quantize_int8(proto, op_types=ops, **route.settings())
+        q, info = quantize.quantize_int8(
+            proto, route.per_channel, route.reduce_range, ops, route.weight_type
+        )
         data = q.SerializeToString()
         del q
         p, outputs = verify.run_graph(data, tower, inputs, ref, limits)

@@ -294,6 +294,17 @@ class Encoder:
             return None
         return alt
 
+    def info(self) -> dict[str, Any]:
+        """What runs here and how it was verified on this host (JSON-able)."""
+        return {
+            "precision": self.precision,
+            "backend": self.backend,
+            "text_runtime": self.text_runtime,
+            "image_runtime": self.image_runtime,
+            "runtime_reasons": dict(self.runtime_reasons),
+            "verification": self.verification,
+        }
+
     def describe_choice(self) -> str:
         """``int8 on onnxruntime-cpu (text native, image onnxruntime)``."""
         return (
