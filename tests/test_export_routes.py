@@ -24,9 +24,10 @@ def routed_engine(tmp_path_factory, random_tiny_checkpoint):
     state: dict = {}
     real_quantize, real_run = quantize.quantize_int8, verify.run_graph
 
-    def quantize_int8(proto, per_channel, reduce_range, op_types, weight_type):
+    def quantize_int8(proto, per_channel, reduce_range, op_types, weight_type="QInt8"):
         state["settings"] = {"reduce_range": reduce_range, "weight_type": weight_type}
-        return real_quantize(proto, per_channel, reduce_range, op_types, weight_type)
+        extra = () if weight_type == "QInt8" else (weight_type,)
+        return real_quantize(proto, per_channel, reduce_range, op_types, *extra)
 
     def run_graph(data, tower, inputs, ref, limits, **kwargs):
         p, out = real_run(data, tower, inputs, ref, limits, **kwargs)
