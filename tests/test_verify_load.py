@@ -276,3 +276,42 @@ def test_info_shows_the_check(tiny_engine, capsys):
     assert main(["--brief", "--engine", str(tiny_engine)]) == 0
     text = capsys.readouterr().out
     assert "load-time check (auto)" in text and "same-class" in text
+
+
+def test_tensorrt_plans_that_miss_parity_fall_back_to_onnxruntime(
+    tiny_engine, tmp_path, monkeypatch
+):
+    """Fake plans (the standard-op fp32 graphs, run by ONNX Runtime) recorded as measured on
+    another TensorRT version; here they compute 1.1x off: the engine falls back to the ONNX
+    graphs."""
+    from univl_fast.runtime import encoder as encoder_mod
+
+    def with_plans(m):
+        m["tensorrt_plans"] = {t: {"fp16": f"{t}_fp32.trt.onnx"} for t in ("text", "image")}
+        for t in ("text", "image"):
+            m["files"][f"{t}_fp32.trt.onnx"].update(input="x", output="y")
+        for part in ("text", "image", "combined"):
+            p = dict(m["parity"][part]["fp32"])
+            p["measured_on"] = [kernel_class.tensorrt_class("0.0-elsewhere")]
+            m["parity"][part]["tensorrt-fp16"] = p
+
+    eng = engine_copy(tiny_engine, tmp_path / "trt", with_plans)
+    real_resolve, real_open = encoder_mod.resolve_backend, encoder_mod.open_tower
+
+    def resolve_backend(name, has_plans=False):
+        return "tensorrt" if name is None and has_plans else real_resolve(name, has_plans)
+
+    def open_tower(path, backend, io_names=None, threads=None):
+        if backend != "tensorrt":
+            return real_open(path, backend, io_names, threads)
+        tower = OrtTower(path)
+        monkeypatch.setattr(tower, "run", lambda x, r=tower.run: r(x) * np.float32(1.1))
+        return tower
+
+    monkeypatch.setattr(encoder_mod, "resolve_backend", resolve_backend)
+    monkeypatch.setattr(encoder_mod, "open_tower", open_tower)
+    enc = Encoder(eng)
+    assert enc.backend == "onnxruntime-cpu"
+    v = enc.verification
+    assert v["fallbacks"][0]["from"].startswith("fp16 on tensorrt")
+    assert {"tensorrt/text/tensorrt-fp16", "tensorrt/image/tensorrt-fp16"} <= set(v["failed"])

@@ -20,7 +20,7 @@ from pathlib import Path
 from univl_fast.errors import UnivlFastError
 from univl_fast.export.manifest import file_entry, trt_version
 from univl_fast.runtime.backends import GPU_EXTRA, _cuda_devices
-from univl_fast.runtime.kernel_class import tensorrt_class
+from univl_fast.runtime.kernel_class import tensorrt_class, tensorrt_version
 from univl_fast.runtime.selection import PLAN_KEY  # the plans' parity key
 
 
@@ -161,7 +161,7 @@ def build_verified_plans(
         runner = open_tower(Path(root) / rel, "tensorrt", entry)
         outputs[tower] = verify.tower_outputs(runner.run, tower, inputs)
         parity[tower] = verify.check_tower(outputs[tower], tower, ref, limits, "TensorRT fp16")
-        parity[tower].measured_on = [tensorrt_class(trt_version())]
+        parity[tower].measured_on = [tensorrt_class(tensorrt_version())]
     parity["combined"] = verify.check_combined(
         outputs["text"], outputs["image"], ref, limits, "TensorRT fp16"
     )

@@ -234,6 +234,9 @@ class Encoder:
         EngineError when the change would override what was asked for by name, or nothing is
         left."""
         m, before = self.manifest, self.describe_choice()
+        if self.backend == "tensorrt" and not self._explicit["backend"]:  # plans -> ORT graphs
+            self._repick(resolve_backend("onnxruntime"), None)
+            return f"{before} -> {self.describe_choice()}"
         bad = {t for b, t, k in failed if b == self.backend and k == self.parity_key(t)}
         if not bad:  # only the pair's image-document vector failed: both towers go
             bad = {"text", "image"}
@@ -259,20 +262,23 @@ class Encoder:
             if (self.backend, cand) in tried or cand not in selection.available_precisions(m):
                 continue
             if selection.parity_problem(m, cand) is None:
-                self.precision = cand
-                self.text_runtime = self._pick_runtime("text", self.runtime_requests["text"])
-                self.image_runtime = self._pick_runtime("image", self.runtime_requests["image"])
+                self._repick(self.backend, cand)
                 return f"{before} -> {self.describe_choice()}"
         if self.backend != "onnxruntime-cpu" and not self._explicit["backend"]:
-            self.backend = "onnxruntime-cpu"
-            self.precision = self._pick_precision(None)
-            self.text_runtime = self._pick_runtime("text", self.runtime_requests["text"])
-            self.image_runtime = self._pick_runtime("image", self.runtime_requests["image"])
+            self._repick("onnxruntime-cpu", None)
             return f"{before} -> {self.describe_choice()}"
         raise EngineError(
             f"engine {self.engine_dir}: no precision or runtime passed the load-time parity "
             f"check on this host (last tried {before}; see the log)"
         )
+
+    def _repick(self, backend: str, precision: str | None) -> None:
+        """Choose again on ``backend`` at ``precision`` (None: auto's) with the runtimes asked
+        for."""
+        self.backend = backend
+        self.precision = precision or self._pick_precision(None)
+        self.text_runtime = self._pick_runtime("text", self.runtime_requests["text"])
+        self.image_runtime = self._pick_runtime("image", self.runtime_requests["image"])
 
     def _other_int8_runtime(self, tower: str, failed: set[tuple[str, str, str]]) -> str | None:
         """The int8 runtime of ``tower`` to try after its current one was refused here (None:
