@@ -131,6 +131,7 @@ def test_failing_int8_graphs_fall_back_to_the_native_towers(
     (fb,) = v["fallbacks"]
     assert "scale error" in fb["why"] and "text native, image native" in fb["change"]
     assert "failed the load-time parity check" in caplog.text
+    assert "load-time parity check" in enc.runtime_reasons["text"]
     q = enc.encode_queries(["a red car"])
     assert q.shape == (1, enc.dim) and np.isfinite(q).all()
 
@@ -315,3 +316,27 @@ def test_tensorrt_plans_that_miss_parity_fall_back_to_onnxruntime(
     v = enc.verification
     assert v["fallbacks"][0]["from"].startswith("fp16 on tensorrt")
     assert {"tensorrt/text/tensorrt-fp16", "tensorrt/image/tensorrt-fp16"} <= set(v["failed"])
+
+
+def test_gpu_provider_fp16_is_rechecked_and_refused_when_off(
+    tiny_engine_all, fake_cuda, monkeypatch
+):
+    """fp16 too (issue 22 item 5): auto picks the fp16 graphs on a GPU provider; they were
+    measured on the CPU provider at export, so they are re-checked on the provider that runs;
+    a provider whose fp16 is off falls back to fp32 on the same provider when that passes."""
+    m = read_json(tiny_engine_all / "manifest.json")
+    assert m["parity"]["text"]["fp16"]["passed"], m["parity"]["text"]["fp16"]
+    enc = Encoder(tiny_engine_all)
+    assert (enc.backend, enc.precision) == ("onnxruntime-cuda", "fp16")
+    assert enc.verification["towers"]["text"]["status"] == "re-checked"
+
+    real_run = fake_cuda.run
+
+    def run(self, x):  # fp16 kernels off by 1.1x on this "GPU"; fp32 right
+        out = real_run(self, x)
+        return out * np.float32(1.1) if self.path.endswith("_fp16.onnx") else out
+
+    monkeypatch.setattr(fake_cuda, "run", run)
+    enc = Encoder(tiny_engine_all)
+    assert (enc.backend, enc.precision) == ("onnxruntime-cuda", "fp32")
+    assert "onnxruntime-cuda/text/fp16" in enc.verification["failed"]

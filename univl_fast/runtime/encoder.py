@@ -244,7 +244,12 @@ class Encoder:
             alts = {t: self._other_int8_runtime(t, failed) for t in bad}
             if all(alts.values()):
                 for t, alt in alts.items():
+                    was = self.runtimes[t]
                     setattr(self, f"{t}_runtime", alt)
+                    self.runtime_reasons[t] = (
+                        f"the int8 {t} tower on {was} failed the load-time parity check on this "
+                        f"host; {alt} runs it (Encoder.verification)"
+                    )
                 return f"{before} -> {self.describe_choice()}"
         blocked = [k for k in ("text", "image") if k in bad and self._explicit[k]]
         if blocked or self._explicit["precision"]:
