@@ -54,6 +54,7 @@ def test_int8_route_chosen_by_measurement(routed_engine):
     (refused,) = q["refused_routes"]
     assert refused["route"] == "per-channel s8 weights" and "simulated" in refused["reason"]
     assert m["parity"]["text"]["int8"]["passed"]
+    assert "text_int8.onnx: int8 route per-channel + reduce_range" in build.summarize(m)
 
 
 def test_int8_graph_failing_every_route_is_not_written(routed_engine):
@@ -74,4 +75,3 @@ def test_native_text_not_vetoed_by_the_image_graph(routed_engine):
     combined = m["parity"]["combined"]["int8-native"]
     assert combined["measured"] and combined["passed"]
     assert "image int8-native" in combined["provider"]
-    assert build.summarize(m)  # the summary reads the new records

@@ -535,6 +535,11 @@ def summarize(manifest: dict[str, Any]) -> str:
                 )
             else:
                 lines.append(f"{part:8s} {key:14s} {p['reason']}")  # not measured / no output
+    for rel, entry in manifest["files"].items():
+        q = entry.get("quantization") or {}
+        if q.get("refused_routes"):
+            refused = ", ".join(r["route"] for r in q["refused_routes"])
+            lines.append(f"{rel}: int8 route {q['route']} (missed parity here: {refused})")
     speed = manifest.get("native", {}).get("image_speed")
     if speed and speed.get("measured"):
         slower = selection.native_image_speed_problem(manifest)

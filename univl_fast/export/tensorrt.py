@@ -140,7 +140,7 @@ def build_verified_plans(
     opt_batch: int = 16,
 ) -> tuple[dict[str, str], dict[str, dict], dict[str, dict]]:
     """Build both towers' fp16 plans from the standard-op graphs ``sources`` ({tower: rel}),
-    run them on the sample ``inputs`` and compare with ``ref`` (``univl_fast.export.verify``).
+    run them on the sample ``inputs`` and compare with ``ref`` (``univl_fast.parity``: no torch).
 
     Returns (plans {tower: rel}, their manifest entries {rel: entry without sha256/size},
     parity {"text" | "image" | "combined": Parity json}). When any check fails, both plan
