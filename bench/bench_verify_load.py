@@ -39,10 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--work", default=os.path.expanduser("~/.cache/univl_fast_bench"))
     ap.add_argument("--out", default=None, help="append the Markdown table to this file")
+    ap.add_argument("--engine", default=None, help="an exported engine dir to load (no set-up)")
     args = ap.parse_args(argv)
     work = Path(args.work)
-    ckpt = random_checkpoint(args.model, work / f"{args.model}-random")
-    engine = exported_engine(ckpt, work / f"{args.model}-engine")
+    if args.engine:
+        engine = Path(args.engine)
+    else:
+        ckpt = random_checkpoint(args.model, work / f"{args.model}-random")
+        engine = exported_engine(ckpt, work / f"{args.model}-engine")
     times: dict[str, list[float]] = {"never": [], "always": []}
     checks: list[float] = []
     info = {}
