@@ -8,6 +8,8 @@ built with). Never imports torch.
     python -m univl_fast.info            # readable report
     python -m univl_fast.info --brief    # one line per item
     python -m univl_fast.info --json     # machine-readable
+    python -m univl_fast.info --engine DIR   # + what that engine runs here and how it was
+                                             #   verified on this host (load-time check)
 """
 
 from __future__ import annotations
@@ -179,7 +181,38 @@ def full_report(info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def engine_info(engine_dir: str) -> dict[str, Any]:
+    """What an engine dir runs here: an Encoder opened on it (the load-time parity check
+    included, ``univl_fast.runtime.verify_load``) and its choices."""
+    from univl_fast.runtime import Encoder
+
+    enc = Encoder(engine_dir)
+    return {"path": str(engine_dir), **enc.info()}
+
+
+def engine_lines(engine: dict[str, Any]) -> list[str]:
+    """The engine part of the report: choices, then one line per tower's load-time check."""
+    v = engine["verification"]
+    lines = [
+        f"engine: {engine['path']}",
+        f"  runs: {engine['precision']} on {engine['backend']} (text {engine['text_runtime']}, "
+        f"image {engine['image_runtime']})",
+        f"  load-time check ({v['mode']}): {v['seconds']:.2f} s"
+        + (f"; references {v['references']}" if v.get("references") else "; no reference inputs"),
+    ]
+    for tower, c in v["towers"].items():
+        lines.append(f"  {tower} {c['key']} ({c['runtime']}): {c['status']}: {c['reason']}")
+    for fb in v["fallbacks"]:
+        lines.append(f"  fallback: {fb['change']} (why: {fb['why']})")
+    return lines
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--engine",
+        metavar="DIR",
+        help="also load this engine dir and report what runs here and how it was verified",
+    )
     fmt = parser.add_mutually_exclusive_group()
     fmt.add_argument("--brief", action="store_true", help="one line per item")
     fmt.add_argument("--json", action="store_true", help="machine-readable JSON")
@@ -187,12 +220,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     info = collect()
+    if getattr(args, "engine", None):
+        info["engine"] = engine_info(args.engine)
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=True))
-    elif args.brief:
-        print("\n".join(brief_lines(info)))
-    else:
-        print(full_report(info))
+        return 0
+    lines = brief_lines(info) if args.brief else full_report(info).splitlines()
+    if "engine" in info:
+        lines += engine_lines(info["engine"])
+    print("\n".join(lines))
     return 0
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from univl_fast.errors import UnivlFastError
 from univl_fast.export.manifest import file_entry, trt_version
 from univl_fast.runtime.backends import GPU_EXTRA, _cuda_devices, plan_provenance
+from univl_fast.runtime.kernel_class import tensorrt_class, tensorrt_version
 from univl_fast.runtime.selection import PLAN_KEY  # the plans' parity key
 
 
@@ -162,13 +163,13 @@ def build_verified_plans(
     opt_batch: int = 16,
 ) -> tuple[dict[str, str], dict[str, dict], dict[str, dict]]:
     """Build both towers' fp16 plans from the standard-op graphs ``sources`` ({tower: rel}),
-    run them on the sample ``inputs`` and compare with ``ref`` (``univl_fast.export.verify``).
+    run them on the sample ``inputs`` and compare with ``ref`` (``univl_fast.parity``: no torch).
 
     Returns (plans {tower: rel}, their manifest entries {rel: entry without sha256/size},
     parity {"text" | "image" | "combined": Parity json}). When any check fails, both plan
     files are removed, plans and entries are empty and the parity says why.
     """
-    from univl_fast.export import verify
+    from univl_fast import parity as verify
     from univl_fast.runtime.backends import open_tower
 
     plans: dict[str, str] = {}
@@ -183,6 +184,7 @@ def build_verified_plans(
         runner = open_tower(Path(root) / rel, "tensorrt", entry)
         outputs[tower] = verify.tower_outputs(runner.run, tower, inputs)
         parity[tower] = verify.check_tower(outputs[tower], tower, ref, limits, "TensorRT fp16")
+        parity[tower].measured_on = [tensorrt_class(tensorrt_version())]
     parity["combined"] = verify.check_combined(
         outputs["text"], outputs["image"], ref, limits, "TensorRT fp16"
     )
@@ -199,7 +201,7 @@ def build_verified_plans(
 def _reference_from_fp32_graphs(root: Path, manifest: dict, inputs):
     """The engine's fp32 ONNX graphs (verified against PyTorch at export) on the sample: the
     reference for plans built where the PyTorch model is not at hand."""
-    from univl_fast.export import verify
+    from univl_fast import parity as verify
     from univl_fast.runtime.backends import OrtTower
     from univl_fast.runtime.manifest import verify_file
 
@@ -225,7 +227,7 @@ def add_plans_to_engine(engine_dir: str | Path, max_batch: int = 64, opt_batch: 
 
     from univl_fast.export.config import ExportConfig
     from univl_fast.export.samples import builtin_sample
-    from univl_fast.export.verify import SampleInputs
+    from univl_fast.parity import SampleInputs
     from univl_fast.runtime.manifest import MANIFEST_NAME, EngineError, load_manifest, verify_file
     from univl_fast.runtime.preprocess import ImagePreprocessor, PreprocessConfig
     from univl_fast.runtime.tokenizer import ClipTokenizer
