@@ -311,6 +311,8 @@ def test_tensorrt_plans_that_miss_parity_fall_back_to_onnxruntime(
 
     monkeypatch.setattr(encoder_mod, "resolve_backend", resolve_backend)
     monkeypatch.setattr(encoder_mod, "open_tower", open_tower)
+    # the fake plans deserialize here (the provenance check would refuse them: no TensorRT)
+    monkeypatch.setattr(encoder_mod, "tensorrt_plans_problem", lambda plans: None)
     enc = Encoder(eng)
     assert enc.backend == "onnxruntime-cpu"
     v = enc.verification
