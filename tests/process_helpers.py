@@ -30,17 +30,25 @@ def spawn(argv: list[str], **kwargs) -> subprocess.Popen:
     return proc
 
 
-def group_members(pgid: int) -> set[int]:
-    """Live (not zombie) processes whose process group is ``pgid``."""
-    out = set()
+def _live_processes() -> Iterator[tuple[int, int, int]]:
+    """(pid, parent pid, process group) of every live (not zombie) process, from /proc."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            out.add(int(stat.parent.name))
-    return out
+        if fields[0] != "Z":
+            yield int(stat.parent.name), int(fields[1]), int(fields[2])
+
+
+def group_members(pgid: int) -> set[int]:
+    """Live (not zombie) processes whose process group is ``pgid``."""
+    return {pid for pid, _, group in _live_processes() if group == pgid}
+
+
+def children(pid: int) -> set[int]:
+    """Live (not zombie) child processes of ``pid``."""
+    return {child for child, parent, _ in _live_processes() if parent == pid}
 
 
 def pid_alive(pid: int) -> bool:

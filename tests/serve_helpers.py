@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from tests.process_helpers import spawn, stop_group
+from tests.process_helpers import children, spawn, stop_group
 from tests.test_torch_free import BLOCKER
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,15 +121,7 @@ class CliServer:
 
     def worker_pids(self) -> set[int]:
         """Live child processes of the server (its pre-forked workers)."""
-        pids = set()
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if int(fields[1]) == self.proc.pid and fields[0] != "Z":
-                pids.add(int(stat.parent.name))
-        return pids
+        return children(self.proc.pid)
 
     def wait_log(self, pattern: str, timeout_s: float = 30.0) -> str:
         deadline = time.monotonic() + timeout_s
