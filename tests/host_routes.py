@@ -47,25 +47,6 @@ def int8_route(engine_dir: str | Path) -> Route:
     return Route(problem is None, problem)
 
 
-def native_text_route(engine_dir: str | Path) -> Route:
-    """The native int8 text tower: written, parity passed, and ``auto`` picks it on this CPU
-    (int8 verified for the engine and AVX-512 VNNI here)."""
-    from univl_fast.runtime import selection
-    from univl_fast.runtime.native_text import fast_native_available
-
-    int8 = int8_route(engine_dir)
-    if not int8.verified:
-        return Route(False, f"int8 {int8.reason}")
-    m = _manifest(engine_dir)
-    if "int8" not in m.get("native", {}).get("text", {}):
-        return Route(False, m.get("native", {}).get("reason") or "no native text tower")
-    problem = selection.native_text_problem(m)
-    if problem is not None:
-        return Route(False, problem)
-    fast, why = fast_native_available()
-    return Route(fast, None if fast else why)
-
-
 def native_text_written(engine_dir: str | Path) -> Route:
     """The native int8 text tower's weights are in the engine (its parity passed at export;
     usable by name on any CPU), else why not (the manifest's reason)."""
