@@ -43,6 +43,17 @@ def tensorrt_available() -> bool:
     return importlib.util.find_spec("tensorrt") is not None and cuda_device_count() > 0
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_process_outlives_the_session():
+    """Last line of defence: a process group a test spawned (``tests.process_helpers``) and
+    never stopped is killed when the session ends, and reported as an error."""
+    yield
+    from tests.process_helpers import kill_leftover_groups
+
+    left = kill_leftover_groups()
+    assert not left, f"process groups left running by the tests (now killed): {left}"
+
+
 def pytest_collection_modifyitems(config, items):
     no_cuda = pytest.mark.skip(reason="needs a CUDA GPU: none visible on this machine")
     no_core = pytest.mark.skip(
