@@ -222,6 +222,13 @@ class Engine:
         """The engine's embedding space (model weights hash + dim) that indexes are bound to."""
         return self.encoder.embedding_space
 
+    def info(self) -> dict[str, Any]:
+        """What the engine runs here (precision, backend, runtime per tower) and how each
+        artifact was verified on this host (``Encoder.verification``: the load-time check)."""
+        enc = self.encoder
+        info = enc.info() if hasattr(enc, "info") else {}
+        return {"dim": self.dim, "manifest_sha256": self.manifest_sha256, **info}
+
     @property
     def encoding_mismatch(self) -> str | None:
         """How the queries' encoding (precision, text runtime) differs from the index corpus's
@@ -648,8 +655,8 @@ def load(
     engine_dir = Path(engine_dir)
     encoder = Encoder(engine_dir, precision=precision, backend=backend, **encoder_kwargs)
 
-    def reopen() -> Any:  # the same encoder, new sessions (in a forked child)
-        return Encoder(engine_dir, precision=encoder.precision, backend=backend, **encoder_kwargs)
+    def reopen() -> Any:  # the same choices and load-time check, new sessions (forked child)
+        return encoder.reopened()
 
     idx = None
     if isinstance(index, (str, os.PathLike)):  # an index dir, one index or sharded

@@ -38,12 +38,13 @@ import numpy as np
 
 from univl_fast.errors import UnivlFastError
 from univl_fast.imageio import ImageSource
-from univl_fast.runtime import selection
+from univl_fast.runtime import selection, verify_load
 from univl_fast.runtime.backends import (
     BackendUnavailable,
     ThreadSettings,
     open_tower,
     resolve_backend,
+    tensorrt_plans_problem,
 )
 from univl_fast.runtime.manifest import (
     EngineError,
@@ -153,6 +154,7 @@ class Encoder:
         image_runtime: str | None = None,
         decode_workers: int = 0,
         jpeg_draft: bool = False,
+        verify_on_load: str | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -195,9 +197,139 @@ class Encoder:
         }
         self.text_runtime: str = self._pick_runtime("text", text_runtime)
         self.image_runtime: str = self._pick_runtime("image", image_runtime)
+        # what was asked for by name: the load-time check never falls back from it
+        self._explicit = {
+            "backend": backend not in (None, "auto"),
+            "precision": precision is not None,
+            **{t: r.lower() != "auto" for t, r in self.runtime_requests.items()},
+        }
         self._towers: dict[str, Any] = {}
-        for tower in ("text", "image"):
-            self._towers[tower] = self._open(tower)
+        # what the load-time check did (univl_fast.runtime.verify_load): per tower its kernel
+        # class here, the classes the export measured on, re-checked or not and why, fallbacks
+        self.verification: dict[str, Any] = verify_load.open_verified(self, verify_on_load)
+
+    @property
+    def runtimes(self) -> dict[str, str]:
+        """Who runs each tower: "native", "onnxruntime" or "tensorrt"."""
+        return {"text": self.text_runtime, "image": self.image_runtime}
+
+    def parity_key(self, tower: str) -> str:
+        """The manifest's parity key of the artifact that runs ``tower``."""
+        runtime = self.runtimes[tower]
+        if runtime == "native":
+            return selection.NATIVE_KEY
+        return selection.PLAN_KEY if runtime == "tensorrt" else self.precision
+
+    def combined_key(self) -> str:
+        """The manifest's parity key of the image-document vector the two towers make."""
+        text, image = self.parity_key("text"), self.parity_key("image")
+        if image == selection.NATIVE_KEY:
+            return selection.NATIVE_IMAGE_COMBINED_KEY
+        return text
+
+    def fall_back(self, failed: set[tuple[str, str, str]]) -> str:
+        """Switch to the next verified runtime or precision after the load-time check refused
+        the artifacts in ``failed`` ({(backend, tower, key)}); returns what changed. Order: the
+        other int8 runtime of a refused tower (native <-> ONNX graph), then the next precision
+        whose export parity passed (``selection.SPEED_ORDER``), then ONNX Runtime on the CPU.
+        EngineError when the change would override what was asked for by name, or nothing is
+        left."""
+        m, before = self.manifest, self.describe_choice()
+        if self.backend == "tensorrt" and not self._explicit["backend"]:  # plans -> ORT graphs
+            self._repick(resolve_backend("onnxruntime"), None)
+            return f"{before} -> {self.describe_choice()}"
+        bad = {t for b, t, k in failed if b == self.backend and k == self.parity_key(t)}
+        if not bad:  # only the pair's image-document vector failed: both towers go
+            bad = {"text", "image"}
+        if self.precision == "int8" and self.backend == "onnxruntime-cpu":
+            alts = {t: self._other_int8_runtime(t, failed) for t in bad}
+            if all(alts.values()):
+                for t, alt in alts.items():
+                    was = self.runtimes[t]
+                    setattr(self, f"{t}_runtime", alt)
+                    self.runtime_reasons[t] = (
+                        f"the int8 {t} tower on {was} failed the load-time parity check on this "
+                        f"host; {alt} runs it (Encoder.verification)"
+                    )
+                return f"{before} -> {self.describe_choice()}"
+        blocked = [k for k in ("text", "image") if k in bad and self._explicit[k]]
+        if blocked or self._explicit["precision"]:
+            what = "precision" if self._explicit["precision"] else f"{blocked[0]}_runtime"
+            raise EngineError(
+                f"engine {self.engine_dir}: {before} was asked for by name ({what}) and failed "
+                f"the load-time parity check on this host (see the log); ask for another, or "
+                f"set UNIVL_FAST_VERIFY_ON_LOAD=never to use it unchecked"
+            )
+        tried = {(b, k) for b, _, k in failed}
+        family = "onnxruntime-cpu" if self.backend == "onnxruntime-cpu" else "gpu"
+        for cand in selection.SPEED_ORDER[family]:
+            if cand == "fp16" and family == "onnxruntime-cpu":
+                continue
+            if (self.backend, cand) in tried or cand not in selection.available_precisions(m):
+                continue
+            if selection.parity_problem(m, cand) is None:
+                self._repick(self.backend, cand)
+                return f"{before} -> {self.describe_choice()}"
+        if self.backend != "onnxruntime-cpu" and not self._explicit["backend"]:
+            self._repick("onnxruntime-cpu", None)
+            return f"{before} -> {self.describe_choice()}"
+        raise EngineError(
+            f"engine {self.engine_dir}: no precision or runtime passed the load-time parity "
+            f"check on this host (last tried {before}; see the log)"
+        )
+
+    def _repick(self, backend: str, precision: str | None) -> None:
+        """Choose again on ``backend`` at ``precision`` (None: auto's) with the runtimes asked
+        for."""
+        self.backend = backend
+        self.precision = precision or self._pick_precision(None)
+        self.text_runtime = self._pick_runtime("text", self.runtime_requests["text"])
+        self.image_runtime = self._pick_runtime("image", self.runtime_requests["image"])
+
+    def _other_int8_runtime(self, tower: str, failed: set[tuple[str, str, str]]) -> str | None:
+        """The int8 runtime of ``tower`` to try after its current one was refused here (None:
+        none: asked for by name, not in the engine, not verified at export, or refused too)."""
+        if self._explicit[tower]:
+            return None
+        if self.runtimes[tower] == "native":
+            alt, key = "onnxruntime", "int8"
+        else:
+            alt, key = "native", selection.NATIVE_KEY
+            problem = self._native_problem(tower) or (
+                selection.native_text_problem(self.manifest)
+                if tower == "text"
+                else selection.native_image_problem(self.manifest)
+            )
+            if problem or not env_flag(_NATIVE_KNOB[tower], default=True):
+                return None
+        if (self.backend, tower, key) in failed:
+            return None
+        return alt
+
+    def info(self) -> dict[str, Any]:
+        """What runs here and how it was verified on this host (JSON-able)."""
+        return {
+            "precision": self.precision,
+            "backend": self.backend,
+            "text_runtime": self.text_runtime,
+            "image_runtime": self.image_runtime,
+            "runtime_reasons": dict(self.runtime_reasons),
+            "verification": self.verification,
+        }
+
+    def describe_choice(self) -> str:
+        """``int8 on onnxruntime-cpu (text native, image onnxruntime)``."""
+        return (
+            f"{self.precision} on {self.backend} (text {self.text_runtime}, "
+            f"image {self.image_runtime})"
+        )
+
+    def reopened(self) -> Encoder:
+        """A new encoder with this one's choices and load-time check result, on new sessions
+        (a forked child needs them; the check is not repeated: same host, same files)."""
+        new = copy.copy(self)
+        new._towers = {t: new._open(t) for t in ("text", "image")}
+        return new
 
     @property
     def encoding(self) -> dict[str, Any]:
@@ -220,11 +352,27 @@ class Encoder:
         if backend in (None, "auto"):
             if plans_problem is not None and m.get("tensorrt_plans"):
                 log.info("TensorRT plans not picked by auto: %s", plans_problem)
-            return resolve_backend(None, has_plans=plans_problem is None)
+            return self._plans_run_here(resolve_backend(None, has_plans=plans_problem is None))
         chosen = resolve_backend(backend, has_plans=bool(m.get("tensorrt_plans")))
         if chosen == "tensorrt":
             selection.warn_unverified("backend 'tensorrt' (the engine's plans)", plans_problem)
-        return chosen
+        return self._plans_run_here(chosen)
+
+    def _plans_run_here(self, chosen: str) -> str:
+        """TensorRT plans are bound to the GPU model and TensorRT version that built them: on
+        a mismatch or a plan that does not deserialize, ONNX Runtime instead, with a warning."""
+        if chosen != "tensorrt":
+            return chosen
+        m = self.manifest
+        plans = {}
+        for tower in ("text", "image"):
+            rel = m["tensorrt_plans"][tower]["fp16"]
+            plans[verify_file(self.engine_dir, m, rel)] = m["files"][rel]
+        why = tensorrt_plans_problem(plans)
+        if why is None:
+            return chosen
+        log.warning("TensorRT plans not used, running on ONNX Runtime instead: %s", why)
+        return resolve_backend("onnxruntime")
 
     def _pick_precision(self, precision: str | None) -> str:
         m = self.manifest

@@ -37,6 +37,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--api-key-file",
         help="file holding the bearer API key clients must send (default: no auth)",
     )
+    p.add_argument(
+        "--allowed-hosts",
+        help="comma-separated Host header names answered ('*': any; default: --host and "
+        "localhost, or any when --host is a wildcard address)",
+    )
     p.add_argument("--precision", choices=["fp32", "fp16", "int8"], help="engine precision")
     p.add_argument("--backend", choices=["onnxruntime", "tensorrt"], help="engine backend")
     g = p.add_argument_group("limits")
@@ -45,6 +50,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-k", type=int, default=d.max_k, help="hits per query (422)")
     g.add_argument("--max-query-chars", type=int, default=d.max_query_chars, help="(422)")
     g.add_argument("--max-image-pixels", type=int, default=d.max_image_pixels, help="per image")
+    g.add_argument(
+        "--max-decoded-pixels",
+        type=int,
+        default=d.max_decoded_pixels,
+        help="decoded image pixels in flight per worker, all requests together",
+    )
     g.add_argument(
         "--max-queue", type=int, default=d.max_queue, help="admitted requests per worker (429)"
     )
@@ -75,6 +86,8 @@ def _config(args: argparse.Namespace) -> ServeConfig:
         max_k=args.max_k,
         max_query_chars=args.max_query_chars,
         max_image_pixels=args.max_image_pixels,
+        max_decoded_pixels=args.max_decoded_pixels,
+        allowed_hosts=allowed_hosts(args.host, args.allowed_hosts),
         request_timeout_s=args.request_timeout,
         body_timeout_s=args.body_timeout,
         max_queue=args.max_queue,
@@ -83,6 +96,25 @@ def _config(args: argparse.Namespace) -> ServeConfig:
         data_dir=args.data,
         access_log=bool(args.access_log),
     )
+
+
+LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
+WILDCARDS = ("", "0.0.0.0", "::")
+
+
+def allowed_hosts(host: str, given: str | None) -> tuple[str, ...]:
+    """The Host names answered: ``given`` (comma-separated), else the bound host and localhost;
+    any (``*``) when bound to a wildcard address, whose names this process cannot know."""
+    if given:
+        return tuple(h.strip() for h in given.split(",") if h.strip()) or ("*",)
+    if host.strip("[]") in WILDCARDS:
+        log.warning(
+            "listening on %s: every Host header is answered; name this machine's names with "
+            "--allowed-hosts to refuse others (DNS rebinding)",
+            host or "all addresses",
+        )
+        return ("*",)
+    return tuple(dict.fromkeys((host.strip("[]").lower(), *LOCAL_NAMES)))
 
 
 def _load_engine(args: argparse.Namespace):
@@ -121,8 +153,18 @@ def run(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace, config: ServeConfig) -> int:
     from univl_fast.serve.app import WARMUP_QUERY, create_app
     from univl_fast.serve.metrics import mark_worker_dead
-    from univl_fast.serve.prefork import Prefork, bind_socket, run_in_process, url_of
+    from univl_fast.serve.prefork import (
+        Prefork,
+        bind_socket,
+        engine_uses_gpu,
+        run_in_process,
+        url_of,
+    )
 
+    if args.workers > 1:
+        gpu, why = engine_uses_gpu(args.backend)
+        if gpu:  # CUDA does not survive a fork: each worker loads its own engine after it
+            return _serve_load_after_fork(args, config, why)
     try:
         engine = _load_engine(args)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
@@ -141,17 +183,60 @@ def _serve(args: argparse.Namespace, config: ServeConfig) -> int:
         def draining() -> None:
             state.draining = True
 
-        url = url_of(sock)
-        log.info(
-            "univl-fast serve: listening on %s with %d worker(s); search page %s/ ; "
-            "API docs %s/docs",
-            url,
-            args.workers,
-            url,
-            url,
-        )
+        _log_listening(url_of(sock), args.workers)
         if args.workers == 1:
             return run_in_process(app, sock, config.graceful_timeout_s, draining)
         return Prefork(
             app, sock, args.workers, config.graceful_timeout_s, draining, mark_worker_dead
         ).run()
+
+
+def _serve_load_after_fork(args: argparse.Namespace, config: ServeConfig, why: str) -> int:
+    """--workers N with a GPU backend: the parent binds and supervises; each worker loads and
+    warms its own engine after the fork (N copies of the engine on the GPU)."""
+    from univl_fast.serve.app import WARMUP_QUERY, create_app
+    from univl_fast.serve.metrics import mark_worker_dead
+    from univl_fast.serve.prefork import Prefork, bind_socket, url_of
+
+    def make_app():
+        engine = _load_engine(args)
+        app = create_app(engine, config)
+        engine.search([WARMUP_QUERY], k=1)
+        state = app.state.serve
+
+        def draining() -> None:
+            state.draining = True
+
+        return app, draining
+
+    try:
+        sock = bind_socket(args.host, args.port)
+    except OSError as exc:
+        print(f"univl-fast serve: {exc}", file=sys.stderr)
+        return 1
+    log.info(
+        "univl-fast serve: GPU backend (%s): each of the %d workers loads its own engine after "
+        "the fork",
+        why,
+        args.workers,
+    )
+    _log_listening(url_of(sock), args.workers)
+    return Prefork(
+        None,
+        sock,
+        args.workers,
+        config.graceful_timeout_s,
+        lambda: None,
+        mark_worker_dead,
+        make_app=make_app,
+    ).run()
+
+
+def _log_listening(url: str, workers: int) -> None:
+    log.info(
+        "univl-fast serve: listening on %s with %d worker(s); search page %s/ ; API docs %s/docs",
+        url,
+        workers,
+        url,
+        url,
+    )

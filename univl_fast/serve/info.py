@@ -19,6 +19,22 @@ def _version(dist: str) -> str | None:
         return None
 
 
+def _verification(enc: Any) -> dict[str, Any] | None:
+    """The load-time parity check in brief: per tower its status and why, the fallbacks."""
+    v = getattr(enc, "verification", None)
+    if not isinstance(v, dict):
+        return None
+    return {
+        "mode": v.get("mode"),
+        "seconds": v.get("seconds"),
+        "towers": {
+            t: {k: c.get(k) for k in ("key", "runtime", "status", "reason", "host_class")}
+            for t, c in (v.get("towers") or {}).items()
+        },
+        "fallbacks": v.get("fallbacks", []),
+    }
+
+
 def service_info(engine: Any, config: ServeConfig) -> dict[str, Any]:
     enc = engine.encoder
     manifest = getattr(enc, "manifest", {}) or {}
@@ -34,6 +50,7 @@ def service_info(engine: Any, config: ServeConfig) -> dict[str, Any]:
         "text_runtime": getattr(enc, "text_runtime", None),
         "image_runtime": getattr(enc, "image_runtime", None),
         "engine_sha256": getattr(enc, "manifest_sha256", None),
+        "verification": _verification(enc),
         "engine": engine_cfg.to_dict() if hasattr(engine_cfg, "to_dict") else None,
         "index": {
             "factory": index_manifest.get("factory"),

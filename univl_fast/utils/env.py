@@ -78,6 +78,14 @@ KNOBS: dict[str, Knob] = {
             "0 keeps `image_runtime='auto'` off the native int8 image tower (ONNX graph instead)",
         ),
         Knob(
+            "UNIVL_FAST_VERIFY_ON_LOAD",
+            "choice",
+            "auto",
+            "load-time parity re-check on the reference inputs: auto (where this host's kernels "
+            "differ from those measured at export), always, never",
+            choices=("auto", "always", "never"),
+        ),
+        Knob(
             "UNIVL_FAST_TEAM_SPIN_US",
             "int",
             "50",
