@@ -164,7 +164,7 @@ class Measured:
             "within_budget": self.within_budget,
             "seconds": round(self.build_s, 2),
             "ceiling_recall_at_k": None if self.ceiling is None else round(self.ceiling, 5),
-            "estimated_build_s": round(self.est_build_s, 1),
+            "estimated_build_s": round(self.est_build_s, 3),
             **({"abandoned": self.abandoned} if self.abandoned else {}),
             **({} if self.eligible else {"reference_only": True}),
         }
@@ -306,8 +306,8 @@ def measure(
     )
     if cfg.build_budget_s is not None and est > cfg.build_budget_s:
         m.abandoned = (
-            f"estimated build {est:.0f} s at {n_full:,} rows (training {train_s:.1f} s + "
-            f"{add_s / probe * 1e6:.1f} us per row added) > build budget {cfg.build_budget_s:.0f} s"
+            f"estimated build {est:.3g} s at {n_full:,} rows (training {train_s:.3g} s + "
+            f"{add_s / probe * 1e6:.1f} us per row added) > build budget {cfg.build_budget_s:.3g} s"
         )
         m.build_s = time.perf_counter() - t0
         log.info("candidate %-45s abandoned: %s", cand.factory, m.abandoned)
