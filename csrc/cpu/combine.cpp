@@ -54,8 +54,10 @@ const std::vector<Variant>& variants() {
   static const std::vector<Variant> v = [] {
     std::vector<Variant> out;
     out.push_back({"scalar", combine_rows_scalar(), true});
-    if (combine_rows_avx2()) out.push_back({"avx2", combine_rows_avx2(), cpu_has_avx2()});
-    if (combine_rows_avx512()) out.push_back({"avx512", combine_rows_avx512(), cpu_has_avx512()});
+#if defined(__x86_64__) || defined(_M_X64)
+    out.push_back({"avx2", combine_rows_avx2(), cpu_has_avx2()});
+    out.push_back({"avx512", combine_rows_avx512(), cpu_has_avx512()});
+#endif
     return out;
   }();
   return v;

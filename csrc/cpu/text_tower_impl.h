@@ -1,12 +1,16 @@
 // The native text tower's kernels (text_tower_kernels.h), compiled once per instruction set:
-// included (once) by text_tower_generic.cpp (portable, scalar int8 GEMM, baseline target) and
-// text_tower_avx512.cpp (AVX-512 VNNI GEMM; that whole file is compiled with AVX-512 flags).
+// included (once) by text_tower_generic.cpp (portable, scalar int8 GEMM, baseline target),
+// text_tower_avx2.cpp (AVX2 + FMA + F16C; int8 GEMM through vpmaddwd) and text_tower_avx512.cpp
+// (AVX-512 VNNI GEMM). The two x86 files are compiled whole with their ISA's flags.
 // Not a normal header: the including file defines
 //   UNIVL_TT_NS    the namespace the code goes into
-//   UNIVL_TT_VNNI  1 for the VNNI GEMM kernel, 0 for the portable one
+//   UNIVL_TT_VNNI  1 for the AVX-512 VNNI kernels
+//   UNIVL_TT_AVX2  1 for the AVX2 kernels (UNIVL_TT_VNNI 0)
+// and neither for the portable one.
 // LayerNorm, softmax and GELU are plain loops the compiler vectorises for the target it is built
-// for; the GEMM, dot products and activation quantization have AVX-512 intrinsics in the VNNI
-// build and plain loops in the portable one.
+// for; the GEMM, dot products, attention and activation quantization have intrinsics in the
+// AVX-512 and AVX2 builds and plain loops in the portable one. Every build computes the same
+// quantization and the same exact int32 GEMM; they differ only in float rounding.
 //
 // Rule (see text_tower_kernels.h): everything here has internal linkage (an unnamed namespace)
 // and calls no inline function or template defined elsewhere: no std:: functions or containers,
@@ -17,7 +21,17 @@
 
 #include "cpu/text_tower_kernels.h"
 
-#if UNIVL_TT_VNNI
+#ifndef UNIVL_TT_VNNI
+#define UNIVL_TT_VNNI 0
+#endif
+#ifndef UNIVL_TT_AVX2
+#define UNIVL_TT_AVX2 0
+#endif
+#if UNIVL_TT_VNNI && UNIVL_TT_AVX2
+#error "UNIVL_TT_VNNI and UNIVL_TT_AVX2 are exclusive"
+#endif
+
+#if UNIVL_TT_VNNI || UNIVL_TT_AVX2
 // GCC 12's AVX-512 intrinsics initialise their "undefined" vectors from themselves, which warns
 // once they are inlined into code built with -mavx512f (GCC bug 105593); nothing of ours.
 #if defined(__GNUC__) && !defined(__clang__)
@@ -153,6 +167,79 @@ inline void to_u8(const float* x, int64_t n, float inv, float z, uint8_t* q) {
     _mm_mask_storeu_epi8(q + i, m, _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(v)));
   }
 }
+#elif UNIVL_TT_AVX2
+// Lanes [0, min(left, 8)) all ones: the mask of AVX's maskload / maskstore.
+inline __m256i tail_mask8(int64_t left) {
+  const int32_t l = static_cast<int32_t>(left < 8 ? left : 8);
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(l), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+inline float hsum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+inline float dot(const float* a, const float* b, int64_t n) {
+  __m256 acc = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+  if (i < n) {
+    const __m256i m = tail_mask8(n - i);
+    acc = _mm256_fmadd_ps(_mm256_maskload_ps(a + i, m), _mm256_maskload_ps(b + i, m), acc);
+  }
+  return hsum8(acc);
+}
+
+inline void axpy(float* y, float p, const float* x, int64_t n) {  // y += p * x
+  const __m256 pv = _mm256_set1_ps(p);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(pv, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+  if (i < n) {
+    const __m256i m = tail_mask8(n - i);
+    const __m256 v = _mm256_fmadd_ps(pv, _mm256_maskload_ps(x + i, m), _mm256_maskload_ps(y + i, m));
+    _mm256_maskstore_ps(y + i, m, v);
+  }
+}
+
+inline void min_max(const float* x, int64_t n, float* lo, float* hi) {  // 0 included
+  __m256 l = _mm256_setzero_ps(), h = _mm256_setzero_ps();
+  for (int64_t i = 0; i < n; i += 8) {
+    const __m256 v = _mm256_maskload_ps(x + i, tail_mask8(n - i));  // masked lanes read 0
+    l = _mm256_min_ps(l, v);
+    h = _mm256_max_ps(h, v);
+  }
+  __m128 l4 = _mm_min_ps(_mm256_castps256_ps128(l), _mm256_extractf128_ps(l, 1));
+  __m128 h4 = _mm_max_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+  l4 = _mm_min_ps(l4, _mm_movehl_ps(l4, l4));
+  h4 = _mm_max_ps(h4, _mm_movehl_ps(h4, h4));
+  *lo = _mm_cvtss_f32(_mm_min_ss(l4, _mm_movehdup_ps(l4)));
+  *hi = _mm_cvtss_f32(_mm_max_ss(h4, _mm_movehdup_ps(h4)));
+}
+
+// 8 floats -> 8 bytes: clamp(x * inv + z + 0.5, 0, 255), truncated (as the other builds)
+inline __m128i u8x8(__m256 x, __m256 iv, __m256 off) {
+  __m256 v = _mm256_fmadd_ps(x, iv, off);
+  v = _mm256_min_ps(_mm256_set1_ps(255.0f), _mm256_max_ps(_mm256_setzero_ps(), v));
+  const __m256i i32 = _mm256_cvttps_epi32(v);
+  const __m128i i16 =
+      _mm_packus_epi32(_mm256_castsi256_si128(i32), _mm256_extracti128_si256(i32, 1));
+  return _mm_packus_epi16(i16, i16);  // low 8 bytes
+}
+
+inline void to_u8(const float* x, int64_t n, float inv, float z, uint8_t* q) {
+  const __m256 iv = _mm256_set1_ps(inv), off = _mm256_set1_ps(z + 0.5f);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(q + i), u8x8(_mm256_loadu_ps(x + i), iv, off));
+  if (i < n) {
+    alignas(16) uint8_t tail[16];
+    _mm_store_si128(reinterpret_cast<__m128i*>(tail),
+                    u8x8(_mm256_maskload_ps(x + i, tail_mask8(n - i)), iv, off));
+    for (int64_t j = 0; i + j < n; ++j) q[i + j] = tail[j];
+  }
+}
 #else
 inline float dot(const float* a, const float* b, int64_t n) {
   float s = 0.0f;
@@ -218,7 +305,9 @@ inline void add_half_row(const uint16_t* e, const float* pe, int64_t n, float* d
     _mm512_mask_storeu_ps(dst + i, m, _mm512_add_ps(ev, _mm512_maskz_loadu_ps(m, pe + i)));
   }
 }
-#else
+#endif
+
+#if !UNIVL_TT_VNNI
 // IEEE float16 -> float32, exact: exponent and mantissa moved into place and rescaled by 2^112
 // (which also normalises subnormals); inf / NaN rebuilt.
 inline float half_bits_to_float(uint16_t h) {
@@ -233,7 +322,18 @@ inline float half_bits_to_float(uint16_t h) {
   __builtin_memcpy(&f, &bits, sizeof f);
   return f;
 }
+#endif
 
+#if UNIVL_TT_AVX2
+inline void add_half_row(const uint16_t* e, const float* pe, int64_t n, float* dst) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 ev = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(e + i)));
+    _mm256_storeu_ps(dst + i, _mm256_add_ps(ev, _mm256_loadu_ps(pe + i)));
+  }
+  for (; i < n; ++i) dst[i] = half_bits_to_float(e[i]) + pe[i];  // exact either way
+}
+#elif !UNIVL_TT_VNNI
 inline void add_half_row(const uint16_t* e, const float* pe, int64_t n, float* dst) {
   for (int64_t i = 0; i < n; ++i) dst[i] = half_bits_to_float(e[i]) + pe[i];
 }
@@ -344,6 +444,98 @@ void panel_rows(const uint8_t* a, int64_t lda, const float* sa, const int32_t* z
                 const int8_t* b0, int64_t k4, const QLinearView& w, int64_t col, GemmOut o,
                 const int8_t* pf) {
   kKernels[rows](a, lda, sa, za, b0, k4, w, col, o, pf);
+}
+#elif UNIVL_TT_AVX2
+// AVX2 has no u8 x s8 multiply that accumulates into int32 without saturating (vpmaddubsw
+// saturates int16 pairs: 255 * 127 * 2 > 32767). So both operands are widened to int16 and
+// multiplied by vpmaddwd (exact int32 pair sums): the same packed weights as the other builds
+// ([16 columns][4 k] per k step), 16 bytes = 4 columns x 4 k sign-extended per ymm; the 4
+// activations of a k step zero-extended to int16 and repeated in every 64-bit lane. Each int32
+// lane then holds one column's sum over 2 of the 4 k; the pairs are added at the end.
+constexpr int64_t kMR2 = 3;  // rows per micro-kernel call (3 x 4 accumulators x 16 columns)
+
+// Four uint8 activations -> int16 (a0, a1, a2, a3) in each 64-bit lane.
+inline __m256i spread_a4(const uint8_t* p) {
+  int32_t a4;
+  __builtin_memcpy(&a4, p, 4);
+  const __m256i spread = _mm256_setr_epi8(0, -1, 1, -1, 2, -1, 3, -1, 0, -1, 1, -1, 2, -1, 3, -1,
+                                          0, -1, 1, -1, 2, -1, 3, -1, 0, -1, 1, -1, 2, -1, 3, -1);
+  return _mm256_shuffle_epi8(_mm256_set1_epi32(a4), spread);
+}
+
+// int32 accumulators (rows x 16) -> float outputs: dequantize, bias, optional residual add.
+void epilogue16(const int32_t* acc, int rows, const float* sa, const int32_t* za,
+                const QLinearView& w, int64_t col, GemmOut o) {
+  for (int h = 0; h < 2; ++h) {
+    const int64_t c = col + 8 * h;
+    const __m256i cs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.colsum + c));
+    const __m256 sw = _mm256_loadu_ps(w.scale + c);
+    const __m256 bi = _mm256_loadu_ps(w.bias + c);
+    for (int m = 0; m < rows; ++m) {
+      const __m256i a = _mm256_load_si256(reinterpret_cast<const __m256i*>(acc + m * 16 + 8 * h));
+      const __m256i exact = _mm256_sub_epi32(a, _mm256_mullo_epi32(_mm256_set1_epi32(za[m]), cs));
+      __m256 y = _mm256_fmadd_ps(_mm256_cvtepi32_ps(exact),
+                                 _mm256_mul_ps(sw, _mm256_set1_ps(sa[m])), bi);
+      float* dst = o.data + m * o.ld + c;
+      if (o.accumulate) y = _mm256_add_ps(y, _mm256_loadu_ps(dst));
+      _mm256_storeu_ps(dst, y);
+    }
+  }
+}
+
+// MR rows x 16 columns (one panel). pf: the next panel, prefetched while this one is computed
+// (nullptr: no prefetch).
+template <int MR>
+void kernel_rows16(const uint8_t* a, int64_t lda, const float* sa, const int32_t* za,
+                   const int8_t* b, int64_t k4, const QLinearView& w, int64_t col, GemmOut o,
+                   const int8_t* pf) {
+  __m256i c[MR][4];
+  _Pragma("GCC unroll 4") for (int m = 0; m < MR; ++m) {
+    _Pragma("GCC unroll 4") for (int j = 0; j < 4; ++j) c[m][j] = _mm256_setzero_si256();
+  }
+  for (int64_t k = 0; k < k4; ++k) {
+    const int8_t* bk = b + k * 64;
+    if (pf) _mm_prefetch(reinterpret_cast<const char*>(pf + k * 64), _MM_HINT_T0);
+    __m256i av[MR];
+    _Pragma("GCC unroll 4") for (int m = 0; m < MR; ++m) av[m] = spread_a4(a + m * lda + k * 4);
+    _Pragma("GCC unroll 4") for (int j = 0; j < 4; ++j) {
+      const __m256i wj =
+          _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bk + 16 * j)));
+      _Pragma("GCC unroll 4") for (int m = 0; m < MR; ++m) c[m][j] =
+          _mm256_add_epi32(c[m][j], _mm256_madd_epi16(wj, av[m]));
+    }
+  }
+  // lanes (col, k 0-1), (col, k 2-3) -> one sum per column, in column order
+  alignas(32) int32_t acc[MR][16];
+  _Pragma("GCC unroll 4") for (int m = 0; m < MR; ++m) {
+    const __m256i lo = _mm256_permute4x64_epi64(_mm256_hadd_epi32(c[m][0], c[m][1]), 0xD8);
+    const __m256i hi = _mm256_permute4x64_epi64(_mm256_hadd_epi32(c[m][2], c[m][3]), 0xD8);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(acc[m]), lo);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(acc[m] + 8), hi);
+  }
+  epilogue16(&acc[0][0], MR, sa, za, w, col, o);
+}
+
+void panel_rows(const uint8_t* a, int64_t lda, const float* sa, const int32_t* za, int64_t rows,
+                const int8_t* b0, int64_t k4, const QLinearView& w, int64_t col, GemmOut o,
+                const int8_t* pf) {
+  // the pair's two panels one after the other; the first row block prefetches what follows
+  for (int h = 0; h < 2; ++h) {
+    const int8_t* b = b0 + h * k4 * 64;
+    const int8_t* next = h == 0 ? b + k4 * 64 : pf;
+    const int64_t c = col + 16 * h;
+    int64_t r = 0;
+    for (; r + kMR2 <= rows; r += kMR2) {
+      const GemmOut om{o.data + r * o.ld, o.ld, o.accumulate};
+      kernel_rows16<kMR2>(a + r * lda, lda, sa + r, za + r, b, k4, w, c, om,
+                          r == 0 ? next : nullptr);
+    }
+    const GemmOut om{o.data + r * o.ld, o.ld, o.accumulate};
+    if (rows - r == 2)
+      kernel_rows16<2>(a + r * lda, lda, sa + r, za + r, b, k4, w, c, om, r == 0 ? next : nullptr);
+    else if (rows - r == 1)
+      kernel_rows16<1>(a + r * lda, lda, sa + r, za + r, b, k4, w, c, om, r == 0 ? next : nullptr);
+  }
 }
 #else
 // Portable: the same packed layout, plain loops.
@@ -460,6 +652,64 @@ inline void weighted_sum(const float* p, float inv, const float* v, int64_t ldv,
     const __m512 iv = _mm512_set1_ps(inv);
     _Pragma("GCC unroll 4") for (int u = 0; u < 4; ++u) _mm512_mask_storeu_ps(
         o + t0 + 16 * u, m[u], _mm512_mul_ps(_mm512_add_ps(a[u], b[u]), iv));
+  }
+}
+#elif UNIVL_TT_AVX2
+// s[0, 8 * NV) = q . kt[:, 0, 8 * NV) (hd terms each)
+template <int NV>
+void score_block(const float* q, const float* kt, int64_t hd, int64_t ldk, float* s) {
+  __m256 acc[NV];
+  _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v) acc[v] = _mm256_setzero_ps();
+  for (int64_t t = 0; t < hd; ++t) {
+    const __m256 qt = _mm256_set1_ps(q[t]);
+    _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v) acc[v] =
+        _mm256_fmadd_ps(qt, _mm256_loadu_ps(kt + t * ldk + 8 * v), acc[v]);
+  }
+  _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v) _mm256_storeu_ps(s + 8 * v, acc[v]);
+}
+
+inline void query_scores(const float* q, const float* kt, int64_t hd, int64_t ldk, float* s) {
+  // ldk is a multiple of 16: blocks of 64, 48, 32 or 16 keys
+  for (int64_t j = 0; j < ldk; j += kKeyBlock) {
+    const int64_t nv = min_i(kKeyBlock, ldk - j) / 8;
+    if (nv == 8) score_block<8>(q, kt + j, hd, ldk, s + j);
+    else if (nv == 6) score_block<6>(q, kt + j, hd, ldk, s + j);
+    else if (nv == 4) score_block<4>(q, kt + j, hd, ldk, s + j);
+    else score_block<2>(q, kt + j, hd, ldk, s + j);
+  }
+}
+
+// o[0, hd) = inv * sum_{j < keys} p[j] * v_j, v_j = v + j * ldv; hd in blocks of 32 (masked
+// tail), two accumulator sets (even / odd j) so the FMA chains overlap.
+inline void weighted_sum(const float* p, float inv, const float* v, int64_t ldv, int64_t keys,
+                         int64_t hd, float* o) {
+  for (int64_t t0 = 0; t0 < hd; t0 += 32) {
+    __m256i m[4];
+    __m256 a[4], b[4];
+    for (int u = 0; u < 4; ++u) {
+      m[u] = tail_mask8(hd - t0 - 8 * u);  // all zero past the end
+      a[u] = _mm256_setzero_ps();
+      b[u] = _mm256_setzero_ps();
+    }
+    int64_t j = 0;
+    for (; j + 1 < keys; j += 2) {
+      const __m256 p0 = _mm256_set1_ps(p[j]), p1 = _mm256_set1_ps(p[j + 1]);
+      const float* v0 = v + j * ldv + t0;
+      const float* v1 = v0 + ldv;
+      _Pragma("GCC unroll 4") for (int u = 0; u < 4; ++u) {
+        a[u] = _mm256_fmadd_ps(p0, _mm256_maskload_ps(v0 + 8 * u, m[u]), a[u]);
+        b[u] = _mm256_fmadd_ps(p1, _mm256_maskload_ps(v1 + 8 * u, m[u]), b[u]);
+      }
+    }
+    if (j < keys) {
+      const __m256 p0 = _mm256_set1_ps(p[j]);
+      const float* v0 = v + j * ldv + t0;
+      _Pragma("GCC unroll 4") for (int u = 0; u < 4; ++u) a[u] =
+          _mm256_fmadd_ps(p0, _mm256_maskload_ps(v0 + 8 * u, m[u]), a[u]);
+    }
+    const __m256 iv = _mm256_set1_ps(inv);
+    _Pragma("GCC unroll 4") for (int u = 0; u < 4; ++u) _mm256_maskstore_ps(
+        o + t0 + 8 * u, m[u], _mm256_mul_ps(_mm256_add_ps(a[u], b[u]), iv));
   }
 }
 #else
