@@ -270,12 +270,13 @@ class Encoder:
 
         auto (default): native when the engine has it, its export parity passed (the tower and
         the image-document vector: ``univl_fast.runtime.selection``), the encoder runs int8 on
-        the CPU and this CPU has AVX-512 VNNI; for the image tower also only when the export
+        the CPU and the native kernels have a fast build here (AVX2 or AVX-512 VNNI:
+        ``native_text.fast_native_available``); for the image tower also only when the export
         measured it faster than the int8 image graph (``selection.native_image_speed_problem``).
         ``UNIVL_FAST_NATIVE_TEXT=0`` / ``UNIVL_FAST_NATIVE_IMAGE=0`` turns auto off. Why auto
         passed over a native tower it could run goes to ``self.runtime_reasons[tower]``.
-        "native" insists (also on CPUs without VNNI, or where it measured slower: the explicit
-        override); "onnxruntime" never uses it.
+        "native" insists (also on the portable build, or where it measured slower: the
+        explicit override); "onnxruntime" never uses it.
         """
         from univl_fast.runtime.native_text import fast_native_available
 

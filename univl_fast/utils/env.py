@@ -78,6 +78,14 @@ KNOBS: dict[str, Knob] = {
             "0 keeps `image_runtime='auto'` off the native int8 image tower (ONNX graph instead)",
         ),
         Knob(
+            "UNIVL_FAST_NATIVE_ISA",
+            "choice",
+            "auto",
+            "forces the native int8 towers' kernels to a lower build (tests, comparisons); "
+            "a build this CPU lacks is an error",
+            choices=("auto", "generic", "avx2", "avx512_vnni"),
+        ),
+        Knob(
             "UNIVL_FAST_TEAM_SPIN_US",
             "int",
             "50",
