@@ -448,11 +448,15 @@ void panel_rows(const uint8_t* a, int64_t lda, const float* sa, const int32_t* z
 #elif UNIVL_TT_AVX2
 // AVX2 has no u8 x s8 multiply that accumulates into int32 without saturating (vpmaddubsw
 // saturates int16 pairs: 255 * 127 * 2 > 32767). So both operands are widened to int16 and
-// multiplied by vpmaddwd (exact int32 pair sums): the same packed weights as the other builds
-// ([16 columns][4 k] per k step), 16 bytes = 4 columns x 4 k sign-extended per ymm; the 4
-// activations of a k step zero-extended to int16 and repeated in every 64-bit lane. Each int32
-// lane then holds one column's sum over 2 of the 4 k; the pairs are added at the end.
-constexpr int64_t kMR2 = 3;  // rows per micro-kernel call (3 x 4 accumulators x 16 columns)
+// multiplied by vpmaddwd (exact int32 pair sums). Weights: the same packed panels as the other
+// builds ([16 columns][4 k] per k step); each thread sign-extends a chunk of one panel (kKC4 k
+// steps, 8 KB) into int16 on its stack once and every row block reads it from L1 as vpmaddwd's
+// memory operand (16 bytes = 4 columns x 4 k per ymm). Activations: the 4 uint8 of a k step
+// zero-extended to int16 and repeated in every 64-bit lane. Each int32 lane then holds one
+// column's sum over 2 of the 4 k; the pairs are added at the end. Measured on Zen 4 against the
+// register-only vpmaddwd + vpaddd peak: bench/results/encode_avx2.md.
+constexpr int64_t kMR2 = 3;    // rows per micro-kernel call (3 x 4 accumulators x 16 columns)
+constexpr int64_t kKC4 = 64;   // k steps (of 4) per widened weight chunk: 64 x 64 int16 = 8 KB
 
 // Four uint8 activations -> int16 (a0, a1, a2, a3) in each 64-bit lane.
 inline __m256i spread_a4(const uint8_t* p) {
@@ -464,14 +468,14 @@ inline __m256i spread_a4(const uint8_t* p) {
 }
 
 // int32 accumulators (rows x 16) -> float outputs: dequantize, bias, optional residual add.
-void epilogue16(const int32_t* acc, int rows, const float* sa, const int32_t* za,
+void epilogue16(const int32_t* acc, int64_t rows, const float* sa, const int32_t* za,
                 const QLinearView& w, int64_t col, GemmOut o) {
   for (int h = 0; h < 2; ++h) {
     const int64_t c = col + 8 * h;
     const __m256i cs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.colsum + c));
     const __m256 sw = _mm256_loadu_ps(w.scale + c);
     const __m256 bi = _mm256_loadu_ps(w.bias + c);
-    for (int m = 0; m < rows; ++m) {
+    for (int64_t m = 0; m < rows; ++m) {
       const __m256i a = _mm256_load_si256(reinterpret_cast<const __m256i*>(acc + m * 16 + 8 * h));
       const __m256i exact = _mm256_sub_epi32(a, _mm256_mullo_epi32(_mm256_set1_epi32(za[m]), cs));
       __m256 y = _mm256_fmadd_ps(_mm256_cvtepi32_ps(exact),
@@ -483,58 +487,143 @@ void epilogue16(const int32_t* acc, int rows, const float* sa, const int32_t* za
   }
 }
 
-// MR rows x 16 columns (one panel). pf: the next panel, prefetched while this one is computed
-// (nullptr: no prefetch).
-template <int MR>
-void kernel_rows16(const uint8_t* a, int64_t lda, const float* sa, const int32_t* za,
-                   const int8_t* b, int64_t k4, const QLinearView& w, int64_t col, GemmOut o,
-                   const int8_t* pf) {
-  __m256i c[MR][4];
-  _Pragma("GCC unroll 4") for (int m = 0; m < MR; ++m) {
-    _Pragma("GCC unroll 4") for (int j = 0; j < 4; ++j) c[m][j] = _mm256_setzero_si256();
-  }
-  for (int64_t k = 0; k < k4; ++k) {
-    const int8_t* bk = b + k * 64;
-    if (pf) _mm_prefetch(reinterpret_cast<const char*>(pf + k * 64), _MM_HINT_T0);
-    __m256i av[MR];
-    _Pragma("GCC unroll 4") for (int m = 0; m < MR; ++m) av[m] = spread_a4(a + m * lda + k * 4);
-    _Pragma("GCC unroll 4") for (int j = 0; j < 4; ++j) {
-      const __m256i wj =
-          _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bk + 16 * j)));
-      _Pragma("GCC unroll 4") for (int m = 0; m < MR; ++m) c[m][j] =
-          _mm256_add_epi32(c[m][j], _mm256_madd_epi16(wj, av[m]));
-    }
-  }
-  // lanes (col, k 0-1), (col, k 2-3) -> one sum per column, in column order
-  alignas(32) int32_t acc[MR][16];
-  _Pragma("GCC unroll 4") for (int m = 0; m < MR; ++m) {
-    const __m256i lo = _mm256_permute4x64_epi64(_mm256_hadd_epi32(c[m][0], c[m][1]), 0xD8);
-    const __m256i hi = _mm256_permute4x64_epi64(_mm256_hadd_epi32(c[m][2], c[m][3]), 0xD8);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(acc[m]), lo);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(acc[m] + 8), hi);
-  }
-  epilogue16(&acc[0][0], MR, sa, za, w, col, o);
+alignas(32) constexpr int8_t kSpreadA4[32] = {0, -1, 1, -1, 2, -1, 3, -1, 0, -1, 1, -1, 2, -1, 3, -1,
+                                             0, -1, 1, -1, 2, -1, 3, -1, 0, -1, 1, -1, 2, -1, 3, -1};
+
+// 3 rows x 16 columns over k4 steps of a widened chunk wb ([k4][16 columns][4] int16); acc: the
+// rows' pair-lane accumulators (3 x 4 vectors), zero-started when `first`. Written in assembly:
+// GCC 12 spilled the 12 accumulators of the intrinsics version to the stack in the k loop (a
+// load and a store per multiply-add, 0.8x the speed). ymm0-11 accumulators, ymm12 the row's
+// spread activations, ymm13-14 products, ymm15 the byte-spread pattern.
+void kernel_rows16_3(const uint8_t* a, int64_t lda, const int16_t* wb, int64_t k4, __m256i* acc,
+                     bool first) {
+  const int64_t first_l = first ? 1 : 0;
+  __asm__ volatile(
+      "vmovdqa %[spread], %%ymm15\n\t"
+      "test %[first], %[first]\n\t"
+      "jz 2f\n\t"
+      "vpxor %%xmm0, %%xmm0, %%xmm0\n\t vpxor %%xmm1, %%xmm1, %%xmm1\n\t"
+      "vpxor %%xmm2, %%xmm2, %%xmm2\n\t vpxor %%xmm3, %%xmm3, %%xmm3\n\t"
+      "vpxor %%xmm4, %%xmm4, %%xmm4\n\t vpxor %%xmm5, %%xmm5, %%xmm5\n\t"
+      "vpxor %%xmm6, %%xmm6, %%xmm6\n\t vpxor %%xmm7, %%xmm7, %%xmm7\n\t"
+      "vpxor %%xmm8, %%xmm8, %%xmm8\n\t vpxor %%xmm9, %%xmm9, %%xmm9\n\t"
+      "vpxor %%xmm10, %%xmm10, %%xmm10\n\t vpxor %%xmm11, %%xmm11, %%xmm11\n\t"
+      "jmp 3f\n"
+      "2:\n\t"
+      "vmovdqa (%[acc]), %%ymm0\n\t vmovdqa 32(%[acc]), %%ymm1\n\t"
+      "vmovdqa 64(%[acc]), %%ymm2\n\t vmovdqa 96(%[acc]), %%ymm3\n\t"
+      "vmovdqa 128(%[acc]), %%ymm4\n\t vmovdqa 160(%[acc]), %%ymm5\n\t"
+      "vmovdqa 192(%[acc]), %%ymm6\n\t vmovdqa 224(%[acc]), %%ymm7\n\t"
+      "vmovdqa 256(%[acc]), %%ymm8\n\t vmovdqa 288(%[acc]), %%ymm9\n\t"
+      "vmovdqa 320(%[acc]), %%ymm10\n\t vmovdqa 352(%[acc]), %%ymm11\n"
+      "3:\n\t"
+      "test %[k4], %[k4]\n\t"
+      "jle 5f\n"
+      "4:\n\t"
+      "vpbroadcastd (%[a]), %%ymm12\n\t"
+      "vpshufb %%ymm15, %%ymm12, %%ymm12\n\t"
+      "vpmaddwd (%[w]), %%ymm12, %%ymm13\n\t vpaddd %%ymm13, %%ymm0, %%ymm0\n\t"
+      "vpmaddwd 32(%[w]), %%ymm12, %%ymm14\n\t vpaddd %%ymm14, %%ymm1, %%ymm1\n\t"
+      "vpmaddwd 64(%[w]), %%ymm12, %%ymm13\n\t vpaddd %%ymm13, %%ymm2, %%ymm2\n\t"
+      "vpmaddwd 96(%[w]), %%ymm12, %%ymm14\n\t vpaddd %%ymm14, %%ymm3, %%ymm3\n\t"
+      "vpbroadcastd (%[a], %[lda]), %%ymm12\n\t"
+      "vpshufb %%ymm15, %%ymm12, %%ymm12\n\t"
+      "vpmaddwd (%[w]), %%ymm12, %%ymm13\n\t vpaddd %%ymm13, %%ymm4, %%ymm4\n\t"
+      "vpmaddwd 32(%[w]), %%ymm12, %%ymm14\n\t vpaddd %%ymm14, %%ymm5, %%ymm5\n\t"
+      "vpmaddwd 64(%[w]), %%ymm12, %%ymm13\n\t vpaddd %%ymm13, %%ymm6, %%ymm6\n\t"
+      "vpmaddwd 96(%[w]), %%ymm12, %%ymm14\n\t vpaddd %%ymm14, %%ymm7, %%ymm7\n\t"
+      "vpbroadcastd (%[a], %[lda], 2), %%ymm12\n\t"
+      "vpshufb %%ymm15, %%ymm12, %%ymm12\n\t"
+      "vpmaddwd (%[w]), %%ymm12, %%ymm13\n\t vpaddd %%ymm13, %%ymm8, %%ymm8\n\t"
+      "vpmaddwd 32(%[w]), %%ymm12, %%ymm14\n\t vpaddd %%ymm14, %%ymm9, %%ymm9\n\t"
+      "vpmaddwd 64(%[w]), %%ymm12, %%ymm13\n\t vpaddd %%ymm13, %%ymm10, %%ymm10\n\t"
+      "vpmaddwd 96(%[w]), %%ymm12, %%ymm14\n\t vpaddd %%ymm14, %%ymm11, %%ymm11\n\t"
+      "add $4, %[a]\n\t"
+      "sub $-128, %[w]\n\t"
+      "dec %[k4]\n\t"
+      "jnz 4b\n"
+      "5:\n\t"
+      "vmovdqa %%ymm0, (%[acc])\n\t vmovdqa %%ymm1, 32(%[acc])\n\t"
+      "vmovdqa %%ymm2, 64(%[acc])\n\t vmovdqa %%ymm3, 96(%[acc])\n\t"
+      "vmovdqa %%ymm4, 128(%[acc])\n\t vmovdqa %%ymm5, 160(%[acc])\n\t"
+      "vmovdqa %%ymm6, 192(%[acc])\n\t vmovdqa %%ymm7, 224(%[acc])\n\t"
+      "vmovdqa %%ymm8, 256(%[acc])\n\t vmovdqa %%ymm9, 288(%[acc])\n\t"
+      "vmovdqa %%ymm10, 320(%[acc])\n\t vmovdqa %%ymm11, 352(%[acc])\n\t"
+      : [a] "+r"(a), [w] "+r"(wb), [k4] "+r"(k4)
+      : [lda] "r"(lda), [acc] "r"(acc), [first] "r"(first_l), [spread] "m"(kSpreadA4)
+      : "memory", "cc", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8",
+        "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");
 }
 
-void panel_rows(const uint8_t* a, int64_t lda, const float* sa, const int32_t* za, int64_t rows,
-                const int8_t* b0, int64_t k4, const QLinearView& w, int64_t col, GemmOut o,
-                const int8_t* pf) {
-  // the pair's two panels one after the other; the first row block prefetches what follows
-  for (int h = 0; h < 2; ++h) {
-    const int8_t* b = b0 + h * k4 * 64;
-    const int8_t* next = h == 0 ? b + k4 * 64 : pf;
-    const int64_t c = col + 16 * h;
-    int64_t r = 0;
-    for (; r + kMR2 <= rows; r += kMR2) {
-      const GemmOut om{o.data + r * o.ld, o.ld, o.accumulate};
-      kernel_rows16<kMR2>(a + r * lda, lda, sa + r, za + r, b, k4, w, c, om,
-                          r == 0 ? next : nullptr);
+// MR (1 or 2: the last rows of a chunk) rows x 16 columns, as kernel_rows16_3.
+template <int MR>
+void kernel_rows16(const uint8_t* a, int64_t lda, const int16_t* wb, int64_t k4, __m256i* acc,
+                   bool first) {
+  __m256i c[MR][4];
+  _Pragma("GCC unroll 4") for (int m = 0; m < MR; ++m) {
+    _Pragma("GCC unroll 4") for (int j = 0; j < 4; ++j) c[m][j] =
+        first ? _mm256_setzero_si256() : _mm256_load_si256(acc + m * 4 + j);
+  }
+  for (int64_t k = 0; k < k4; ++k) {
+    const __m256i* wk = reinterpret_cast<const __m256i*>(wb + k * 64);
+    // row by row, each weight vector read from L1 as the multiply's operand: 12 accumulators
+    // and one activation vector live, nothing spilled
+    _Pragma("GCC unroll 4") for (int m = 0; m < MR; ++m) {
+      const __m256i av = spread_a4(a + m * lda + k * 4);
+      _Pragma("GCC unroll 4") for (int j = 0; j < 4; ++j) c[m][j] =
+          _mm256_add_epi32(c[m][j], _mm256_madd_epi16(_mm256_load_si256(wk + j), av));
     }
-    const GemmOut om{o.data + r * o.ld, o.ld, o.accumulate};
-    if (rows - r == 2)
-      kernel_rows16<2>(a + r * lda, lda, sa + r, za + r, b, k4, w, c, om, r == 0 ? next : nullptr);
-    else if (rows - r == 1)
-      kernel_rows16<1>(a + r * lda, lda, sa + r, za + r, b, k4, w, c, om, r == 0 ? next : nullptr);
+  }
+  _Pragma("GCC unroll 4") for (int m = 0; m < MR; ++m) {
+    _Pragma("GCC unroll 4") for (int j = 0; j < 4; ++j) _mm256_store_si256(acc + m * 4 + j,
+                                                                             c[m][j]);
+  }
+}
+
+// Panels [2 p0, 2 p1) (16 columns each) for `rows` rows: per chunk of kMC rows and panel, the
+// panel is widened chunk by chunk (prefetching the next panel's bytes while the first row
+// chunk widens it) and every row block accumulates over it; then pairs are summed and the
+// epilogue writes the outputs.
+void qgemm(const QLinearView& w, int64_t p0, int64_t p1, const QRows& a, int64_t rows,
+           GemmOut o) {
+  const int64_t k4 = w.k / 4, panels = w.n / 16;
+  alignas(32) int16_t wb[kKC4 * 64];
+  alignas(32) __m256i acc[kMC * 4];
+  alignas(32) int32_t sums[kMC * 16];
+  for (int64_t m0 = 0; m0 < rows; m0 += kMC) {
+    const int64_t mc = min_i(kMC, rows - m0);
+    const uint8_t* am = a.q + m0 * a.width;
+    for (int64_t panel = 2 * p0; panel < 2 * p1; ++panel) {
+      const int8_t* b = w.packed + panel * k4 * 64;
+      const int8_t* next = (m0 == 0 && panel + 1 < panels) ? b + k4 * 64 : nullptr;
+      for (int64_t kc0 = 0; kc0 < k4; kc0 += kKC4) {
+        const int64_t kc = min_i(kKC4, k4 - kc0);
+        for (int64_t s = 0; s < kc; ++s) {
+          const int8_t* src = b + (kc0 + s) * 64;
+          if (next) _mm_prefetch(reinterpret_cast<const char*>(next + (kc0 + s) * 64), _MM_HINT_T0);
+          _Pragma("GCC unroll 4") for (int j = 0; j < 4; ++j) _mm256_store_si256(
+              reinterpret_cast<__m256i*>(wb + s * 64 + 16 * j),
+              _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 16 * j))));
+        }
+        const uint8_t* ak = am + kc0 * 4;
+        const bool first = kc0 == 0;
+        int64_t r = 0;
+        for (; r + kMR2 <= mc; r += kMR2)
+          kernel_rows16_3(ak + r * a.width, a.width, wb, kc, acc + r * 4, first);
+        if (mc - r == 2) kernel_rows16<2>(ak + r * a.width, a.width, wb, kc, acc + r * 4, first);
+        else if (mc - r == 1) kernel_rows16<1>(ak + r * a.width, a.width, wb, kc, acc + r * 4, first);
+      }
+      // lanes (col, k 0-1), (col, k 2-3) -> one sum per column, in column order
+      for (int64_t m = 0; m < mc; ++m) {
+        const __m256i* c = acc + m * 4;
+        _mm256_store_si256(reinterpret_cast<__m256i*>(sums + m * 16),
+                           _mm256_permute4x64_epi64(_mm256_hadd_epi32(c[0], c[1]), 0xD8));
+        _mm256_store_si256(reinterpret_cast<__m256i*>(sums + m * 16 + 8),
+                           _mm256_permute4x64_epi64(_mm256_hadd_epi32(c[2], c[3]), 0xD8));
+      }
+      const GemmOut om{o.data + m0 * o.ld, o.ld, o.accumulate};
+      epilogue16(sums, mc, a.scale + m0, a.zero + m0, w, panel * 16, om);
+    }
   }
 }
 #else
@@ -567,6 +656,7 @@ void panel_rows(const uint8_t* a, int64_t lda, const float* sa, const int32_t* z
 }
 #endif
 
+#if !UNIVL_TT_AVX2  // (the AVX2 build has its own, above)
 // Each thread streams its own contiguous range of panel pairs, prefetching the next pair while
 // it computes (rows in chunks of kMC).
 void qgemm(const QLinearView& w, int64_t p0, int64_t p1, const QRows& a, int64_t rows,
@@ -587,6 +677,7 @@ void qgemm(const QLinearView& w, int64_t p0, int64_t p1, const QRows& a, int64_t
     }
   }
 }
+#endif
 
 // ------------------------------------------------------------------ attention
 // Multi-head attention over packed rows, causal or full (see TextKernels::attention).
