@@ -2,7 +2,7 @@
 with ``UNIVL_FAST_NATIVE_ISA=avx2``: real AVX2 code on this CPU) and the AVX-512 VNNI ones
 against the fp32 engine (ONNX Runtime fp32) and ONNX Runtime int8 on the same exported graphs,
 in the same run, interleaved, repeated; plus the fraction of one core's int8 GEMM peak the
-towers' GEMMs reach (bench/gemm_peak_probe.cpp, compiled here).
+kernels' GEMMs reach (bench/gemm_peak_probe.cpp, compiled here; ``_C._native_gemm_seconds``).
 
     .venv/bin/python bench/bench_isa.py --model ViT-B-32 --rounds 5
 
@@ -31,12 +31,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 from bench_encode import CAPTIONS, QUERY, engine_encoder, ensure_engine, sample_images
 
 REPO = Path(__file__).resolve().parents[1]
 KNOB = "UNIVL_FAST_NATIVE_ISA"
-GEMM_STAGES = ("qkv gemm", "out gemm", "fc1 gemm", "fc2 gemm")
 
 
 def cpu_model() -> str:
@@ -80,35 +78,31 @@ def encoder_with_isa(engine: Path, isa: str | None, **kw):
             os.environ[KNOB] = old
 
 
-def tower_gemm_rates(engine: Path, isa: str, reps: int) -> dict[str, float]:
-    """GMAC/s of the GEMM stages on ONE thread (comparable with one core's peak): text tower
-    on one ~19-token query, image tower on 4 images (tower_profile: work + wait time)."""
-    from univl_fast import _C
-    from univl_fast.runtime.manifest import load_manifest
-    from univl_fast.runtime.native_image import NativeImageTower
-    from univl_fast.runtime.native_text import NativeTextTower
+# The GEMMs of one ViT-B-32 transformer block (rows, k, n) (+ the image patch embedding): the
+# text tower on one 19-token query; the image tower on one chunk of 96 rows (the kernels take
+# rows in chunks of 96: a batch of 16 images is 800 rows; short calls keep the best-of timing
+# clear of other jobs' time slices).
+GEMM_SHAPES = {
+    "text, 1 query (19 rows)": [(19, 512, 1536), (19, 512, 512), (19, 512, 2048), (19, 2048, 512)],
+    "image (96-row chunk)": [
+        (96, 3072, 768),
+        (96, 768, 2304),
+        (96, 768, 768),
+        (96, 768, 3072),
+        (96, 3072, 768),
+    ],
+}
 
-    m = load_manifest(engine)
-    text = NativeTextTower(engine / m["native"]["text"]["int8"], threads=1, isa=isa)
-    image = NativeImageTower(engine / m["native"]["image"]["int8"], threads=1, isa=isa)
-    ids = np.zeros((1, 77), np.int64)
-    ids[0, 0], ids[0, 1:18], ids[0, 18] = 49406, 320, 49407
-    s = image.image_size
-    px = np.random.default_rng(0).standard_normal((4, 3, s, s)).astype(np.float32)
+
+def gemm_rates(isa: str, reps: int) -> dict[str, float]:
+    """GMAC/s of each shape set's GEMMs (one block's; each the best of ``reps`` calls, one
+    thread: comparable with one core's peak)."""
+    from univl_fast import _C
+
     out = {}
-    for name, run, x in (("text, 1 query", text.run, ids), ("image, 4 images", image.run, px)):
-        run(x)
-        best = None
-        for _ in range(reps):  # best of reps: a call that kept its core
-            _C.tower_profile_enable(True)
-            run(x)
-            _, stages = _C.tower_profile_read()
-            _C.tower_profile_enable(False)
-            secs = sum(stages[g][0] + stages[g][1] for g in GEMM_STAGES)
-            macs = sum(stages[g][2] for g in GEMM_STAGES)
-            rate = macs / secs / 1e9
-            best = rate if best is None else max(best, rate)
-        out[name] = best
+    for name, shapes in GEMM_SHAPES.items():
+        secs = sum(_C._native_gemm_seconds(m, k, n, isa, reps) for m, k, n in shapes)
+        out[name] = sum(m * k * n for m, k, n in shapes) / secs / 1e9
     return out
 
 
@@ -195,17 +189,19 @@ def report(res: dict, peak: dict[str, float], gemm: dict[str, dict[str, float]],
     lines += [
         "",
         "Int8 GEMM peak of one core (bench/gemm_peak_probe.cpp: register-only multiply-"
-        "accumulate loops, best of 2000 runs) and what the towers' GEMM stages reach on one "
-        "thread (`tower_profile`, best of the repetitions):",
+        "accumulate loops, best of 2000 runs) and what the kernels' GEMM reaches on one thread "
+        "(`_C._native_gemm_seconds`: each of one transformer block's GEMMs, best of "
+        "`--gemm-reps` calls; ViT-B-32's shapes):",
         "",
-        "| build | core peak GMAC/s | text, 1 query GMAC/s (% peak) | image, 4 images GMAC/s "
-        "(% peak) |",
-        "|---|---|---|---|",
+        "| build | core peak GMAC/s | "
+        + " | ".join(f"{k} GMAC/s (% peak)" for k in GEMM_SHAPES)
+        + " |",
+        "|---|---|" + "---|" * len(GEMM_SHAPES),
     ]
     for isa, rates in gemm.items():
         p = peak.get(isa)
         cells = [f"{v:.1f} ({100 * v / p:.0f}%)" if p else f"{v:.1f}" for v in rates.values()]
-        lines.append(f"| {isa} | {p if p else '-'} | {cells[0]} | {cells[1]} |")
+        lines.append(f"| {isa} | {p if p else '-'} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -215,14 +211,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--q-reps", type=int, default=15)
     ap.add_argument("--doc-batch", type=int, default=16)
-    ap.add_argument("--gemm-reps", type=int, default=15)
+    ap.add_argument("--gemm-reps", type=int, default=100)
     ap.add_argument("--out", type=Path, help="also write the table (markdown) here")
     args = ap.parse_args()
     cmd = "python bench/bench_isa.py " + " ".join(sys.argv[1:])
     res = measure(args.model, args.rounds, args.q_reps, args.doc_batch)
     peak = gemm_peak()
     gemm = {
-        isa: tower_gemm_rates(Path(res["engine"]), isa, args.gemm_reps)
+        isa: gemm_rates(isa, args.gemm_reps)
         for isa in ("avx2", "avx512_vnni")
         if any(isa == v for v in res["runs_on"].values())
     }

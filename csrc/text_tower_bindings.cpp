@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <limits>
 #include <memory>
 #include <optional>
@@ -251,6 +252,35 @@ FloatArray native_embed(const py::array_t<uint16_t, py::array::c_style>& tok, co
   return x;
 }
 
+// Benchmark hook (bench/bench_isa.py): the int8 GEMM of one ISA build alone, on one thread,
+// random weights and activations, packed and quantized once: the best of `reps` calls, in
+// seconds (short calls, so the best is one that kept its core on a shared machine).
+double native_gemm_seconds(int64_t rows, int64_t k, int64_t n, const std::string& isa, int reps) {
+  const univl::TextKernels* kt = kernels_for(isa);
+  if (rows < 1 || reps < 1) throw py::value_error("_native_gemm_seconds: rows, reps >= 1");
+  std::vector<int8_t> w(static_cast<size_t>(n * k));
+  std::vector<float> x(static_cast<size_t>(rows * k)), scale(n, 0.01f), bias(n, 0.0f);
+  uint32_t state = 12345;
+  auto next = [&state]() { return state = state * 1664525u + 1013904223u; };
+  for (auto& v : w) v = static_cast<int8_t>(static_cast<int>(next() >> 24) % 255 - 127);
+  for (auto& v : x) v = static_cast<float>(next() >> 16) / 65536.0f - 0.5f;
+  QLinear q;
+  q.pack(w.data(), n, k, scale.data(), bias.data());  // validates n, k
+  std::vector<uint8_t> qx(x.size());
+  std::vector<float> sx(rows), y(static_cast<size_t>(rows * n));
+  std::vector<int32_t> zx(rows);
+  const univl::QRows a{qx.data(), sx.data(), zx.data(), k};
+  kt->quant_rows(x.data(), 0, rows, k, a);
+  double best = 1e30;
+  py::gil_scoped_release release;
+  for (int r = 0; r < reps; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    kt->qgemm(q.view(), 0, n / 32, a, rows, {y.data(), n, false});
+    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  return best;
+}
+
 }  // namespace
 
 void bind_text_tower(py::module_& m) {
@@ -266,6 +296,10 @@ void bind_text_tower(py::module_& m) {
         "Test hook: the towers' multi-head attention of one ISA build over packed rows.");
   m.def("_native_embed", &native_embed, "tok"_a, "pos"_a, "ids"_a, "isa"_a = "generic",
         "Test hook: the text tower's embedding rows (float16 table + positions), one ISA build.");
+  m.def("_native_gemm_seconds", &native_gemm_seconds, "rows"_a, "k"_a, "n"_a, "isa"_a,
+        "reps"_a = 200,
+        "Benchmark hook: best seconds of one int8 GEMM (rows x k x n) of one ISA build, one "
+        "thread.");
   m.def("text_tower_isas", &univl::text_tower_supported_isas,
         "Instruction-set builds of the native towers' kernels this CPU runs, best last "
         "('generic', 'avx2', 'avx512_vnni').");

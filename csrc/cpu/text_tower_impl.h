@@ -685,122 +685,97 @@ void qgemm(const QLinearView& w, int64_t p0, int64_t p1, const QRows& a, int64_t
 // 16, pre-scaled by 1/sqrt(hd), padding zero): a query's scores are then hd FMAs per 16 keys,
 // accumulated in registers, instead of n dot products that each end in a horizontal reduction;
 // the weighted sum of the values likewise keeps its output row in registers.
-constexpr int64_t kKeyBlock = 64;  // keys per register block of scores (4 vectors)
+constexpr int64_t kKeyBlock = 64;  // keys per register block of scores (4 or 8 vectors)
 
+#if UNIVL_TT_VNNI || UNIVL_TT_AVX2
+// The vector words the attention loops below are written in, per ISA: VecF holds kVecW floats;
+// vmask(left) selects the lanes < left (none when left <= 0).
 #if UNIVL_TT_VNNI
-// s[0, 16 * NV) = q . kt[:, 0, 16 * NV) (hd terms each)
+using VecF = __m512;
+using VecMask = __mmask16;
+constexpr int64_t kVecW = 16;
+inline VecF vzero() { return _mm512_setzero_ps(); }
+inline VecF vset1(float x) { return _mm512_set1_ps(x); }
+inline VecF vload(const float* p) { return _mm512_loadu_ps(p); }
+inline void vstore(float* p, VecF v) { _mm512_storeu_ps(p, v); }
+inline VecF vfmadd(VecF a, VecF b, VecF c) { return _mm512_fmadd_ps(a, b, c); }
+inline VecF vadd(VecF a, VecF b) { return _mm512_add_ps(a, b); }
+inline VecF vmul(VecF a, VecF b) { return _mm512_mul_ps(a, b); }
+inline VecMask vmask(int64_t left) { return left > 0 ? tail_mask(left) : static_cast<VecMask>(0); }
+inline VecF vload_masked(const float* p, VecMask m) { return _mm512_maskz_loadu_ps(m, p); }
+inline void vstore_masked(float* p, VecMask m, VecF v) { _mm512_mask_storeu_ps(p, m, v); }
+#else
+using VecF = __m256;
+using VecMask = __m256i;
+constexpr int64_t kVecW = 8;
+inline VecF vzero() { return _mm256_setzero_ps(); }
+inline VecF vset1(float x) { return _mm256_set1_ps(x); }
+inline VecF vload(const float* p) { return _mm256_loadu_ps(p); }
+inline void vstore(float* p, VecF v) { _mm256_storeu_ps(p, v); }
+inline VecF vfmadd(VecF a, VecF b, VecF c) { return _mm256_fmadd_ps(a, b, c); }
+inline VecF vadd(VecF a, VecF b) { return _mm256_add_ps(a, b); }
+inline VecF vmul(VecF a, VecF b) { return _mm256_mul_ps(a, b); }
+inline VecMask vmask(int64_t left) { return tail_mask8(left); }
+inline VecF vload_masked(const float* p, VecMask m) { return _mm256_maskload_ps(p, m); }
+inline void vstore_masked(float* p, VecMask m, VecF v) { _mm256_maskstore_ps(p, m, v); }
+#endif
+
+// s[0, kVecW * NV) = q . kt[:, 0, kVecW * NV) (hd terms each)
 template <int NV>
 void score_block(const float* q, const float* kt, int64_t hd, int64_t ldk, float* s) {
-  __m512 acc[NV];
-  _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) acc[v] = _mm512_setzero_ps();
+  VecF acc[NV];
+  _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v) acc[v] = vzero();
   for (int64_t t = 0; t < hd; ++t) {
-    const __m512 qt = _mm512_set1_ps(q[t]);
-    _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) acc[v] =
-        _mm512_fmadd_ps(qt, _mm512_loadu_ps(kt + t * ldk + 16 * v), acc[v]);
-  }
-  _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) _mm512_storeu_ps(s + 16 * v, acc[v]);
-}
-
-inline void query_scores(const float* q, const float* kt, int64_t hd, int64_t ldk, float* s) {
-  for (int64_t j = 0; j < ldk; j += kKeyBlock) {
-    const int64_t nv = min_i(kKeyBlock, ldk - j) / 16;
-    if (nv == 4) score_block<4>(q, kt + j, hd, ldk, s + j);
-    else if (nv == 3) score_block<3>(q, kt + j, hd, ldk, s + j);
-    else if (nv == 2) score_block<2>(q, kt + j, hd, ldk, s + j);
-    else score_block<1>(q, kt + j, hd, ldk, s + j);
-  }
-}
-
-// o[0, hd) = inv * sum_{j < keys} p[j] * v_j, v_j = v + j * ldv; hd in blocks of 64 (masked
-// tail), two accumulator sets (even / odd j) so the FMA chains overlap.
-inline void weighted_sum(const float* p, float inv, const float* v, int64_t ldv, int64_t keys,
-                         int64_t hd, float* o) {
-  for (int64_t t0 = 0; t0 < hd; t0 += 64) {
-    __mmask16 m[4];
-    __m512 a[4], b[4];
-    for (int u = 0; u < 4; ++u) {
-      const int64_t left = hd - t0 - 16 * u;
-      m[u] = left > 0 ? tail_mask(left) : static_cast<__mmask16>(0);
-      a[u] = _mm512_setzero_ps();
-      b[u] = _mm512_setzero_ps();
-    }
-    int64_t j = 0;
-    for (; j + 1 < keys; j += 2) {
-      const __m512 p0 = _mm512_set1_ps(p[j]), p1 = _mm512_set1_ps(p[j + 1]);
-      const float* v0 = v + j * ldv + t0;
-      const float* v1 = v0 + ldv;
-      _Pragma("GCC unroll 4") for (int u = 0; u < 4; ++u) {
-        a[u] = _mm512_fmadd_ps(p0, _mm512_maskz_loadu_ps(m[u], v0 + 16 * u), a[u]);
-        b[u] = _mm512_fmadd_ps(p1, _mm512_maskz_loadu_ps(m[u], v1 + 16 * u), b[u]);
-      }
-    }
-    if (j < keys) {
-      const __m512 p0 = _mm512_set1_ps(p[j]);
-      const float* v0 = v + j * ldv + t0;
-      _Pragma("GCC unroll 4") for (int u = 0; u < 4; ++u) a[u] =
-          _mm512_fmadd_ps(p0, _mm512_maskz_loadu_ps(m[u], v0 + 16 * u), a[u]);
-    }
-    const __m512 iv = _mm512_set1_ps(inv);
-    _Pragma("GCC unroll 4") for (int u = 0; u < 4; ++u) _mm512_mask_storeu_ps(
-        o + t0 + 16 * u, m[u], _mm512_mul_ps(_mm512_add_ps(a[u], b[u]), iv));
-  }
-}
-#elif UNIVL_TT_AVX2
-// s[0, 8 * NV) = q . kt[:, 0, 8 * NV) (hd terms each)
-template <int NV>
-void score_block(const float* q, const float* kt, int64_t hd, int64_t ldk, float* s) {
-  __m256 acc[NV];
-  _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v) acc[v] = _mm256_setzero_ps();
-  for (int64_t t = 0; t < hd; ++t) {
-    const __m256 qt = _mm256_set1_ps(q[t]);
+    const VecF qt = vset1(q[t]);
     _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v) acc[v] =
-        _mm256_fmadd_ps(qt, _mm256_loadu_ps(kt + t * ldk + 8 * v), acc[v]);
+        vfmadd(qt, vload(kt + t * ldk + kVecW * v), acc[v]);
   }
-  _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v) _mm256_storeu_ps(s + 8 * v, acc[v]);
+  _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v) vstore(s + kVecW * v, acc[v]);
 }
 
 inline void query_scores(const float* q, const float* kt, int64_t hd, int64_t ldk, float* s) {
   // ldk is a multiple of 16: blocks of 64, 48, 32 or 16 keys
+  constexpr int kNV = static_cast<int>(kKeyBlock / kVecW);
   for (int64_t j = 0; j < ldk; j += kKeyBlock) {
-    const int64_t nv = min_i(kKeyBlock, ldk - j) / 8;
-    if (nv == 8) score_block<8>(q, kt + j, hd, ldk, s + j);
-    else if (nv == 6) score_block<6>(q, kt + j, hd, ldk, s + j);
-    else if (nv == 4) score_block<4>(q, kt + j, hd, ldk, s + j);
-    else score_block<2>(q, kt + j, hd, ldk, s + j);
+    const int64_t nv = min_i(kKeyBlock, ldk - j) / kVecW;
+    if (nv == kNV) score_block<kNV>(q, kt + j, hd, ldk, s + j);
+    else if (nv == kNV * 3 / 4) score_block<kNV * 3 / 4>(q, kt + j, hd, ldk, s + j);
+    else if (nv == kNV / 2) score_block<kNV / 2>(q, kt + j, hd, ldk, s + j);
+    else score_block<kNV / 4>(q, kt + j, hd, ldk, s + j);
   }
 }
 
-// o[0, hd) = inv * sum_{j < keys} p[j] * v_j, v_j = v + j * ldv; hd in blocks of 32 (masked
-// tail), two accumulator sets (even / odd j) so the FMA chains overlap.
+// o[0, hd) = inv * sum_{j < keys} p[j] * v_j, v_j = v + j * ldv; hd in blocks of 4 vectors
+// (masked tail), two accumulator sets (even / odd j) so the FMA chains overlap.
 inline void weighted_sum(const float* p, float inv, const float* v, int64_t ldv, int64_t keys,
                          int64_t hd, float* o) {
-  for (int64_t t0 = 0; t0 < hd; t0 += 32) {
-    __m256i m[4];
-    __m256 a[4], b[4];
+  for (int64_t t0 = 0; t0 < hd; t0 += 4 * kVecW) {
+    VecMask m[4];
+    VecF a[4], b[4];
     for (int u = 0; u < 4; ++u) {
-      m[u] = tail_mask8(hd - t0 - 8 * u);  // all zero past the end
-      a[u] = _mm256_setzero_ps();
-      b[u] = _mm256_setzero_ps();
+      m[u] = vmask(hd - t0 - kVecW * u);
+      a[u] = vzero();
+      b[u] = vzero();
     }
     int64_t j = 0;
     for (; j + 1 < keys; j += 2) {
-      const __m256 p0 = _mm256_set1_ps(p[j]), p1 = _mm256_set1_ps(p[j + 1]);
+      const VecF p0 = vset1(p[j]), p1 = vset1(p[j + 1]);
       const float* v0 = v + j * ldv + t0;
       const float* v1 = v0 + ldv;
       _Pragma("GCC unroll 4") for (int u = 0; u < 4; ++u) {
-        a[u] = _mm256_fmadd_ps(p0, _mm256_maskload_ps(v0 + 8 * u, m[u]), a[u]);
-        b[u] = _mm256_fmadd_ps(p1, _mm256_maskload_ps(v1 + 8 * u, m[u]), b[u]);
+        a[u] = vfmadd(p0, vload_masked(v0 + kVecW * u, m[u]), a[u]);
+        b[u] = vfmadd(p1, vload_masked(v1 + kVecW * u, m[u]), b[u]);
       }
     }
     if (j < keys) {
-      const __m256 p0 = _mm256_set1_ps(p[j]);
+      const VecF p0 = vset1(p[j]);
       const float* v0 = v + j * ldv + t0;
       _Pragma("GCC unroll 4") for (int u = 0; u < 4; ++u) a[u] =
-          _mm256_fmadd_ps(p0, _mm256_maskload_ps(v0 + 8 * u, m[u]), a[u]);
+          vfmadd(p0, vload_masked(v0 + kVecW * u, m[u]), a[u]);
     }
-    const __m256 iv = _mm256_set1_ps(inv);
-    _Pragma("GCC unroll 4") for (int u = 0; u < 4; ++u) _mm256_maskstore_ps(
-        o + t0 + 8 * u, m[u], _mm256_mul_ps(_mm256_add_ps(a[u], b[u]), iv));
+    const VecF iv = vset1(inv);
+    _Pragma("GCC unroll 4") for (int u = 0; u < 4; ++u) vstore_masked(
+        o + t0 + kVecW * u, m[u], vmul(vadd(a[u], b[u]), iv));
   }
 }
 #else
