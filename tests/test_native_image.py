@@ -198,8 +198,8 @@ def test_export_records_speed_against_the_int8_graph(tiny_engine, native_path, p
 
 
 def test_auto_picks_native_only_when_measured_faster(tiny_engine, tmp_path, caplog):
-    """auto: native only with a recorded export speed >= 1.05x the int8 graph's (and VNNI);
-    else ONNX Runtime, the reason in ``runtime_reasons``; image_runtime="native" overrides."""
+    """auto: native only with a recorded export speed >= 1.05x the int8 graph's (and a fast
+    build); else ONNX Runtime, the reason in ``runtime_reasons``; image_runtime="native" overrides."""
     from univl_fast.runtime import Encoder
     from univl_fast.runtime.selection import native_image_speed_problem
 

@@ -134,7 +134,8 @@ class Encoder:
     ``univl_fast.runtime.selection``). batch_size: rows per graph run.
     text_runtime: "auto" | "native" | "onnxruntime": who runs the text tower for int8 on the
     CPU, our compiled native tower (``univl_fast.runtime.native_text``) or the ONNX graph;
-    auto picks native where it is fast (AVX-512 VNNI). ``self.text_runtime`` says which runs.
+    auto picks native where it is fast (AVX2 or AVX-512 VNNI). ``self.text_runtime`` says which
+    runs.
     image_runtime: the same choice for the image tower (``univl_fast.runtime.native_image``;
     ``UNIVL_FAST_NATIVE_IMAGE=0`` turns auto off); ``self.image_runtime`` says which runs.
     decode_workers: threads that decode + preprocess the next batch of image documents while
