@@ -3,9 +3,8 @@
 ``NativeTextTower(path)`` loads the exporter's ``text_int8.native.npz`` into
 ``univl_fast._C.TextTower``, on the best build of its kernels this CPU runs (``native_isas``:
 generic < avx2 < avx512_vnni; ``UNIVL_FAST_NATIVE_ISA`` forces a lower one, ``.isa`` says which
-runs). It has the same
-``run(ids) -> raw embeddings`` as the ONNX Runtime towers, so the Encoder uses it in their
-place for queries, text documents and captions. Why it exists and how it computes:
+runs). It has the same ``run(ids) -> raw embeddings`` as the ONNX Runtime towers, so the Encoder
+uses it in their place for queries, text documents and captions. Why it exists and how it computes:
 ``csrc/cpu/text_tower.h``; measured speed: ``BENCHMARKS.md``.
 """
 
