@@ -135,7 +135,8 @@ class Encoder:
     ``univl_fast.runtime.selection``). batch_size: rows per graph run.
     text_runtime: "auto" | "native" | "onnxruntime": who runs the text tower for int8 on the
     CPU, our compiled native tower (``univl_fast.runtime.native_text``) or the ONNX graph;
-    auto picks native where it is fast (AVX-512 VNNI). ``self.text_runtime`` says which runs.
+    auto picks native where it is fast (AVX2 or AVX-512 VNNI). ``self.text_runtime`` says which
+    runs.
     image_runtime: the same choice for the image tower (``univl_fast.runtime.native_image``;
     ``UNIVL_FAST_NATIVE_IMAGE=0`` turns auto off); ``self.image_runtime`` says which runs.
     decode_workers: threads that decode + preprocess the next batch of image documents while
@@ -449,12 +450,13 @@ class Encoder:
 
         auto (default): native when the engine has it, its export parity passed (the tower and
         the image-document vector: ``univl_fast.runtime.selection``), the encoder runs int8 on
-        the CPU and this CPU has AVX-512 VNNI; for the image tower also only when the export
+        the CPU and the native kernels have a fast build here (AVX2 or AVX-512 VNNI:
+        ``native_text.fast_native_available``); for the image tower also only when the export
         measured it faster than the int8 image graph (``selection.native_image_speed_problem``).
         ``UNIVL_FAST_NATIVE_TEXT=0`` / ``UNIVL_FAST_NATIVE_IMAGE=0`` turns auto off. Why auto
         passed over a native tower it could run goes to ``self.runtime_reasons[tower]``.
-        "native" insists (also on CPUs without VNNI, or where it measured slower: the explicit
-        override); "onnxruntime" never uses it.
+        "native" insists (also on the portable build, or where it measured slower: the
+        explicit override); "onnxruntime" never uses it.
         """
         from univl_fast.runtime.native_text import fast_native_available
 
