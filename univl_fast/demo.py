@@ -452,19 +452,17 @@ class Demo:
 
 
 def precision_routes(engine_dir: Path) -> dict[str, str | None]:
-    """Each of PRECISIONS -> None where ``engine_dir`` has verified graphs of it for both towers
-    on the CPU (written, and their parity and the image-document vector's passed at export),
+    """Each of PRECISIONS -> None where ``engine_dir`` has verified graphs (for int8: graphs or
+    native towers) of it for both towers on the CPU (written, and their parity and the
+    image-document vector's passed at export),
     else the reason in one phrase (from the manifest's parity block)."""
     from univl_fast.runtime import selection
     from univl_fast.runtime.manifest import load_manifest
 
     manifest = load_manifest(engine_dir)
-    available = selection.available_precisions(manifest)
     out: dict[str, str | None] = {}
     for precision in PRECISIONS:
-        problem = selection.parity_problem(manifest, precision)
-        if precision not in available:
-            problem = problem or f"no {precision} graphs for both towers"
+        problem = selection.precision_problem(manifest, precision)
         out[precision] = None if problem is None else f"no verified route on this host ({problem})"
     if out["fp32"] is not None:  # the exporter stops instead of writing such an engine
         raise SystemExit(

@@ -62,6 +62,7 @@ import numpy as np
 
 from univl_fast.errors import DeadlineExceeded, UnivlFastError
 from univl_fast.types import MODALITIES, Hit
+from univl_fast.utils import fork_exit
 
 __all__ = [
     "Engine",
@@ -257,6 +258,7 @@ class Engine:
         if self._stale_encoder:
             with self._reopen_lock:
                 if self._stale_encoder:
+                    _keep_forever(self.encoder)
                     self.encoder = self._reopen()
                     if self._narrow_threads is not None:
                         self._narrow = self.encoder.with_text_threads(self._narrow_threads)
@@ -602,6 +604,15 @@ class _PlainCall:
         )
 
 
+def _keep_forever(obj: Any) -> None:
+    """Never free ``obj`` in this (forked) process: an ONNX Runtime session made in the parent
+    must not be destroyed in a child, where its destructor would join or wait on thread-pool
+    threads that exist only in the parent. Its pages stay shared with the parent's."""
+    import ctypes
+
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))
+
+
 # Engines alive in this process, for the fork handler below.
 _live_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 
@@ -610,6 +621,8 @@ def _engines_after_fork_in_child() -> None:
     engines = list(_live_engines)
     for eng in engines:
         eng._after_fork_in_child()
+    if engines and "onnxruntime" in sys.modules:
+        fork_exit.install_in_forked_child()  # ORT's static destructors hang in a forked child
     faiss = sys.modules.get("faiss")
     if engines and faiss is not None:
         # faiss runs on libgomp, which keeps no fork handler: a parallel region entered in the

@@ -513,6 +513,9 @@ def _write_native(
     graph = (art.root / graph_rel).read_bytes() if graph_rel else None
     speed = native_image.measure_speed(data, graph, inputs.pixels)
     out: dict[str, Any] = {tower: {"int8": rel}, "image_speed": speed}
+    if graph is None:  # no int8 image graph passed here: the native tower is int8's only route
+        log.info("native int8 image tower: the only int8 image route of this engine")
+        return out
     slower = selection.native_image_speed_problem({"native": out})
     if slower is not None:
         log.warning("native int8 image tower written but not picked by auto: %s", slower)

@@ -135,7 +135,8 @@ class Encoder:
     ``univl_fast.runtime.selection``). batch_size: rows per graph run.
     text_runtime: "auto" | "native" | "onnxruntime": who runs the text tower for int8 on the
     CPU, our compiled native tower (``univl_fast.runtime.native_text``) or the ONNX graph;
-    auto picks native where it is fast (AVX-512 VNNI). ``self.text_runtime`` says which runs.
+    auto picks native where it is fast (AVX2 or AVX-512 VNNI). ``self.text_runtime`` says which
+    runs.
     image_runtime: the same choice for the image tower (``univl_fast.runtime.native_image``;
     ``UNIVL_FAST_NATIVE_IMAGE=0`` turns auto off); ``self.image_runtime`` says which runs.
     decode_workers: threads that decode + preprocess the next batch of image documents while
@@ -164,6 +165,13 @@ class Encoder:
         m = self.manifest
         # the space the vectors live in (None: an engine exported before it was recorded)
         self.embedding_space: dict[str, Any] | None = m.get("embedding_space")
+        # why auto passed over a faster precision the engine has (None: it did not)
+        self.precision_reason: str | None = None
+        # what the caller asked for per tower (workers elsewhere re-resolve the same request)
+        self.runtime_requests: dict[str, str] = {
+            "text": text_runtime or "auto",
+            "image": image_runtime or "auto",
+        }
         self.backend: str = self._pick_backend(backend)
         self.precision: str = self._pick_precision(precision)
         self.batch_size = int(batch_size)
@@ -190,11 +198,6 @@ class Encoder:
         self._threads = threads
         # tower -> why auto passed over its native tower (only where the engine has one)
         self.runtime_reasons: dict[str, str] = {}
-        # what the caller asked for per tower (workers elsewhere re-resolve the same request)
-        self.runtime_requests: dict[str, str] = {
-            "text": text_runtime or "auto",
-            "image": image_runtime or "auto",
-        }
         self.text_runtime: str = self._pick_runtime("text", text_runtime)
         self.image_runtime: str = self._pick_runtime("image", image_runtime)
         # what was asked for by name: the load-time check never falls back from it
@@ -292,6 +295,8 @@ class Encoder:
         if self._explicit[tower]:
             return None
         if self.runtimes[tower] == "native":
+            if "int8" not in self.manifest["graphs"].get(tower, {}):
+                return None  # no int8 graph to go back to
             alt, key = "onnxruntime", "int8"
         else:
             alt, key = "native", selection.NATIVE_KEY
@@ -314,6 +319,7 @@ class Encoder:
             "text_runtime": self.text_runtime,
             "image_runtime": self.image_runtime,
             "runtime_reasons": dict(self.runtime_reasons),
+            "precision_reason": self.precision_reason,
             "verification": self.verification,
         }
 
@@ -392,12 +398,38 @@ class Encoder:
             selection.warn_unverified(f"precision {precision!r}", problem)
             return precision
         picked = selection.auto_precision(m, self.backend)
+        if picked == "int8" and self.backend == "onnxruntime-cpu":
+            why = self._graphless_int8_problem()
+            if why is not None:
+                log.warning("int8 not picked by auto: %s", why)
+                self.precision_reason = why
+                picked = selection.auto_precision(m, self.backend, exclude=("int8",))
         if picked is None:
             raise EngineError(
                 f"engine {self.engine_dir}: no precision passed parity for both towers and the "
                 f"image-document vector on {self.backend} (has {', '.join(available) or 'none'})"
             )
         return picked
+
+    def _graphless_int8_problem(self) -> str | None:
+        """Why int8 cannot run here although the engine verified it (None: it can): a tower
+        with no int8 graph (the export's ONNX Runtime int8 route missed parity) runs int8 only on
+        its native tower, which auto uses only where it is on and fast (AVX2 or better)."""
+        from univl_fast.runtime.native_text import fast_native_available
+
+        for tower in ("text", "image"):
+            if "int8" in self.manifest["graphs"].get(tower, {}):
+                continue
+            if self.runtime_requests[tower].lower() == "onnxruntime":
+                return f"{tower}_runtime='onnxruntime' asked for, and the engine has no int8 {tower} graph"
+            if not env_flag(_NATIVE_KNOB[tower], default=True):
+                return f"the {tower} tower has no int8 graph and {_NATIVE_KNOB[tower]}=0"
+            fast, why = fast_native_available()
+            if not fast:
+                return (
+                    f"the {tower} tower has no int8 graph and its native tower is slow here: {why}"
+                )
+        return None
 
     def _native_problem(self, tower: str) -> str | None:
         """Why the native int8 ``tower`` ("text" | "image") cannot serve this encoder (None:
@@ -418,17 +450,41 @@ class Encoder:
 
         auto (default): native when the engine has it, its export parity passed (the tower and
         the image-document vector: ``univl_fast.runtime.selection``), the encoder runs int8 on
-        the CPU and this CPU has AVX-512 VNNI; for the image tower also only when the export
+        the CPU and the native kernels have a fast build here (AVX2 or AVX-512 VNNI:
+        ``native_text.fast_native_available``); for the image tower also only when the export
         measured it faster than the int8 image graph (``selection.native_image_speed_problem``).
         ``UNIVL_FAST_NATIVE_TEXT=0`` / ``UNIVL_FAST_NATIVE_IMAGE=0`` turns auto off. Why auto
         passed over a native tower it could run goes to ``self.runtime_reasons[tower]``.
-        "native" insists (also on CPUs without VNNI, or where it measured slower: the explicit
-        override); "onnxruntime" never uses it.
+        "native" insists (also on the portable build, or where it measured slower: the
+        explicit override); "onnxruntime" never uses it.
         """
         from univl_fast.runtime.native_text import fast_native_available
 
         key = (want or "auto").lower()
         backend_runtime = "tensorrt" if self.backend == "tensorrt" else "onnxruntime"
+        graphless = (
+            self.precision == "int8"
+            and self.backend == "onnxruntime-cpu"
+            and "int8" not in self.manifest["graphs"].get(tower, {})
+        )
+        if graphless and key in ("auto", "onnxruntime"):
+            # no int8 graph for this tower (its ONNX Runtime route missed parity at export):
+            # int8 runs on the native tower or not at all
+            problem = self._native_problem(tower)
+            if key == "onnxruntime" or problem:
+                why = self.manifest.get("parity", {}).get(tower, {}).get("int8", {})
+                raise EngineError(
+                    f"engine {self.engine_dir}: no int8 {tower} graph "
+                    f"({why.get('reason') or 'not exported'}); int8 {tower} runs only on the "
+                    f"native tower" + (f", which cannot serve: {problem}" if problem else "")
+                )
+            selection.warn_unverified(
+                f"{tower}_runtime 'native' (no int8 {tower} graph)",
+                selection.native_text_problem(self.manifest)
+                if tower == "text"
+                else selection.native_image_problem(self.manifest),
+            )
+            return "native"
         if key == "onnxruntime":
             return backend_runtime
         if key not in ("auto", "native"):

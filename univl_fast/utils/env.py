@@ -86,6 +86,14 @@ KNOBS: dict[str, Knob] = {
             choices=("auto", "always", "never"),
         ),
         Knob(
+            "UNIVL_FAST_NATIVE_ISA",
+            "choice",
+            "auto",
+            "forces the native int8 towers' kernels to a lower build (tests, comparisons); "
+            "a build this CPU lacks is an error",
+            choices=("auto", "generic", "avx2", "avx512_vnni"),
+        ),
+        Knob(
             "UNIVL_FAST_TEAM_SPIN_US",
             "int",
             "50",
