@@ -10,9 +10,9 @@ import math
 import numpy as np
 import pytest
 
+from univl_fast.cli.index import add_arguments
 from univl_fast.errors import UnivlFastError
 from univl_fast.index import IndexConfig, build_index
-from univl_fast.index.cli import add_arguments
 from univl_fast.index.params import RecallTargetUnreachable
 from univl_fast.index.select import parse_size
 from univl_fast.index.synth_corpus import Generator

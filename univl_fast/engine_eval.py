@@ -11,14 +11,11 @@ The by-modality runs use modality-restricted searches of the one joint index.
 
 from __future__ import annotations
 
-import argparse
 import sys
-import time
 from typing import Any
 
 import numpy as np
 
-from univl_fast.evaluation import format_result
 from univl_fast.types import IMAGE, TEXT
 
 # Depth of the ranking handed to the metrics (Recall@100 needs 100).
@@ -109,41 +106,3 @@ def evaluate_engine(
             )
             result[modality] = dict(evaluate(run, sub_qrels, mod_map, per_query=per_query))
     return result
-
-
-def run_engine_eval(args: argparse.Namespace) -> int:
-    """Entry point of ``univl-fast eval --engine E --index I --data D``."""
-    from univl_fast.data import DatasetDir
-    from univl_fast.engine import load
-    from univl_fast.utils.io import atomic_write_json
-
-    t0 = time.perf_counter()
-    engine = load(
-        args.engine,
-        index=args.index,
-        precision=args.precision,
-        backend=args.backend,
-        batching=False,
-    )
-    with engine:
-        ds = DatasetDir(args.data)
-        queries = ds.queries(args.split)
-        qrels = ds.qrels(args.split)
-        metrics = evaluate_engine(
-            engine,
-            queries,
-            qrels,
-            by_modality=args.by_modality,
-            batch_size=args.batch_size,
-            per_query=getattr(args, "per_query", False),
-        )
-    print(format_result(metrics, label=str(args.engine)))
-    print(
-        f"[eval] engine={args.engine} index={args.index} split={args.split} "
-        f"({time.perf_counter() - t0:.1f}s)",
-        file=sys.stderr,
-    )
-    if args.json:
-        atomic_write_json(args.json, metrics)
-        print(f"[eval] wrote {args.json}", file=sys.stderr)
-    return 0

@@ -1,0 +1,42 @@
+"""What every command that searches through an engine shares: its arguments (``--engine``,
+``--index``, ``--precision``, ``--backend``) and loading the engine from them, with one
+message for a dir that is missing or does not fit."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from univl_fast.engine import Engine, load
+
+PRECISIONS = ("fp32", "fp16", "int8")
+BACKENDS = ("onnxruntime", "tensorrt")
+
+
+def add_engine_arguments(
+    p: argparse.ArgumentParser | argparse._ArgumentGroup, required: bool = True
+) -> None:
+    """--engine, --index (both required unless ``required`` is False), --precision, --backend."""
+    p.add_argument("--engine", required=required, help="exported engine dir")
+    p.add_argument("--index", required=required, help="index dir built from --engine")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="engine precision (default: the fastest whose parity passed)",
+    )
+    p.add_argument(
+        "--backend", choices=BACKENDS, help="engine backend (default: the best available here)"
+    )
+
+
+def load_engine(args: argparse.Namespace, command: str, **kwargs: Any) -> Engine | None:
+    """The engine and index the arguments name, or None after printing why it could not be
+    loaded (``univl-fast COMMAND: ...`` on stderr). ``kwargs`` go to ``univl_fast.load``."""
+    try:
+        return load(
+            args.engine, index=args.index, precision=args.precision, backend=args.backend, **kwargs
+        )
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"univl-fast {command}: {exc}", file=sys.stderr)
+        return None
