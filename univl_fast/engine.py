@@ -53,14 +53,16 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from univl_fast.batching import DEFAULT_QUEUE_FACTOR, QueryBatcher
 from univl_fast.errors import DeadlineExceeded, UnivlFastError
+from univl_fast.interfaces import QueryEncoder, SearchIndex
 from univl_fast.types import MODALITIES, Hit
 
 __all__ = [
@@ -82,10 +84,9 @@ logger = logging.getLogger(__name__)
 # queued (1 client: up to max_wait_us per call). 64 covers the 64-client case in one batch.
 DEFAULT_MAX_BATCH = 64
 DEFAULT_MAX_WAIT_US = 500
-# max_queue=None: this many times max_batch queries may wait (64 -> 1024: 16 batches of work,
-# enough for 64+ concurrent clients sending a few queries each without a refusal, while a flood
-# is refused at once instead of waiting without bound). Same as univl_fast.batching's default.
-DEFAULT_QUEUE_FACTOR = 16
+# max_queue=None: univl_fast.batching.DEFAULT_QUEUE_FACTOR times max_batch queries may wait
+# (64 -> 1024: 16 batches of work, enough for 64+ concurrent clients sending a few queries
+# each without a refusal, while a flood is refused at once instead of waiting without bound).
 
 
 @dataclass
@@ -152,21 +153,21 @@ class Engine:
 
     def __init__(
         self,
-        encoder: Any,
-        index: Any = None,
+        encoder: QueryEncoder,
+        index: SearchIndex | None = None,
         config: EngineConfig | None = None,
-        reopen: Any = None,
+        reopen: Callable[[], QueryEncoder] | None = None,
     ):
         """reopen: a callable returning a fresh encoder like ``encoder`` (``load`` passes one):
         a process forked from this one calls it once, on first use, because ONNX Runtime's
         sessions are not fork-safe (their thread pools' locks may be held by threads that stay
         in the parent)."""
-        self.encoder = encoder
+        self.encoder: QueryEncoder = encoder
         self._reopen = reopen
         self._stale_encoder = False  # set in a forked child: re-open before the next use
         self._reopen_lock = threading.Lock()
         self._narrow_threads = None
-        self.index = index
+        self.index: SearchIndex | None = index
         self.config = config or EngineConfig()
         if self.config.max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {self.config.max_batch}")
@@ -189,8 +190,6 @@ class Engine:
         self._plain = _PlainCounters()  # stats of the unbatched path
         _live_engines.add(self)  # its locks are re-made in a forked child
         if self.config.batching and index is not None:
-            from univl_fast.batching import QueryBatcher
-
             self.workers = int(self.config.workers)
             if self.workers > 1:
                 from univl_fast.runtime.backends import ThreadSettings, physical_cores
@@ -223,10 +222,55 @@ class Engine:
         return self.encoder.embedding_space
 
     @property
+    def has_index(self) -> bool:
+        """Whether an index is loaded (``search`` needs one)."""
+        return self.index is not None
+
+    def describe(self) -> dict[str, Any]:
+        """What this engine runs (for ``GET /info``): model, dim, how queries are encoded,
+        the engine manifest's sha256, the serving config, and the index (factory, size,
+        tuned search parameters, measured recall; None without an index)."""
+        enc = self.encoder
+        manifest = enc.manifest or {}
+        out: dict[str, Any] = {
+            "model": manifest.get("model_name") or (manifest.get("model_config") or {}).get("name"),
+            "dim": self.dim,
+            "precision": enc.precision,
+            "backend": enc.backend,
+            "text_runtime": enc.text_runtime,
+            "image_runtime": enc.image_runtime,
+            "engine_sha256": enc.manifest_sha256,
+            "engine": self.config.to_dict(),
+            "index": None,
+        }
+        if self.index is not None:
+            im = self.index.manifest or {}
+            tuning = im.get("tuning") or {}
+            out["index"] = {
+                "factory": im.get("factory"),
+                "ntotal": int(self.index.ntotal),
+                "modality_counts": im.get("modality_counts"),
+                "search_params": im.get("search_params"),
+                "recall": tuning.get("recall_at_k"),
+                "recall_k": tuning.get("k"),
+                "target_recall": tuning.get("target_recall"),
+            }
+        return out
+
+    def count_tokens(self, texts: Sequence[str]) -> int:
+        """BPE tokens the text tower reads for ``texts`` (start/end tokens included, each
+        text cut to the context length), as usage figures report them."""
+        tokenizer = getattr(self.encoder, "tokenizer", None)
+        if tokenizer is None:
+            return 0
+        ctx = int(getattr(self.encoder, "context_length", 77))
+        return sum(len(tokenizer.token_ids(t, ctx)) for t in texts)
+
+    @property
     def encoding_mismatch(self) -> str | None:
         """How the queries' encoding (precision, text runtime) differs from the index corpus's
         (None: the same, unknown, or no index)."""
-        return getattr(self.index, "encoding_mismatch", None)
+        return self.index.encoding_mismatch if self.index is not None else None
 
     def encode_queries(self, texts: Sequence[str], on_error: str = "raise") -> Any:
         """Queries -> (n, d) float32 unit rows (``on_error``: see ``runtime.Encoder``)."""

@@ -37,6 +37,7 @@ from starlette.routing import Route
 
 import univl_fast
 from univl_fast.errors import DeadlineExceeded, Overloaded
+from univl_fast.interfaces import SearchEngine
 from univl_fast.serve.admission import Admission, overloaded_message, retry_after_header
 from univl_fast.serve.config import ServeConfig
 from univl_fast.serve.embeddings import embed, json_items, multipart_items
@@ -62,7 +63,7 @@ WARMUP_QUERY = "warm-up query"
 class ServeState:
     """What the routes share in one worker process."""
 
-    engine: Any
+    engine: SearchEngine
     config: ServeConfig
     metrics: ServeMetrics
     docs: Any = None  # DocStore when --data was given
@@ -74,7 +75,7 @@ class ServeState:
 
 
 def create_app(
-    engine: Any,
+    engine: SearchEngine,
     config: ServeConfig | None = None,
     *,
     docs: Any = None,
@@ -86,7 +87,7 @@ def create_app(
     ``config.data_dir`` when set). The app does not close the engine: its owner does.
     """
     config = config or ServeConfig()
-    if engine.index is None:
+    if not engine.has_index:
         raise ValueError("create_app: the engine has no index; load it with index=INDEX_DIR")
     metrics = metrics or ServeMetrics()
     if docs is None and config.data_dir:

@@ -13,6 +13,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter, ValidationError
 
+from univl_fast.interfaces import SearchEngine
 from univl_fast.serve.config import ServeConfig
 from univl_fast.serve.limits import limit_error
 from univl_fast.serve.schemas import EmbeddingsRequest, ImageInput
@@ -64,7 +65,7 @@ async def multipart_items(request: Request, cfg: ServeConfig) -> tuple[list[Any]
 
 
 def embed(
-    engine: Any, items: list[Any], max_image_pixels: int
+    engine: SearchEngine, items: list[Any], max_image_pixels: int
 ) -> tuple[np.ndarray, list[int], dict[int, str], int, float]:
     """Embed text items and (bytes, caption) image items -> ((n, d) float32 unit rows, their
     input positions, {position: error}, tokens, seconds spent encoding)."""
@@ -102,12 +103,7 @@ def embed(
     parts.sort(key=lambda p: p[0])
     dim = int(engine.dim)
     vectors = np.stack([r for _, r in parts]) if parts else np.zeros((0, dim), np.float32)
-    tokenizer = getattr(engine.encoder, "tokenizer", None)
-    tokens = 0
-    if tokenizer is not None:
-        ctx = int(getattr(engine.encoder, "context_length", 77))
-        captions = [c for _, _, c in images]
-        tokens = sum(len(tokenizer.token_ids(t, ctx)) for t in [t for _, t in texts] + captions)
+    tokens = engine.count_tokens([t for _, t in texts] + [c for _, _, c in images])
     good = [p[0] for p in parts]
     return vectors.astype(np.float32, copy=False), good, errors, tokens, encode_s
 
