@@ -13,7 +13,6 @@ CLI_MODULES = {
     "cli/__init__.py",
     "cli/engine_args.py",
     "demo.py",
-    "engine_eval.py",
     "cli/evaluate.py",
     "info.py",
     "cli/search.py",

@@ -36,7 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "HTTP service: search, embeddings, search page, metrics",
     ),
     "plot": ("univl_fast.cli.plot", "figures: plot embeddings (the paper's Figure 4, t-SNE)"),
-    "report": ("univl_fast.report", "one self-contained HTML page of a workdir's results"),
+    "report": ("univl_fast.reports.page", "one self-contained HTML page of a workdir's results"),
     "demo": ("univl_fast.demo", "the whole flow on the built-in benchmark"),
     "info": ("univl_fast.info", "what was built and what is available here"),
 }

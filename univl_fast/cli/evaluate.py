@@ -9,8 +9,8 @@ import time
 
 from univl_fast.cli.engine_args import add_engine_arguments, load_engine
 from univl_fast.data import DatasetDir
-from univl_fast.engine_eval import evaluate_engine
-from univl_fast.evaluation import format_result
+from univl_fast.evaluation.embeddings import format_result
+from univl_fast.evaluation.engine import evaluate_engine
 from univl_fast.utils.io import atomic_write_json
 
 

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from univl_fast.data.layout import DatasetDir
-from univl_fast.evaluation import make_run, query_modalities
-from univl_fast.metrics import KEYS, evaluate
+from univl_fast.evaluation.embeddings import make_run, query_modalities
+from univl_fast.evaluation.metrics import KEYS, evaluate
 from univl_fast.types import IMAGE, TEXT
 
 _WORD = re.compile(r"[a-z0-9]+")
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     import sys
     import time
 
-    from univl_fast.evaluation import format_table
+    from univl_fast.evaluation.embeddings import format_table
     from univl_fast.utils.io import atomic_write_json
 
     p = argparse.ArgumentParser(prog="python -m univl_fast.data.bm25", description=__doc__)

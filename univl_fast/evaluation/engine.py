@@ -74,14 +74,14 @@ def evaluate_engine(
     """Metrics of ``engine`` (with its index) on ``queries`` (``data.Query`` list) against
     ``qrels``, the same way ``univl_fast.evaluation.evaluate_embeddings`` scores exact search.
 
-    Returns the eval JSON dict (``univl_fast.metrics.KEYS``); with by_modality also the blocks
+    Returns the eval JSON dict (``univl_fast.evaluation.metrics.KEYS``); with by_modality also the blocks
     ``text`` (text-answerable queries, text docs only), ``image`` (image-answerable queries,
     images only) and ``multi`` (all queries, joint index = the top-level numbers). A query's
     modality is that of its positives (``evaluation.query_modalities``). ``per_query``: each
     block also holds ``per_query`` ({qid: {metric: value}}).
     """
-    from univl_fast.evaluation import query_modalities
-    from univl_fast.metrics import KEYS, evaluate
+    from univl_fast.evaluation.embeddings import query_modalities
+    from univl_fast.evaluation.metrics import KEYS, evaluate
 
     index = engine.index
     if index is None:
