@@ -251,8 +251,8 @@ class Demo:
 
     def evaluate(self) -> dict:
         from univl_fast.data import DatasetDir
-        from univl_fast.engine import load
         from univl_fast.evaluation.engine import evaluate_engine
+        from univl_fast.search.engine import load
         from univl_fast.train import evaluate_checkpoint
 
         ds = DatasetDir(self.data)
@@ -282,7 +282,7 @@ class Demo:
 
     def examples(self) -> dict:
         from univl_fast.data import DatasetDir
-        from univl_fast.engine import load
+        from univl_fast.search.engine import load
 
         ds = DatasetDir(self.data)
         texts = {d.doc_id: d.text for d in ds.text_docs()}

@@ -8,7 +8,7 @@ import argparse
 import sys
 from typing import Any
 
-from univl_fast.engine import Engine, load
+from univl_fast.search.engine import Engine, load
 
 PRECISIONS = ("fp32", "fp16", "int8")
 BACKENDS = ("onnxruntime", "tensorrt")

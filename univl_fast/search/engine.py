@@ -2,8 +2,8 @@
 
 ``univl_fast.load(engine_dir, index=index_dir)`` returns an :class:`Engine`. Its ``search`` is
 safe to call from many threads at once: with batching on (the default), concurrent calls are
-coalesced by ``univl_fast.batching.QueryBatcher`` into one batched encoder run and one batched
-index search on the batcher's worker thread, and every caller gets back its own rows. With
+coalesced by ``univl_fast.search.batching.QueryBatcher`` into one batched encoder run and one
+batched index search on the batcher's worker thread, and every caller gets back its own rows. With
 ``batching=False`` each call encodes and searches on its own (the plain path, the benchmark's
 baseline).
 
@@ -32,7 +32,7 @@ Backpressure and deadlines (for services; ``univl_fast.errors``):
   ``DeadlineExceeded`` at the first of those points past the deadline (it cannot interrupt a
   stage that is running);
 - ``stats()`` returns the same counters on both paths (queue depth, batch sizes, rejections,
-  deadlines; see ``univl_fast.batching.STATS_DOC``).
+  deadlines; see ``univl_fast.search.batching.STATS_DOC``).
 
 Fork safety: an Engine made (and used) before ``os.fork()`` works in the child, as in
 gunicorn ``--preload`` or a ``multiprocessing`` fork pool: the batcher restarts its workers in
@@ -60,9 +60,9 @@ from typing import Any
 
 import numpy as np
 
-from univl_fast.batching import DEFAULT_QUEUE_FACTOR, QueryBatcher
 from univl_fast.errors import DeadlineExceeded, UnivlFastError
 from univl_fast.interfaces import QueryEncoder, SearchIndex
+from univl_fast.search.batching import DEFAULT_QUEUE_FACTOR, QueryBatcher
 from univl_fast.types import MODALITIES, Hit
 
 __all__ = [
@@ -84,7 +84,7 @@ logger = logging.getLogger(__name__)
 # queued (1 client: up to max_wait_us per call). 64 covers the 64-client case in one batch.
 DEFAULT_MAX_BATCH = 64
 DEFAULT_MAX_WAIT_US = 500
-# max_queue=None: univl_fast.batching.DEFAULT_QUEUE_FACTOR times max_batch queries may wait
+# max_queue=None: univl_fast.search.batching.DEFAULT_QUEUE_FACTOR times max_batch queries may wait
 # (64 -> 1024: 16 batches of work, enough for 64+ concurrent clients sending a few queries
 # each without a refusal, while a flood is refused at once instead of waiting without bound).
 
@@ -472,8 +472,8 @@ class Engine:
 
     def stats(self) -> dict[str, Any]:
         """Serving counters with the same keys on both paths (for metrics exporters):
-        ``univl_fast.batching.STATS_DOC`` plus ``batching`` (bool). With batching off there is
-        no queue: ``queued_*``, ``rejected_requests`` and ``expired_in_queue`` stay 0, each call
+        ``univl_fast.search.batching.STATS_DOC`` plus ``batching`` (bool). With batching off there
+        is no queue: ``queued_*``, ``rejected_requests`` and ``expired_in_queue`` stay 0, each call
         counts as one batch, and ``expired_running`` counts DeadlineExceeded calls."""
         if self._batcher is not None:
             out = dict(self._batcher.stats())

@@ -454,7 +454,7 @@ def _search(
 ) -> tuple[list[Any], dict[int, str]]:
     """engine.search on a pool thread -> (hits per query, {position: error}); fills
     ``timings`` with the call's stages."""
-    from univl_fast.engine import SearchError
+    from univl_fast.search.engine import SearchError
 
     if remaining <= 0:
         raise DeadlineExceeded(
