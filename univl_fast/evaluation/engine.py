@@ -15,7 +15,12 @@ import sys
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
+from univl_fast.evaluation.embeddings import query_modalities
+from univl_fast.evaluation.metrics import KEYS, evaluate
+from univl_fast.interfaces import SearchEngine, SearchIndex
+from univl_fast.search.engine import Engine
 from univl_fast.types import IMAGE, TEXT
 
 # Depth of the ranking handed to the metrics (Recall@100 needs 100).
@@ -23,14 +28,12 @@ RUN_DEPTH = 100
 
 
 def _progress(iterable, total: int, desc: str):
-    from tqdm import tqdm
-
     return tqdm(
         iterable, total=total, desc=desc, unit="batch", file=sys.stderr, disable=None, leave=False
     )
 
 
-def encode_queries(engine: Any, texts: list[str], batch_size: int = 64) -> np.ndarray:
+def encode_queries(engine: SearchEngine, texts: list[str], batch_size: int = 64) -> np.ndarray:
     """texts -> (n, d) float32 unit rows, in batches with a progress bar."""
     chunks = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
     out = np.zeros((len(texts), engine.dim), np.float32)
@@ -43,7 +46,7 @@ def encode_queries(engine: Any, texts: list[str], batch_size: int = 64) -> np.nd
 
 
 def search_run(
-    index: Any,
+    index: SearchIndex,
     qids: list[str],
     vectors: np.ndarray,
     modality: str | None = None,
@@ -63,7 +66,7 @@ def search_run(
 
 
 def evaluate_engine(
-    engine: Any,
+    engine: Engine,
     queries: list[Any],
     qrels: dict[str, dict[str, int]],
     by_modality: bool = False,
@@ -80,9 +83,6 @@ def evaluate_engine(
     modality is that of its positives (``evaluation.query_modalities``). ``per_query``: each
     block also holds ``per_query`` ({qid: {metric: value}}).
     """
-    from univl_fast.evaluation.embeddings import query_modalities
-    from univl_fast.evaluation.metrics import KEYS, evaluate
-
     index = engine.index
     if index is None:
         raise RuntimeError("evaluate_engine: the engine has no index loaded")

@@ -62,6 +62,8 @@ import numpy as np
 
 from univl_fast.errors import DeadlineExceeded, UnivlFastError
 from univl_fast.interfaces import QueryEncoder, SearchIndex
+from univl_fast.runtime import Encoder
+from univl_fast.runtime.backends import ThreadSettings, physical_cores
 from univl_fast.search.batching import DEFAULT_QUEUE_FACTOR, QueryBatcher
 from univl_fast.types import MODALITIES, Hit
 
@@ -192,8 +194,6 @@ class Engine:
         if self.config.batching and index is not None:
             self.workers = int(self.config.workers)
             if self.workers > 1:
-                from univl_fast.runtime.backends import ThreadSettings, physical_cores
-
                 per_worker = max(1, physical_cores() // self.workers)
                 self._narrow_threads = ThreadSettings(intra_op=per_worker)
                 self._narrow = encoder.with_text_threads(self._narrow_threads)
@@ -687,8 +687,6 @@ def load(
     embedding space; a corpus encoded at another precision is loaded and reported
     (``Engine.encoding_mismatch``).
     """
-    from univl_fast.runtime import Encoder
-
     engine_dir = Path(engine_dir)
     encoder = Encoder(engine_dir, precision=precision, backend=backend, **encoder_kwargs)
 
@@ -697,11 +695,11 @@ def load(
 
     idx = None
     if isinstance(index, (str, os.PathLike)):  # an index dir, one index or sharded
-        from univl_fast.index import load_index
+        from univl_fast.index import load_index  # faiss only with an index (encode-only engines)
 
         idx = load_index(index, encoder=encoder)
     elif index is not None:  # an index object, e.g. univl_fast.scale.ray_shards.RayShardedIndex
-        from univl_fast.index.binding import check_binding
+        from univl_fast.index.binding import check_binding  # faiss only with an index
 
         check_binding(index, index.manifest, encoder, None)
         idx = index
