@@ -186,3 +186,32 @@ def read_response(sock: socket.socket, timeout_s: float) -> tuple[int | None, by
                 break
     m = re.match(rb"HTTP/1\.[01] (\d{3})", data)
     return (int(m.group(1)) if m else None), data
+
+
+@contextlib.contextmanager
+def cli_server(args: list[str], env: dict[str, str] | None = None) -> Iterator[CliServer]:
+    """A ready ``univl-fast serve`` subprocess, stopped (SIGTERM, then SIGKILL) however the
+    test ends, so a failing test leaves no server running."""
+    srv = CliServer(args, env)
+    try:
+        wait_ready(srv.url)
+        yield srv
+    finally:
+        if srv.proc.poll() is None:
+            try:
+                srv.stop()
+            finally:
+                if srv.proc.poll() is None:
+                    srv.proc.kill()
+                    srv.proc.wait(timeout=10)
+
+
+def png_bytes(side: int, color: tuple[int, int, int] = (20, 90, 200)) -> bytes:
+    """A side x side single-colour PNG file."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (side, side), color).save(buf, format="PNG")
+    return buf.getvalue()

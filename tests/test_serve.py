@@ -97,10 +97,11 @@ def test_search_bad_query_reported_per_query(client, queries):
 
 def test_embeddings_text(client, plain):
     texts = ["a red lighthouse on a cliff", "the river delta in spring"]
-    r = client.post("/v1/embeddings", json={"input": texts, "model": "anything"})
+    model = client.get("/v1/models").json()["data"][0]["id"]
+    r = client.post("/v1/embeddings", json={"input": texts, "model": model, "user": "u-1"})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["object"] == "list" and body["errors"] == []
+    assert body["object"] == "list" and body["model"] == model and "errors" not in body
     assert [d["index"] for d in body["data"]] == [0, 1]
     got = np.array([d["embedding"] for d in body["data"]], dtype=np.float32)
     ref = plain.encode_text_docs(texts)
@@ -122,22 +123,25 @@ def test_embeddings_images_json_and_multipart(client, plain, synth_tiny_dataset)
     png = synth_tiny_dataset.images.read_bytes(doc.doc_id)
     ref = plain.encode_image_docs([png], [doc.caption])[0]
     big = _png((400, 400), (10, 200, 30))  # 160,000 pixels > MAX_PIXELS
-    payload = {
-        "input": [
-            {"image": base64.b64encode(png).decode(), "caption": doc.caption},
-            {"image": base64.b64encode(b"not an image").decode(), "caption": "x"},
-            "a text item",
-            {"image": base64.b64encode(big).decode(), "caption": "too big"},
-        ]
-    }
-    r = client.post("/v1/embeddings", json=payload)
+    good = {"image": base64.b64encode(png).decode(), "caption": doc.caption}
+    r = client.post("/v1/embeddings", json={"input": [good, "a text item"]})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert [d["index"] for d in body["data"]] == [0, 2]
+    assert [d["index"] for d in body["data"]] == [0, 1]
     np.testing.assert_allclose(body["data"][0]["embedding"], ref, atol=1e-5)
-    errors = {e["index"]: e["message"] for e in body["errors"]}
-    assert set(errors) == {1, 3}
-    assert str(MAX_PIXELS) in errors[3] and "160000" in errors[3]
+    np.testing.assert_allclose(
+        body["data"][1]["embedding"], plain.encode_text_docs(["a text item"])[0], atol=1e-5
+    )
+    # a bad item fails the whole request, naming it (clients pair vectors by position)
+    for bad, needle in (
+        ({"image": base64.b64encode(b"not an image").decode(), "caption": "x"}, "input[1]"),
+        ({"image": base64.b64encode(big).decode(), "caption": "too big"}, "160000"),
+    ):
+        r = client.post("/v1/embeddings", json={"input": [good, bad, "text"]})
+        assert r.status_code == 400, r.text
+        err = r.json()["error"]
+        assert err["param"] == "input[1]" and needle in err["message"], err
+        assert err["type"] == "invalid_request_error" and "data" not in r.json()
 
     files = [("image", ("a.png", png, "image/png")), ("image", ("b.png", png, "image/png"))]
     data = {"caption": [doc.caption, doc.caption]}
@@ -149,7 +153,7 @@ def test_embeddings_images_json_and_multipart(client, plain, synth_tiny_dataset)
 
     r = client.post("/v1/embeddings", files=files, data={"caption": ["only one"]})
     assert r.status_code == 422
-    assert "2 images but 1 captions" in r.text
+    assert "2 images but 1 captions" in r.json()["error"]["message"]
 
 
 def test_probes_info_docs(client, flat_index, plain):
@@ -170,7 +174,10 @@ def test_probes_info_docs(client, flat_index, plain):
     assert info["versions"]["univl_fast"] == univl_fast.__version__
     assert info["limits"]["max_image_pixels"] == MAX_PIXELS
     assert "api_key" not in info["limits"] and info["limits"]["auth"] is False
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "/docs/static/swagger-ui-bundle.js" in docs.text
+    assert "https://" not in docs.text  # no CDN: the packaged Swagger UI
+    assert client.get("/redoc").status_code == 404
     spec = client.get("/openapi.json").json()
     paths = spec["paths"]
     assert {"/v1/search", "/v1/embeddings", "/health", "/ready", "/info", "/metrics"} <= set(paths)

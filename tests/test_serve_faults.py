@@ -163,7 +163,8 @@ def test_deadline_answers_504(engine, queries):
         many = {"queries": [f"{q} {i}" for i, q in enumerate(queries[:16])], "k": 50}
         r = httpx.post(f"{base}/v1/search", json=many, timeout=30)
         assert r.status_code == 504, r.text
-        assert "deadline" in r.json()["detail"] and r.json()["timeout_s"] == 0.0005
+        err = r.json()["error"]
+        assert "deadline of 0.0005 s" in err["message"] and err["type"] == "timeout_error"
         assert httpx.get(f"{base}/health", timeout=10).status_code == 200
         deadline = time.monotonic() + 10
         while "univl_fast_queue_depth 0.0" not in httpx.get(f"{base}/metrics").text:
@@ -181,6 +182,7 @@ def test_api_key_401_and_no_work(engine, queries):
             r = httpx.post(f"{base}/v1/search", json=body, headers=headers, timeout=30)
             assert r.status_code == 401, headers
             assert r.headers["www-authenticate"] == "Bearer"
+            assert r.json()["error"]["code"] == "invalid_api_key"
         r = httpx.post(f"{base}/v1/embeddings", json={"input": "x"}, timeout=30)
         assert r.status_code == 401
         assert engine.batcher_stats()["requests"] == before  # nothing reached the engine
@@ -210,5 +212,6 @@ def test_engine_queue_full_answers_429(tiny_engine, flat_index, queries):
         refused = [r for r in answers if r.status_code == 429]
         assert {r.status_code for r in answers} == {200, 429}
         assert all(int(r.headers["retry-after"]) >= 1 for r in refused)
-        assert all(r.json()["limit"] == 4 for r in refused)
+        assert all("(limit 4)" in r.json()["error"]["message"] for r in refused)
+        assert all(r.json()["error"]["code"] == "overloaded" for r in refused)
         assert eng.stats()["rejected_requests"] >= len(refused)

@@ -152,3 +152,33 @@ def test_page_asks_for_the_api_key(browser, tiny_engine, flat_index, synth_tiny,
                 == 10
             )
         )
+
+
+def test_api_docs_render_offline_from_the_package(browser, tiny_engine, flat_index, tmp_path):
+    """/docs renders Swagger UI from the package's own files (no CDN): the title, the routes and
+    the error schema show, and every resource the page loaded came from the service itself."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    eng = univl_fast.load(tiny_engine, index=flat_index, precision=PRECISION, batching=False)
+    with eng, thread_server(create_app(eng, ServeConfig(api_key="docs-key"))) as url:
+        browser.get(url + "/docs")
+        wait = WebDriverWait(browser, WAIT_S)
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".swagger-ui .info .title"))
+        title = browser.find_element(By.CSS_SELECTOR, ".swagger-ui .info .title").text
+        assert "univl-fast" in title
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")) >= 8)
+        paths = {
+            e.get_attribute("data-path")
+            for e in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")
+        }
+        assert {"/v1/embeddings", "/v1/search", "/v1/models", "/metrics"} <= paths, paths
+        assert "ErrorResponse" in browser.find_element(By.TAG_NAME, "body").text
+        loaded = browser.execute_script(
+            "return performance.getEntriesByType('resource').map(e => e.name);"
+        )
+        assert any(u.endswith("swagger-ui-bundle.js?v=5.35.0") for u in loaded), loaded
+        assert all(u.startswith(url + "/") for u in loaded), loaded
+        shot = tmp_path / "serve_docs.png"
+        assert browser.save_screenshot(str(shot))
+        _artifact(shot)

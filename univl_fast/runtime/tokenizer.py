@@ -17,6 +17,14 @@ prefix of whole lines yields exactly the prefix of the full token stream. Once
 ``context_length - 2`` content tokens are known, the rest of the text cannot change the
 result and is not processed.
 
+One long line or one long word is bounded too (so a 2 MB caption costs milliseconds, not
+hours): with a token limit, a line is cut at ``_LONG_LINE_CHARS`` before cleaning (ftfy itself
+works on pieces of 1 Mi characters), and a pre-token longer than ``_LONG_PIECE`` is
+BPE-merged on a prefix only, long enough that the ids kept end ``_PIECE_MARGIN`` ids before the
+cut (BPE merges are local: a cut changes the ids next to it, not those far before; the prefix
+doubles until this holds). Words of any length are merged in O(n log n) (a heap of candidate
+pairs), giving the same ids as the textbook loop.
+
 The vocabulary is the ``bpe_simple_vocab_16e6.txt.gz`` merges file, copied into the engine
 directory (``tokenizer/``) at export time.
 """
@@ -25,9 +33,10 @@ from __future__ import annotations
 
 import functools
 import gzip
+import heapq
 import html
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import ftfy
 import numpy as np
@@ -42,6 +51,12 @@ _NUM_MERGES = 49152 - 256 - 2
 # Texts longer than this are cleaned a chunk of whole lines at a time (see module doc).
 _LONG_TEXT_CHARS = 4096
 _CACHE_LIMIT = 200_000
+# With a token limit: a line is cut at this many characters before cleaning.
+_LONG_LINE_CHARS = 65_536
+# Pre-tokens longer than this (bytes) are merged with the heap (and, with a limit, by prefix).
+_LONG_PIECE = 64
+# Prefix BPE of a long pre-token: the ids kept end at least this many ids before the cut.
+_PIECE_MARGIN = 16
 
 
 @functools.lru_cache(maxsize=1)
@@ -114,7 +129,17 @@ class ClipTokenizer:
         cached = self._cache.get(token)
         if cached is not None:
             return cached
-        word = list(token[:-1]) + [token[-1] + "</w>"]
+        symbols = list(token[:-1]) + [token[-1] + "</w>"]
+        word = self._merge_heap(symbols) if len(token) > _LONG_PIECE else self._merge(symbols)
+        ids = tuple(self.encoder[w] for w in word)
+        if len(self._cache) >= _CACHE_LIMIT:
+            self._cache = {SOT: (self.sot_token_id,), EOT: (self.eot_token_id,)}
+        self._cache[token] = ids
+        return ids
+
+    def _merge(self, word: list[str]) -> list[str]:
+        """BPE: merge the best-ranked adjacent pair everywhere (left to right), until none
+        is in the merges (O(n^2): for short words)."""
         ranks = self.bpe_ranks
         while len(word) > 1:
             best_rank, best = None, None
@@ -135,24 +160,70 @@ class ClipTokenizer:
                     merged.append(word[i])
                     i += 1
             word = merged
-        ids = tuple(self.encoder[w] for w in word)
-        if len(self._cache) >= _CACHE_LIMIT:
-            self._cache = {SOT: (self.sot_token_id,), EOT: (self.eot_token_id,)}
-        self._cache[token] = ids
-        return ids
+        return word
 
-    def _iter_ids(self, cleaned: str) -> Iterator[int]:
+    def _merge_heap(self, word: list[str]) -> list[str]:
+        """The same merges as ``_merge`` in O(n log n): candidate pairs in a heap ordered by
+        (rank, position), symbols in a linked list. Same result: all pairs of the best rank are
+        one pair (a, b), merged left to right, and a merge never makes another (a, b)."""
+        ranks = self.bpe_ranks
+        sym = list(word)
+        n = len(sym)
+        nxt = list(range(1, n + 1))
+        nxt[-1] = -1
+        prv = list(range(-1, n - 1))
+        heap = []
+        for i in range(n - 1):
+            r = ranks.get((sym[i], sym[i + 1]))
+            if r is not None:
+                heap.append((r, i, sym[i], sym[i + 1]))
+        heapq.heapify(heap)
+        alive = [True] * n
+        while heap:
+            _, i, a, b = heapq.heappop(heap)
+            j = nxt[i]
+            if not alive[i] or sym[i] != a or j < 0 or sym[j] != b:
+                continue  # stale: one side was merged since
+            sym[i] = a + b
+            alive[j] = False
+            k = nxt[j]
+            nxt[i] = k
+            if k >= 0:
+                prv[k] = i
+                r = ranks.get((sym[i], sym[k]))
+                if r is not None:
+                    heapq.heappush(heap, (r, i, sym[i], sym[k]))
+            p = prv[i]
+            if p >= 0:
+                r = ranks.get((sym[p], sym[i]))
+                if r is not None:
+                    heapq.heappush(heap, (r, p, sym[p], sym[i]))
+        return [s for s, live in zip(sym, alive, strict=True) if live]
+
+    def _bpe_prefix(self, piece: str, need: int) -> list[int]:
+        """The first ``need`` ids of a long pre-token, merging a prefix of it only (see the
+        module doc); the whole pre-token once the prefix would reach its end."""
         enc = self.byte_encoder
-        for m in self._pat.finditer(cleaned):
-            piece = m.group()
-            yield from self._bpe("".join(enc[b] for b in piece.encode("utf-8")))
+        size = 4 * (need + _PIECE_MARGIN)
+        while size < len(piece):
+            token = "".join(enc[b] for b in piece[:size].encode("utf-8"))  # no </w>: mid-word
+            ids = [self.encoder[w] for w in self._merge_heap(list(token))]
+            if len(ids) >= need + _PIECE_MARGIN:
+                return ids[:need]
+            size *= 2
+        return list(self._bpe("".join(enc[b] for b in piece.encode("utf-8"))))
 
     def _take(self, cleaned: str, limit: int | None) -> list[int]:
         out: list[int] = []
-        for tid in self._iter_ids(cleaned):
-            out.append(tid)
+        enc = self.byte_encoder
+        for m in self._pat.finditer(cleaned):
+            piece = m.group()
+            if limit is not None and len(piece) > _LONG_PIECE:
+                out.extend(self._bpe_prefix(piece, limit - len(out)))
+            else:
+                out.extend(self._bpe("".join(enc[b] for b in piece.encode("utf-8"))))
             if limit is not None and len(out) >= limit:
-                break
+                return out[:limit]
         return out
 
     # -- public ------------------------------------------------------------------------
@@ -164,6 +235,10 @@ class ClipTokenizer:
         """
         if limit is None or len(text) <= _LONG_TEXT_CHARS:
             return self._take(_clean(text), limit)
+        if len(text) > _LONG_LINE_CHARS:
+            lines = text.split("\n")
+            if any(len(line) > _LONG_LINE_CHARS for line in lines):
+                text = "\n".join(line[:_LONG_LINE_CHARS] for line in lines)
         end = _LONG_TEXT_CHARS
         while True:
             cut = text.find("\n", end - 1)

@@ -1,8 +1,12 @@
 """``create_app(engine, config)``: the FastAPI application of ``univl-fast serve``.
 
-Endpoints: ``POST /v1/search``, ``POST /v1/embeddings`` (OpenAI-shaped; JSON or multipart
-image upload), ``GET /health``, ``GET /ready``, ``GET /info``, ``GET /metrics``, the search
-page ``GET /`` with ``GET /v1/docs/{doc_id}/image``, and OpenAPI at ``/docs``.
+Endpoints: ``POST /v1/search``, ``POST /v1/embeddings`` (OpenAI-compatible: the ``openai`` SDK
+and LangChain's ``OpenAIEmbeddings`` work unchanged; JSON or multipart image upload),
+``GET /v1/models``, ``GET /health``, ``GET /ready``, ``GET /info``, ``GET /metrics``, the search
+page ``GET /`` with ``GET /v1/docs/{doc_id}/image``, and OpenAPI at ``/openapi.json`` with
+Swagger UI at ``/docs`` (served from the package). Every answer other than 200 has OpenAI's
+error body (``univl_fast.serve.api_errors``), and ``/openapi.json`` lists each status a route
+can answer with its body schema.
 
 Engine work runs on a thread pool of ``max_queue`` threads, so the event loop never blocks.
 Admission is decided at the front (``univl_fast.serve.admission``): an engine request arriving
@@ -29,25 +33,37 @@ from typing import Any, TypeVar
 
 import numpy as np
 import orjson
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
 import univl_fast
 from univl_fast.errors import DeadlineExceeded, Overloaded
 from univl_fast.interfaces import SearchEngine
 from univl_fast.serve.admission import Admission, overloaded_message, retry_after_header
+from univl_fast.serve.api_errors import ApiError, error_dict, param_of
 from univl_fast.serve.config import ServeConfig
-from univl_fast.serve.embeddings import embed, json_items, multipart_items
+from univl_fast.serve.embeddings import (
+    PixelBudget,
+    check_items,
+    embed,
+    json_items,
+    multipart_items,
+)
 from univl_fast.serve.info import service_info
 from univl_fast.serve.limits import check_texts, limit_error
 from univl_fast.serve.metrics import ServeMetrics
 from univl_fast.serve.middleware import ARRIVED, ASYNC_TIMEOUT, STAGES, ServeMiddleware
+from univl_fast.serve.openapi_doc import error_responses
 from univl_fast.serve.schemas import (
     EmbeddingsRequest,
     EmbeddingsResponse,
+    ErrorResponse,
+    Model,
+    ModelList,
     SearchRequest,
     SearchResponse,
 )
@@ -70,6 +86,9 @@ class ServeState:
     info: dict[str, Any] = field(default_factory=dict)
     executor: ThreadPoolExecutor | None = None
     admission: Admission | None = None  # in-flight / admitted counters (the event loop's)
+    pixels: PixelBudget | None = None  # decoded image pixels in flight (the pool's)
+    model: str = "univl-fast"  # the served model's name (GET /v1/models)
+    created: int = 0  # when the app was made (Unix seconds)
     ready: bool = False
     draining: bool = False
 
@@ -95,8 +114,13 @@ def create_app(
 
         docs = DocStore(config.data_dir)
     state = ServeState(engine=engine, config=config, metrics=metrics, docs=docs)
-    state.admission = Admission(config.max_queue, config.retry_after_s)
+    state.admission = Admission(
+        config.max_queue, config.retry_after_s, config.max_queue * config.max_body_bytes
+    )
+    state.pixels = PixelBudget(config.max_decoded_pixels)
     state.info = service_info(engine, config)
+    state.model = str(state.info.get("model") or "univl-fast")
+    state.created = int(time.time())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -113,8 +137,13 @@ def create_app(
     app = FastAPI(
         title="univl-fast",
         version=univl_fast.__version__,
-        description="Universal multi-modal dense retrieval (UniVL-DR): search and embeddings.",
+        description="Universal multi-modal dense retrieval (UniVL-DR): search and embeddings. "
+        "Every answer other than 200 has the body ErrorResponse (OpenAI's error shape). With an "
+        "API key, every route but /health, /ready, / and the docs needs "
+        "'Authorization: Bearer <key>'.",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.serve = state
     _add_error_handlers(app, state)
@@ -134,7 +163,7 @@ def _document_bodies(app: FastAPI) -> None:
             return app.openapi_schema
         schema = make_schema()
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in (SearchRequest, EmbeddingsRequest):
+        for model in (SearchRequest, EmbeddingsRequest, ErrorResponse):
             body = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(body.pop("$defs", {}))
             components[model.__name__] = body
@@ -148,6 +177,14 @@ def _json_body(model: str) -> dict[str, Any]:
     """openapi_extra of a route that reads its JSON body itself."""
     ref = {"$ref": f"#/components/schemas/{model}"}
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+def _path_param(name: str) -> dict[str, Any]:
+    """openapi_extra of a route that reads a string path parameter itself (FastAPI would
+    document a 422 for a parameter it validates, which a string path segment never fails)."""
+    return {
+        "parameters": [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}]
+    }
 
 
 def parse_body(model: type[T], raw: bytes) -> T:
@@ -269,36 +306,90 @@ def _stage_times(state: ServeState, request: Request, timings: dict[str, float])
 def _add_routes(app: FastAPI, state: ServeState) -> None:
     cfg = state.config
 
+    from univl_fast.serve.openapi_doc import ENGINE, GUARDED
+
     @app.get("/health", tags=["probes"])
     async def health() -> dict[str, Any]:
         """Liveness: the process answers (``pid``: the worker process that did)."""
         return {"status": "ok", "pid": os.getpid()}
 
-    @app.get("/ready", tags=["probes"])
+    @app.get(
+        "/ready",
+        tags=["probes"],
+        responses={
+            200: {
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {"status": {"const": "ready"}},
+                            "required": ["status"],
+                        }
+                    }
+                }
+            },
+            **error_responses(503),
+        },
+    )
     async def ready() -> JSONResponse:
         """Readiness: 200 once the engine and index are loaded and warm; 503 before, and while
-        shutting down."""
+        shutting down (``code``: ``warming_up`` or ``draining``)."""
         if state.draining:
-            return JSONResponse({"status": "draining"}, status_code=503)
+            raise ApiError(503, "the service is shutting down", code="draining")
         if not state.ready:
-            return JSONResponse({"status": "warming up"}, status_code=503)
+            raise ApiError(503, "the service is warming up", code="warming_up")
         return JSONResponse({"status": "ready"})
 
-    @app.get("/info", tags=["service"])
+    @app.get("/info", tags=["service"], responses=error_responses(*GUARDED))
     async def info() -> dict[str, Any]:
         """Model, precision, runtime, index, measured recall, limits and versions."""
         return state.info
 
-    @app.get("/metrics", tags=["service"])
+    @app.get(
+        "/metrics",
+        tags=["service"],
+        response_class=Response,
+        responses={
+            200: {
+                "description": "Prometheus text exposition",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            },
+            **error_responses(*GUARDED),
+        },
+    )
     async def metrics() -> Response:
-        """Prometheus exposition."""
+        """Prometheus exposition (text/plain, version 0.0.4)."""
         body, ctype = state.metrics.render()
         return Response(body, media_type=ctype)
+
+    @app.get(
+        "/v1/models",
+        response_model=ModelList,
+        tags=["embeddings"],
+        responses=error_responses(*GUARDED),
+    )
+    async def models() -> dict[str, Any]:
+        """The served model (OpenAI's model list): its ``id`` is the ``model`` the embeddings
+        route takes."""
+        return {"object": "list", "data": [_model(state)]}
+
+    @app.get(
+        "/v1/models/{model}",
+        response_model=Model,
+        tags=["embeddings"],
+        responses=error_responses(*GUARDED, 404),
+        openapi_extra=_path_param("model"),
+    )
+    async def model(request: Request) -> dict[str, Any]:
+        """One model (404 unless it is the served one)."""
+        _check_model(state, request.path_params["model"])
+        return _model(state)
 
     @app.post(
         "/v1/search",
         response_model=SearchResponse,
         tags=["search"],
+        responses=error_responses(*ENGINE),
         openapi_extra=_json_body("SearchRequest"),
     )
     async def search(request: Request) -> Response:
@@ -346,6 +437,7 @@ def _add_routes(app: FastAPI, state: ServeState) -> None:
         "/v1/embeddings",
         response_model=EmbeddingsResponse,
         tags=["embeddings"],
+        responses=error_responses(*ENGINE, 404),
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -363,6 +455,8 @@ def _add_routes(app: FastAPI, state: ServeState) -> None:
                                 },
                                 "caption": {"type": "array", "items": {"type": "string"}},
                                 "encoding_format": {"type": "string", "enum": ["float", "base64"]},
+                                "model": {"type": "string"},
+                                "dimensions": {"type": "integer"},
                             },
                             "required": ["image"],
                         }
@@ -372,30 +466,51 @@ def _add_routes(app: FastAPI, state: ServeState) -> None:
         },
     )
     async def embeddings(request: Request) -> Response:
-        """Unit float32 embeddings, OpenAI-shaped. JSON: ``input`` is a string or a list of
+        """Unit float32 embeddings, OpenAI-compatible. JSON: ``input`` is a string or a list of
         strings and/or image documents ``{image: base64, caption}``. multipart/form-data: one or
-        more ``image`` files with a ``caption`` each (in the same order)."""
+        more ``image`` files with a ``caption`` each (in the same order). ``model`` (when given)
+        must be the served one (``GET /v1/models``); ``dimensions`` must be the model's; ``user``
+        is accepted. An input that cannot be embedded fails the request (400 naming it)."""
         ctype = request.headers.get("content-type", "")
         if ctype.startswith("multipart/form-data"):
-            items, fmt = await multipart_items(request, cfg)
+            got = await multipart_items(request, cfg)
         else:
-            items, fmt = await json_items(request)
-        if len(items) > cfg.max_inputs:
-            raise limit_error(
-                ["body", "input"],
-                f"{len(items)} inputs, more than the limit of {cfg.max_inputs} per request",
+            got = await json_items(request)
+        if got.model is not None:
+            _check_model(state, got.model)
+        dim = int(state.engine.dim)
+        if got.dimensions is not None and got.dimensions != dim:
+            raise ApiError(
+                400,
+                f"dimensions={got.dimensions}: this model gives {dim}-dimensional vectors and "
+                "cannot shorten them (CLIP is not a Matryoshka model: a truncated vector would "
+                f"be wrong); leave dimensions out or send {dim}",
+                param="dimensions",
+                code="dimensions_unsupported",
             )
-        check_texts([x for x in items if isinstance(x, str)], cfg, "input")
+        items, fmt = got.items, got.encoding_format
+        check_items(items, cfg)
+        pixels = state.pixels
+        assert pixels is not None
 
-        def work(_remaining: float) -> tuple[np.ndarray, list[int], dict[int, str], int, float]:
-            return embed(state.engine, items, cfg.max_image_pixels)
+        def work(remaining: float) -> tuple[np.ndarray, dict[int, str], int, float]:
+            return embed(state.engine, items, cfg, pixels, remaining)
 
-        vectors, good, errors, tokens, encode_s = await run_admitted(state, request, work)
+        vectors, errors, tokens, encode_s = await run_admitted(state, request, work)
         request.scope["state"][STAGES]["encode"] = encode_s
         state.metrics.stage.labels("encode").observe(encode_s)
+        if errors:
+            first = min(errors)
+            more = f" ({len(errors) - 1} more inputs failed too)" if len(errors) > 1 else ""
+            raise ApiError(
+                400,
+                f"input[{first}] cannot be embedded: {errors[first]}{more}",
+                param=f"input[{first}]",
+                code="invalid_input",
+            )
         data = []
-        for row, i in enumerate(good):
-            vec = np.ascontiguousarray(vectors[row], dtype="<f4")
+        for i in range(len(items)):
+            vec = np.ascontiguousarray(vectors[i], dtype="<f4")
             emb: Any = base64.b64encode(vec.tobytes()).decode() if fmt == "base64" else vec.tolist()
             data.append({"object": "embedding", "index": i, "embedding": emb})
         # the EmbeddingsResponse shape, written by orjson (a response model would re-validate
@@ -403,9 +518,8 @@ def _add_routes(app: FastAPI, state: ServeState) -> None:
         out = {
             "object": "list",
             "data": data,
-            "model": str(state.info.get("model") or "univl-fast"),
+            "model": state.model,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-            "errors": [{"index": i, "message": m} for i, m in sorted(errors.items())],
         }
         return Response(orjson.dumps(out), media_type="application/json")
 
@@ -415,25 +529,61 @@ def _add_routes(app: FastAPI, state: ServeState) -> None:
     for path, endpoint in (("/v1/search", search), ("/v1/embeddings", embeddings)):
         app.router.routes.insert(0, Route(path, endpoint, methods=["POST"]))
 
-    @app.get("/v1/docs/{doc_id}/image", tags=["documents"])
-    async def doc_image(doc_id: str) -> Response:
-        """The image file of an image document (from the dataset's imgs.tsv)."""
-        if state.docs is None:
-            raise HTTPException(404, "this service was started without --data")
-        loop = asyncio.get_running_loop()
-        try:
-            data = await loop.run_in_executor(state.executor, state.docs.image, doc_id)
-        except Exception as exc:  # noqa: BLE001 - a broken tsv line is this doc's problem only
-            raise HTTPException(500, f"image {doc_id}: {exc}") from None
+    @app.get(
+        "/v1/docs/{doc_id}/image",
+        tags=["documents"],
+        response_class=Response,
+        responses={
+            200: {
+                "description": "the image file, as stored",
+                "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}},
+            },
+            **error_responses(*GUARDED, 404, 429, 500, 504),
+        },
+        openapi_extra=_path_param("doc_id"),
+    )
+    async def doc_image(request: Request) -> Response:
+        """The image file of an image document (from the dataset's imgs.tsv). Runs under the
+        same admission and deadline as the engine routes; private to the key holder's cache."""
+        doc_id = request.path_params["doc_id"]
+        docs = state.docs
+        if docs is None:
+            raise ApiError(404, "this service was started without --data", code="no_data")
+
+        def read(_remaining: float) -> bytes | None:
+            try:
+                return docs.image(doc_id)
+            except Exception:  # a broken tsv line is this doc's problem only
+                log.exception("image of document %r could not be read", doc_id)
+                raise ApiError(
+                    500, f"the image of document {doc_id!r} could not be read", code="image_read"
+                ) from None
+
+        data = await run_admitted(state, request, read)
         if data is None:
-            raise HTTPException(404, f"no image document {doc_id!r}")
+            raise ApiError(404, f"no image document {doc_id!r}", param="doc_id", code="no_image")
         from univl_fast.serve.docs import image_content_type
 
         return Response(
             data,
             media_type=image_content_type(data),
-            headers={"cache-control": "public, max-age=3600"},
+            headers={"cache-control": "private, max-age=3600"},
         )
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs_page() -> HTMLResponse:
+        from univl_fast.serve.swagger import docs_page
+
+        return docs_page(app.title)
+
+    @app.get("/docs/static/{name}", include_in_schema=False)
+    async def docs_static(name: str) -> Response:
+        from univl_fast.serve.swagger import static_file
+
+        found = static_file(name)
+        if found is None:
+            raise ApiError(404, f"no such file {name!r}", code="not_found")
+        return found
 
     @app.get("/", include_in_schema=False)
     async def page() -> HTMLResponse:
@@ -441,6 +591,26 @@ def _add_routes(app: FastAPI, state: ServeState) -> None:
 
         return HTMLResponse(
             page_html(state.docs is not None), headers={"cache-control": "no-cache"}
+        )
+
+
+def _model(state: ServeState) -> dict[str, Any]:
+    return {
+        "id": state.model,
+        "object": "model",
+        "created": state.created,
+        "owned_by": "univl-fast",
+    }
+
+
+def _check_model(state: ServeState, model: str) -> None:
+    if model != state.model:
+        raise ApiError(
+            404,
+            f"the model {model!r} is not served here; this service serves {state.model!r} "
+            "(GET /v1/models)",
+            param="model",
+            code="model_not_found",
         )
 
 
@@ -472,12 +642,22 @@ def _search(
 
 # ---------------------------------------------------------------------------- errors
 def _add_error_handlers(app: FastAPI, state: ServeState) -> None:
+    """Every error answer in the one shape (``univl_fast.serve.api_errors``)."""
+
+    def answer(status: int, message: str, param=None, code=None, headers=None) -> JSONResponse:
+        return JSONResponse(error_dict(status, message, param, code), status, headers=headers)
+
+    @app.exception_handler(ApiError)
+    async def api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        return answer(exc.status, exc.message, exc.param, exc.code, exc.headers or None)
+
     @app.exception_handler(Overloaded)
     async def overloaded(_request: Request, exc: Overloaded) -> JSONResponse:
         retry = exc.retry_after_s if exc.retry_after_s is not None else state.config.retry_after_s
-        return JSONResponse(
-            {"detail": str(exc), "limit": exc.limit},
-            status_code=429,
+        return answer(
+            429,
+            f"{exc} (limit {exc.limit})" if exc.limit is not None else str(exc),
+            code="overloaded",
             headers={"retry-after": retry_after_header(retry).decode()},
         )
 
@@ -485,30 +665,31 @@ def _add_error_handlers(app: FastAPI, state: ServeState) -> None:
     async def deadline(_request: Request, exc: DeadlineExceeded) -> JSONResponse:
         # the engine's own DeadlineExceeded names the time left to it; answer with the request's
         limit = state.config.request_timeout_s
-        return JSONResponse(
-            {"detail": f"request deadline of {limit:g} s passed ({exc})", "timeout_s": limit},
-            status_code=504,
-        )
+        return answer(504, f"request deadline of {limit:g} s passed ({exc})", code="timeout")
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
+        errors = list(exc.errors())
         if any(e.get("type") == "json_invalid" for e in errors):
-            return JSONResponse(
-                {"detail": "the request body is not valid JSON", "errors": _jsonable(errors)},
-                status_code=400,
-            )
-        return JSONResponse({"detail": _jsonable(errors)}, status_code=422)
+            return answer(400, "the request body is not valid JSON", code="invalid_json")
+        first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": "invalid"}
+        param = param_of(first.get("loc", ()))
+        message = "; ".join(
+            f"{param_of(e.get('loc', ())) or 'body'}: {e.get('msg')}" for e in errors[:5]
+        )
+        if len(errors) > 5:
+            message += f" (and {len(errors) - 5} more)"
+        return answer(422, message, param, str(first.get("type")))
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # the router's own 404 / 405 (no such path, wrong method)
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        return answer(
+            exc.status_code, str(exc.detail), code=codes.get(exc.status_code), headers=exc.headers
+        )
 
-def _jsonable(errors: Any) -> Any:
-    """Validation errors without their non-JSON parts (exception objects in ``ctx``)."""
-    out = []
-    for e in errors:
-        e = dict(e)
-        if "ctx" in e:
-            e["ctx"] = {k: str(v) for k, v in e["ctx"].items()}
-        if isinstance(e.get("input"), bytes):
-            e["input"] = e["input"].decode("utf-8", "replace")
-        out.append(e)
-    return out
+    @app.exception_handler(Exception)
+    async def internal(_request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error", exc_info=exc)
+        return answer(500, "internal error (logged by the service)", code="internal")

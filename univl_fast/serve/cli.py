@@ -37,12 +37,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--api-key-file",
         help="file holding the bearer API key clients must send (default: no auth)",
     )
+    p.add_argument(
+        "--allowed-hosts",
+        help="comma-separated Host header names answered ('*': any; default: --host and "
+        "localhost, or any when --host is a wildcard address)",
+    )
     g = p.add_argument_group("limits")
     g.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, help="(413)")
     g.add_argument("--max-inputs", type=int, default=d.max_inputs, help="per request (422)")
     g.add_argument("--max-k", type=int, default=d.max_k, help="hits per query (422)")
     g.add_argument("--max-query-chars", type=int, default=d.max_query_chars, help="(422)")
     g.add_argument("--max-image-pixels", type=int, default=d.max_image_pixels, help="per image")
+    g.add_argument(
+        "--max-decoded-pixels",
+        type=int,
+        default=d.max_decoded_pixels,
+        help="decoded image pixels in flight per worker, all requests together",
+    )
     g.add_argument(
         "--max-queue", type=int, default=d.max_queue, help="admitted requests per worker (429)"
     )
@@ -73,6 +84,8 @@ def _config(args: argparse.Namespace) -> ServeConfig:
         max_k=args.max_k,
         max_query_chars=args.max_query_chars,
         max_image_pixels=args.max_image_pixels,
+        max_decoded_pixels=args.max_decoded_pixels,
+        allowed_hosts=allowed_hosts(args.host, args.allowed_hosts),
         request_timeout_s=args.request_timeout,
         body_timeout_s=args.body_timeout,
         max_queue=args.max_queue,
@@ -81,6 +94,25 @@ def _config(args: argparse.Namespace) -> ServeConfig:
         data_dir=args.data,
         access_log=bool(args.access_log),
     )
+
+
+LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
+WILDCARDS = ("", "0.0.0.0", "::")
+
+
+def allowed_hosts(host: str, given: str | None) -> tuple[str, ...]:
+    """The Host names answered: ``given`` (comma-separated), else the bound host and localhost;
+    any (``*``) when bound to a wildcard address, whose names this process cannot know."""
+    if given:
+        return tuple(h.strip() for h in given.split(",") if h.strip()) or ("*",)
+    if host.strip("[]") in WILDCARDS:
+        log.warning(
+            "listening on %s: every Host header is answered; name this machine's names with "
+            "--allowed-hosts to refuse others (DNS rebinding)",
+            host or "all addresses",
+        )
+        return ("*",)
+    return tuple(dict.fromkeys((host.strip("[]").lower(), *LOCAL_NAMES)))
 
 
 def run(args: argparse.Namespace) -> int:

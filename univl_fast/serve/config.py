@@ -1,19 +1,23 @@
 """Limits and settings of the HTTP service (``ServeConfig``), with the defaults a user expects.
 
 Every limit answers with a status code a client can act on: a body over ``max_body_bytes`` gets
-413, too many inputs, a ``k`` over ``max_k`` or a query over ``max_query_chars`` 422, a body
-that does not arrive within ``body_timeout_s`` 408, a request not answered within
-``request_timeout_s`` 504, and a full queue 429 with ``Retry-After``.
+413, too many inputs, a ``k`` over ``max_k`` or a query, text input or caption over
+``max_query_chars`` 422, a body that does not arrive within ``body_timeout_s`` 408, a request
+not answered within ``request_timeout_s`` 504, and a full queue 429 with ``Retry-After``.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from univl_fast.errors import UnivlFastError
+
+log = logging.getLogger("univl_fast.serve")
 
 # The image tower refuses more pixels than this per item (a decompression bomb is refused
 # without being decoded); 40 MP covers a full-size phone photo.
@@ -31,8 +35,8 @@ class ServeConfig:
     max_body_bytes: int = 2 * 1024 * 1024  # request body; larger -> 413 before it is read
     max_inputs: int = 64  # queries per search, inputs per embeddings request; more -> 422
     max_k: int = 100  # hits per query; more -> 422
-    max_query_chars: int = 2048  # characters per query or text input; longer -> 422
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # per image; more -> that item's error
+    max_query_chars: int = 2048  # characters per query, text input or caption; longer -> 422
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # per image; more -> 400, not decoded
     request_timeout_s: float = 10.0  # deadline of one search / embeddings request -> 504
     body_timeout_s: float = 10.0  # the whole body must arrive within this -> 408
     # Requests admitted at once per worker process (running or waiting for the engine); one
@@ -46,6 +50,13 @@ class ServeConfig:
     # one JSON line per request on the univl_fast.serve.access logger (off by default: a log
     # line per request is a measurable share of the CPU of a cheap request)
     access_log: bool = False
+    # Host header values answered (DNS rebinding: a web page cannot read a localhost service
+    # through a name of its own); "*" answers any. The CLI's default: the bound host and
+    # localhost. The probes (/health, /ready) answer any Host.
+    allowed_hosts: tuple[str, ...] = ("127.0.0.1", "localhost", "::1")
+    # Decoded image pixels in flight per worker process, all requests together (40 MP of RGB
+    # is ~120 MB decoded); an image batch waits for its share within the request's deadline.
+    max_decoded_pixels: int = 2 * DEFAULT_MAX_IMAGE_PIXELS
 
     def __post_init__(self) -> None:
         positive = (
@@ -55,6 +66,7 @@ class ServeConfig:
             "max_query_chars",
             "max_image_pixels",
             "max_queue",
+            "max_decoded_pixels",
         )
         for name in positive:
             value = getattr(self, name)
@@ -68,6 +80,18 @@ class ServeConfig:
             raise ServeConfigError(
                 f"serve setting retry_after_s must be >= 0, got {self.retry_after_s!r}"
             )
+        if self.max_decoded_pixels < self.max_image_pixels:
+            raise ServeConfigError(
+                f"serve setting max_decoded_pixels ({self.max_decoded_pixels}) must be >= "
+                f"max_image_pixels ({self.max_image_pixels}): one image must fit the budget"
+            )
+        hosts = self.allowed_hosts
+        if isinstance(hosts, str) or not hosts or not all(isinstance(h, str) and h for h in hosts):
+            raise ServeConfigError(
+                f"serve setting allowed_hosts must be a non-empty tuple of host names, got "
+                f"{hosts!r}"
+            )
+        self.allowed_hosts = tuple(h.strip().lower().strip("[]") for h in hosts)
         if self.api_key is not None and not self.api_key:
             raise ServeConfigError("serve setting api_key must not be empty (None disables auth)")
 
@@ -80,14 +104,32 @@ class ServeConfig:
 
 
 def read_api_key_file(path: str | os.PathLike) -> str:
-    """The API key in ``path``: its first non-empty line, surrounding whitespace removed."""
+    """The API key in ``path``: its first non-empty line, surrounding whitespace (and a UTF-8
+    byte-order mark) removed. Logs a warning when others than the owner may read the file."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        raw = p.read_bytes()
     except FileNotFoundError:
         raise ServeConfigError(f"--api-key-file {p}: no such file") from None
+    except IsADirectoryError:
+        raise ServeConfigError(f"--api-key-file {p}: is a directory, not a file") from None
+    except PermissionError:
+        raise ServeConfigError(
+            f"--api-key-file {p}: permission denied (the service's user cannot read it)"
+        ) from None
+    except OSError as exc:
+        raise ServeConfigError(f"--api-key-file {p}: cannot be read ({exc.strerror})") from None
+    try:
+        text = raw.decode("utf-8-sig")  # an editor's byte-order mark is not part of the key
     except UnicodeDecodeError:
         raise ServeConfigError(f"--api-key-file {p}: not UTF-8 text") from None
+    mode = p.stat().st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning(
+            "--api-key-file %s: others than its owner may read it (mode %o); chmod 600 it",
+            p,
+            stat.S_IMODE(mode),
+        )
     for line in text.splitlines():
         if line.strip():
             return line.strip()

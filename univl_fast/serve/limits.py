@@ -1,17 +1,17 @@
-"""Request limits that depend on the service's settings, answered as 422 naming the limit
-(FastAPI's validation-error shape: ``{"detail": [{"loc", "msg", "type"}]}``)."""
+"""Request limits that depend on the service's settings, answered as 422 naming the limit and
+the field (``param``) in the API's error shape."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import HTTPException
-
+from univl_fast.serve.api_errors import ApiError, param_of
 from univl_fast.serve.config import ServeConfig
 
 
-def limit_error(loc: list[Any], message: str) -> HTTPException:
-    return HTTPException(422, [{"loc": loc, "msg": message, "type": "limit"}])
+def limit_error(loc: list[Any], message: str) -> ApiError:
+    param = param_of(loc)
+    return ApiError(422, f"{param}: {message}" if param else message, param=param, code="limit")
 
 
 def check_texts(texts: list[str], cfg: ServeConfig, field_name: str) -> None:

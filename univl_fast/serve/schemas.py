@@ -55,25 +55,32 @@ class ImageInput(_Strict):
 
 
 class EmbeddingsRequest(_Strict):
-    input: StrictStr | list[StrictStr | ImageInput] = Field(
-        description="text (a string or a list of strings), or image documents "
-        "({image: base64, caption}); text and image items may be mixed"
+    input: StrictStr | list[StrictStr | ImageInput] | list[StrictInt] | list[list[StrictInt]] = (
+        Field(
+            description="text (a string or a list of strings), or image documents "
+            "({image: base64, caption}); text and image items may be mixed. Token-id arrays "
+            "(OpenAI's tiktoken ids) are refused with 400: send text (LangChain: "
+            "check_embedding_ctx_length=False)"
+        )
     )
-    model: StrictStr | None = Field(None, description="accepted for OpenAI compatibility")
+    model: StrictStr | None = Field(
+        None, description="the served model's name (GET /v1/models); another name is a 404"
+    )
     encoding_format: Literal["float", "base64"] = Field(
         "float", description="float: JSON numbers; base64: little-endian float32 bytes"
     )
+    dimensions: StrictInt | None = Field(
+        None,
+        description="must equal the model's dimension (CLIP is not a Matryoshka model: a "
+        "truncated vector would be wrong); another value is a 400",
+    )
+    user: StrictStr | None = Field(None, description="accepted (OpenAI's end-user id); unused")
 
 
 class Embedding(BaseModel):
     object: Literal["embedding"] = "embedding"
     index: int
     embedding: list[float] | str = Field(description="unit float32 vector (or its base64)")
-
-
-class ItemError(BaseModel):
-    index: int
-    message: str
 
 
 class Usage(BaseModel):
@@ -83,9 +90,31 @@ class Usage(BaseModel):
 
 class EmbeddingsResponse(BaseModel):
     object: Literal["list"] = "list"
-    data: list[Embedding] = Field(description="one per good input, in input order")
+    data: list[Embedding] = Field(description="one per input, in input order")
     model: str
     usage: Usage
-    errors: list[ItemError] = Field(
-        default_factory=list, description="inputs that could not be embedded, with the reason"
-    )
+
+
+class Model(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(description="when the engine was loaded (Unix seconds)")
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Model]
+
+
+class ErrorDetail(BaseModel):
+    message: str = Field(description="what went wrong, naming the input and the problem")
+    type: str = Field(description="invalid_request_error, authentication_error, ...")
+    param: str | None = Field(description="the request field it is about, e.g. input[2].image")
+    code: str | None = Field(description="machine-readable reason, e.g. model_not_found")
+
+
+class ErrorResponse(BaseModel):
+    """Every non-200 answer of the API (OpenAI's error shape)."""
+
+    error: ErrorDetail

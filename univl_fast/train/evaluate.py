@@ -71,7 +71,7 @@ def evaluate_checkpoint(
 
 
 def run_checkpoint_eval(args: argparse.Namespace) -> int:
-    """Called by ``univl_fast.evaluate_cli`` for ``univl-fast eval --checkpoint``."""
+    """Called by ``univl_fast.cli.evaluate`` for ``univl-fast eval --checkpoint``."""
     threads = getattr(args, "threads", None)
     if threads:
         import torch
