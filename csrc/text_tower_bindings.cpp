@@ -5,7 +5,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <limits>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -156,25 +159,126 @@ FloatArray native_activation(const std::string& act, const FloatArray& x,
   return y;
 }
 
+constexpr float kUnwritten = std::numeric_limits<float>::quiet_NaN();  // outputs start so
+
 // x (rows, k) float32 -> per-row uint8 quantization and the int8 linear layer (q (n, k) int8,
 // scale (n,), bias (n,)): returns (y (rows, n), q_x (rows, k) uint8, scale_x, zero_x int32).
+// out (rows, n): the layer adds into a copy of it (residual mode); else y starts as NaN, so an
+// output the kernel does not write shows.
 py::tuple native_linear(const FloatArray& x, const py::array_t<int8_t, py::array::c_style>& q,
-                        const FloatArray& scale, const FloatArray& bias, const std::string& isa) {
+                        const FloatArray& scale, const FloatArray& bias, const std::string& isa,
+                        const std::optional<FloatArray>& out) {
   const univl::TextKernels* k = kernels_for(isa);
   if (x.ndim() != 2 || q.ndim() != 2 || x.shape(1) != q.shape(1) || scale.size() != q.shape(0) ||
       bias.size() != q.shape(0))
     throw py::value_error("_native_linear: need x (rows, k), q (n, k), scale (n,), bias (n,)");
   const int64_t rows = x.shape(0), kk = x.shape(1), n = q.shape(0);
+  if (out && (out->ndim() != 2 || out->shape(0) != rows || out->shape(1) != n))
+    throw py::value_error("_native_linear: out must be (rows, n)");
   QLinear w;
   w.pack(q.data(), n, kk, scale.data(), bias.data());
   py::array_t<float> y({rows, n});
+  if (out) std::copy(out->data(), out->data() + rows * n, y.mutable_data());
+  else std::fill(y.mutable_data(), y.mutable_data() + rows * n, kUnwritten);
   py::array_t<uint8_t> qx({rows, kk});
   py::array_t<float> sx(rows);
   py::array_t<int32_t> zx(rows);
   const univl::QRows a{qx.mutable_data(), sx.mutable_data(), zx.mutable_data(), kk};
   k->quant_rows(x.data(), 0, rows, kk, a);
-  k->qgemm(w.view(), 0, n / 32, a, rows, {y.mutable_data(), n, false});
+  k->qgemm(w.view(), 0, n / 32, a, rows, {y.mutable_data(), n, out.has_value()});
   return py::make_tuple(y, qx, sx, zx);
+}
+
+// LayerNorm of every row of x (rows, d) with w, b (d,): y starts as NaN.
+FloatArray native_layer_norm(const FloatArray& x, const FloatArray& w, const FloatArray& b,
+                             double eps, const std::string& isa) {
+  const univl::TextKernels* k = kernels_for(isa);
+  if (x.ndim() != 2 || w.size() != x.shape(1) || b.size() != x.shape(1))
+    throw py::value_error("_native_layer_norm: need x (rows, d), w (d,), b (d,)");
+  const int64_t rows = x.shape(0), d = x.shape(1);
+  FloatArray y({rows, d});
+  std::fill(y.mutable_data(), y.mutable_data() + rows * d, kUnwritten);
+  k->ln_rows(x.data(), 0, rows, d, w.data(), b.data(), static_cast<float>(eps), y.mutable_data());
+  return y;
+}
+
+// Multi-head attention over packed rows: qkv (rows, 3d) = [q | k | v] per row, lens: rows of
+// each sequence (sum = rows). Returns (rows, d), or (len(lens), d) with pooled_only (each
+// sequence's last row the only query); starts as NaN.
+FloatArray native_attention(const FloatArray& qkv, int64_t heads,
+                            const std::vector<int64_t>& lens, bool causal, bool pooled_only,
+                            const std::string& isa) {
+  const univl::TextKernels* k = kernels_for(isa);
+  if (qkv.ndim() != 2 || qkv.shape(1) % 3 != 0 || heads < 1 || (qkv.shape(1) / 3) % heads != 0)
+    throw py::value_error("_native_attention: need qkv (rows, 3d) with d % heads == 0");
+  const int64_t d = qkv.shape(1) / 3, batch = static_cast<int64_t>(lens.size());
+  std::vector<int64_t> off(batch + 1, 0);
+  int64_t longest = 0;
+  for (int64_t b = 0; b < batch; ++b) {
+    if (lens[b] < 1) throw py::value_error("_native_attention: every length must be >= 1");
+    off[b + 1] = off[b] + lens[b];
+    longest = std::max(longest, lens[b]);
+  }
+  if (off[batch] != qkv.shape(0))
+    throw py::value_error("_native_attention: the lengths must add up to qkv's rows");
+  const int64_t out_rows = pooled_only ? batch : off[batch];
+  FloatArray out({out_rows, d});
+  std::fill(out.mutable_data(), out.mutable_data() + out_rows * d, kUnwritten);
+  std::vector<float> scratch(static_cast<size_t>((longest + 15) * (d / heads + 1)));
+  k->attention(qkv.data(), d, heads, lens.data(), off.data(), causal, pooled_only, 0,
+               batch * heads, out.mutable_data(), scratch.data());
+  return out;
+}
+
+// Embedding rows: tok (vocab, d) float16 bits, pos (seq, d), ids (batch, seq) -> (batch * seq,
+// d) = float(tok[id]) + pos[t]; starts as NaN.
+FloatArray native_embed(const py::array_t<uint16_t, py::array::c_style>& tok, const FloatArray& pos,
+                        const py::array_t<int64_t, py::array::c_style>& ids,
+                        const std::string& isa) {
+  const univl::TextKernels* k = kernels_for(isa);
+  if (tok.ndim() != 2 || pos.ndim() != 2 || ids.ndim() != 2 || pos.shape(1) != tok.shape(1) ||
+      ids.shape(1) > pos.shape(0))
+    throw py::value_error("_native_embed: need tok (vocab, d), pos (>= seq, d), ids (batch, seq)");
+  const int64_t d = tok.shape(1), batch = ids.shape(0), seq = ids.shape(1);
+  for (int64_t i = 0; i < batch * seq; ++i)
+    if (ids.data()[i] < 0 || ids.data()[i] >= tok.shape(0))
+      throw py::value_error("_native_embed: an id is outside the table");
+  std::vector<int64_t> len(batch, seq), off(batch + 1);
+  for (int64_t b = 0; b <= batch; ++b) off[b] = b * seq;
+  FloatArray x({batch * seq, d});
+  std::fill(x.mutable_data(), x.mutable_data() + batch * seq * d, kUnwritten);
+  k->embed(tok.data(), pos.data(), ids.data(), seq, len.data(), off.data(), d, 0, batch,
+           x.mutable_data());
+  return x;
+}
+
+// Benchmark hook (bench/bench_isa.py): the int8 GEMM of one ISA build alone, on one thread,
+// random weights and activations, packed and quantized once: the best of `reps` calls, in
+// seconds (short calls, so the best is one that kept its core on a shared machine).
+double native_gemm_seconds(int64_t rows, int64_t k, int64_t n, const std::string& isa, int reps) {
+  const univl::TextKernels* kt = kernels_for(isa);
+  if (rows < 1 || reps < 1) throw py::value_error("_native_gemm_seconds: rows, reps >= 1");
+  std::vector<int8_t> w(static_cast<size_t>(n * k));
+  std::vector<float> x(static_cast<size_t>(rows * k)), scale(n, 0.01f), bias(n, 0.0f);
+  uint32_t state = 12345;
+  auto next = [&state]() { return state = state * 1664525u + 1013904223u; };
+  for (auto& v : w) v = static_cast<int8_t>(static_cast<int>(next() >> 24) % 255 - 127);
+  for (auto& v : x) v = static_cast<float>(next() >> 16) / 65536.0f - 0.5f;
+  QLinear q;
+  q.pack(w.data(), n, k, scale.data(), bias.data());  // validates n, k
+  std::vector<uint8_t> qx(x.size());
+  std::vector<float> sx(rows), y(static_cast<size_t>(rows * n));
+  std::vector<int32_t> zx(rows);
+  const univl::QRows a{qx.data(), sx.data(), zx.data(), k};
+  kt->quant_rows(x.data(), 0, rows, k, a);
+  double best = 1e30;
+  py::gil_scoped_release release;
+  for (int r = 0; r < reps; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    kt->qgemm(q.view(), 0, n / 32, a, rows, {y.data(), n, false});
+    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  return best;
 }
 
 }  // namespace
@@ -183,10 +287,22 @@ void bind_text_tower(py::module_& m) {
   m.def("_native_activation", &native_activation, "act"_a, "x"_a, "isa"_a = "generic",
         "Test hook: the text tower's activation ('gelu' | 'quick_gelu') of one ISA build on x.");
   m.def("_native_linear", &native_linear, "x"_a, "q"_a, "scale"_a, "bias"_a, "isa"_a = "generic",
+        "out"_a = py::none(),
         "Test hook: per-row activation quantization + int8 linear layer of one ISA build.");
+  m.def("_native_layer_norm", &native_layer_norm, "x"_a, "w"_a, "b"_a, "eps"_a,
+        "isa"_a = "generic", "Test hook: the towers' LayerNorm of one ISA build, per row.");
+  m.def("_native_attention", &native_attention, "qkv"_a, "heads"_a, "lens"_a, "causal"_a,
+        "pooled_only"_a, "isa"_a = "generic",
+        "Test hook: the towers' multi-head attention of one ISA build over packed rows.");
+  m.def("_native_embed", &native_embed, "tok"_a, "pos"_a, "ids"_a, "isa"_a = "generic",
+        "Test hook: the text tower's embedding rows (float16 table + positions), one ISA build.");
+  m.def("_native_gemm_seconds", &native_gemm_seconds, "rows"_a, "k"_a, "n"_a, "isa"_a,
+        "reps"_a = 200,
+        "Benchmark hook: best seconds of one int8 GEMM (rows x k x n) of one ISA build, one "
+        "thread.");
   m.def("text_tower_isas", &univl::text_tower_supported_isas,
-        "Instruction-set builds of the native text tower this CPU runs, best last "
-        "('generic', 'avx512_vnni').");
+        "Instruction-set builds of the native towers' kernels this CPU runs, best last "
+        "('generic', 'avx2', 'avx512_vnni').");
   py::class_<PyTextTower>(m, "TextTower", R"doc(
 TextTower(arrays, *, vocab, width, heads, layers, hidden, context, embed_dim, act, pool,
           eos_id, ln_eps, threads=1, isa="auto")

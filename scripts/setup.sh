@@ -4,14 +4,24 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  echo "[setup] creating .venv"
-  "$PY" -m venv .venv
+VENV=${UNIVL_VENV:-.venv}  # scripts/gpu_check.sh sets its own (.venv-gpu)
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[setup] creating $VENV"
+  "$PY" -m venv "$VENV"
 fi
-PIP=".venv/bin/python -m pip"
+PIP="$VENV/bin/python -m pip"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
+# The versions the tests passed with (scripts/make_constraints.py wrote it from that venv), so
+# a fresh install next month gets them, not whatever is newest. UNIVL_CONSTRAINTS=FILE picks
+# another (constraints/gpu.txt: a resolve of [dev-gpu]), UNIVL_CONSTRAINTS= none.
+CONSTRAINTS=${UNIVL_CONSTRAINTS-constraints/cpu.txt}
+PIN=()
+if [ -n "$CONSTRAINTS" ]; then
+  echo "[setup] constraints: $CONSTRAINTS"
+  PIN=(-c "$CONSTRAINTS")
+fi
 echo "[setup] torch==2.14.1 torchvision==0.29.1"
-$PIP install -q torch==2.14.1 torchvision==0.29.1
+$PIP install -q "${PIN[@]}" torch==2.14.1 torchvision==0.29.1
 echo "[setup] build tools"
 $PIP install -q "setuptools>=68" wheel "pybind11>=2.12" "cmake>=3.24" ninja
 # The search page's browser test: Debian's Chromium and its driver (Selenium drives them; no
@@ -29,7 +39,8 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null
   fi
 fi
 echo "[setup] ray[data]==2.60.0 (scale-out, the [ray] extra)"
-$PIP install -q "ray[data]==2.60.0"
-echo "[setup] univl-fast[dev] (builds univl_fast._C)"
-$PIP install -q --no-build-isolation -e ".[dev]"
-.venv/bin/python -m univl_fast.info --brief
+$PIP install -q "${PIN[@]}" "ray[data]==2.60.0"
+EXTRAS=${UNIVL_EXTRAS:-dev}
+echo "[setup] univl-fast[$EXTRAS] (builds univl_fast._C)"
+$PIP install -q "${PIN[@]}" --no-build-isolation -e ".[$EXTRAS]"
+"$VENV/bin/python" -m univl_fast.info --brief

@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from tests.process_helpers import children, spawn, stop_group
 from tests.test_torch_free import BLOCKER
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,14 +70,16 @@ def wait_ready(url: str, timeout_s: float = 60.0, headers: dict | None = None) -
 
 class CliServer:
     """``univl-fast serve`` in a subprocess with torch, torchvision and open_clip blocked
-    (the service must run torch-free). stderr is collected line by line in a thread."""
+    (the service must run torch-free). stderr is collected line by line in a thread. The server
+    leads its own process group: ``stop`` ends it and its pre-forked workers together, also
+    when the master died first (``tests.process_helpers``)."""
 
     def __init__(self, args: list[str], env: dict[str, str] | None = None):
         code = (
             BLOCKER
             + "\nfrom univl_fast.cli import main\nsys.exit(main(['serve', *sys.argv[1:]]))\n"
         )
-        self.proc = subprocess.Popen(
+        self.proc = spawn(
             [sys.executable, "-c", code, *args, "--port", "0"],
             cwd=str(REPO),
             stdin=subprocess.DEVNULL,
@@ -118,15 +121,7 @@ class CliServer:
 
     def worker_pids(self) -> set[int]:
         """Live child processes of the server (its pre-forked workers)."""
-        pids = set()
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if int(fields[1]) == self.proc.pid and fields[0] != "Z":
-                pids.add(int(stat.parent.name))
-        return pids
+        return children(self.proc.pid)
 
     def wait_log(self, pattern: str, timeout_s: float = 30.0) -> str:
         deadline = time.monotonic() + timeout_s
@@ -138,16 +133,12 @@ class CliServer:
         raise AssertionError(f"no log line matching {pattern!r}:\n" + self.log_text())
 
     def stop(self, timeout_s: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        try:
-            return self.proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-            raise AssertionError(
-                "univl-fast serve did not stop on SIGTERM:\n" + self.log_text()
-            ) from None
+        """SIGTERM to the server's group; its exit code. The group's last members are
+        killed in any case; AssertionError when the master had to be killed."""
+        code = stop_group(self.proc, timeout_s)
+        if code is None:
+            raise AssertionError("univl-fast serve did not stop on SIGTERM:\n" + self.log_text())
+        return code
 
 
 def host_port(url: str) -> tuple[str, int]:

@@ -472,20 +472,24 @@ def test_another_model_is_refused(bound_index, tiny_engine, tmp_path):
         load_index(out, encoder=Encoder(eng, precision="fp32"))
 
 
-def test_other_query_precision_is_reported_not_refused(bound_index, tiny_engine, caplog):
+def test_other_query_precision_is_reported_not_refused(bound_index, tiny_engine, tmp_path, caplog):
+    """A corpus encoded at int8 (on a host where int8 was verified) served with fp32 queries
+    (this host: int8 or not, fp32 always exists): loaded, and the difference reported."""
+    import shutil
+
     import univl_fast
     from univl_fast.runtime import Encoder
 
     out, _ = bound_index
+    int8_corpus = Path(shutil.copytree(out, tmp_path / "int8_corpus"))
+    man = json.loads((int8_corpus / "manifest.json").read_text())
+    man["encoding"] = {**man["encoding"], "precision": "int8"}
+    (int8_corpus / "manifest.json").write_text(json.dumps(man))
     with caplog.at_level("WARNING", logger="univl_fast.index.store"):
-        idx = load_index(
-            out, encoder=Encoder(tiny_engine, precision="int8", text_runtime="onnxruntime")
-        )
-    assert "precision int8 (corpus: fp32)" in idx.encoding_mismatch
-    assert "precision int8 (corpus: fp32)" in caplog.text
-    with univl_fast.load(
-        tiny_engine, index=out, precision="int8", text_runtime="onnxruntime"
-    ) as engine:
+        idx = load_index(int8_corpus, encoder=Encoder(tiny_engine, precision="fp32"))
+    assert "precision fp32 (corpus: int8)" in idx.encoding_mismatch
+    assert "precision fp32 (corpus: int8)" in caplog.text
+    with univl_fast.load(tiny_engine, index=int8_corpus, precision="fp32") as engine:
         assert engine.encoding_mismatch == idx.encoding_mismatch
         assert len(engine.search(["towers"], k=2)[0]) == 2
 

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # distributions that install the same module: a CPU build and a GPU build
 SAME_MODULE = {
     "onnxruntime": {"onnxruntime", "onnxruntime-gpu"},
-    "faiss": {"faiss-cpu", "faiss-gpu"},
+    "faiss": {"faiss-cpu", "faiss-gpu", "faiss-gpu-cu12", "faiss-gpu-cu13"},
 }
 
 
@@ -47,7 +47,7 @@ def test_no_install_set_holds_two_builds_of_one_module():
         for module, dists in SAME_MODULE.items():
             assert len(got & dists) <= 1, f"[{extra}] installs {sorted(got & dists)} ({module})"
     assert {"onnxruntime", "faiss-cpu"} <= _extra(project, "cpu")
-    assert {"onnxruntime-gpu", "faiss-gpu"} <= _extra(project, "gpu")
+    assert {"onnxruntime-gpu", "faiss-gpu-cu12"} <= _extra(project, "gpu")
     assert "onnxruntime" in _extra(project, "dev")  # the test/CI set is the CPU one
 
 

@@ -1,6 +1,6 @@
 """The native int8 image tower (csrc/cpu/image_tower*, univl_fast.runtime.native_image): exported
-weights, parity with PyTorch (raw embedding and image-document vector), both instruction-set
-builds, batch / thread invariance, bad input, refusal, and how the Encoder picks it."""
+weights, parity with PyTorch (raw embedding and image-document vector), every instruction-set
+build, batch / thread invariance, bad input, refusal, and how the Encoder picks it."""
 
 from __future__ import annotations
 
@@ -23,8 +23,10 @@ from univl_fast.runtime.preprocess import ImagePreprocessor, PreprocessConfig
 from univl_fast.utils.io import sha256_file
 
 FAST, FAST_WHY = fast_native_available()
-needs_vnni = pytest.mark.skipif(not FAST, reason=f"no fast native build here: {FAST_WHY}")
 ISAS = native_isas()
+FAST_ISAS = [i for i in ISAS if i != "generic"] or [
+    pytest.param("none", marks=pytest.mark.skip(reason=f"no fast native build here: {FAST_WHY}"))
+]
 MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
 
@@ -101,10 +103,10 @@ def test_matches_torch_batch_equals_single(native_path, tiny_clip, pixels, isa):
     assert tower.run(pixels[:0]).shape == (0, 128)
 
 
-@needs_vnni
-def test_vnni_and_generic_builds_agree(native_path, pixels):
+@pytest.mark.parametrize("isa", FAST_ISAS)
+def test_fast_and_generic_builds_agree(native_path, pixels, isa):
     """Same quantization, exact int32 GEMMs: the builds differ only in float rounding."""
-    fast = NativeImageTower(native_path, threads=2, isa="avx512_vnni").run(pixels)
+    fast = NativeImageTower(native_path, threads=2, isa=isa).run(pixels)
     slow = NativeImageTower(native_path, threads=1, isa="generic").run(pixels)
     assert _cos(fast, slow).min() > 0.9999
     assert np.abs(fast - slow).max() < 1e-2 * np.abs(slow).max()
@@ -196,8 +198,8 @@ def test_export_records_speed_against_the_int8_graph(tiny_engine, native_path, p
 
 
 def test_auto_picks_native_only_when_measured_faster(tiny_engine, tmp_path, caplog):
-    """auto: native only with a recorded export speed >= 1.05x the int8 graph's (and VNNI);
-    else ONNX Runtime, the reason in ``runtime_reasons``; image_runtime="native" overrides."""
+    """auto: native only with a recorded export speed >= 1.05x the int8 graph's (and a fast
+    build); else ONNX Runtime, the reason in ``runtime_reasons``; image_runtime="native" overrides."""
     from univl_fast.runtime import Encoder
     from univl_fast.runtime.selection import native_image_speed_problem
 

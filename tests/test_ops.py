@@ -285,6 +285,7 @@ def test_missing_extension_raises_import_error_with_build_hint(monkeypatch):
 
 
 @pytest.mark.needs_cuda
+@pytest.mark.needs_cuda_core
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 @pytest.mark.parametrize(("n", "d"), [(1, 1), (3, 7), (100, 1031), (100_000, 512)])
 def test_cuda_matches_reference_and_cpu(dtype, n, d):
@@ -295,6 +296,7 @@ def test_cuda_matches_reference_and_cpu(dtype, n, d):
 
 
 @pytest.mark.needs_cuda
+@pytest.mark.needs_cuda_core
 def test_cuda_defined_results():
     a, b = random_pair(8, 97)
     b[1] = -a[1]
@@ -337,12 +339,14 @@ def test_strided_layouts_cpu(dtype):
 
 
 @pytest.mark.needs_cuda
+@pytest.mark.needs_cuda_core
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_cuda_layouts_real_strides(dtype):
     _check_strided_layouts(dtype, "cuda")
 
 
 @pytest.mark.needs_cuda
+@pytest.mark.needs_cuda_core
 def test_cuda_out_with_row_stride_and_negative_out():
     a, b = random_pair(64, 33)
     big = np.full((64, 40), 7.0, np.float32)
@@ -356,6 +360,7 @@ def test_cuda_out_with_row_stride_and_negative_out():
 
 
 @pytest.mark.needs_cuda
+@pytest.mark.needs_cuda_core
 def test_cuda_buffers_grow_and_shrink_without_stale_data():
     # Big, small, big again (different data each time): reused device buffers must never leak
     # rows of an earlier call into a later result.
@@ -367,6 +372,7 @@ def test_cuda_buffers_grow_and_shrink_without_stale_data():
 
 
 @pytest.mark.needs_cuda
+@pytest.mark.needs_cuda_core
 def test_cuda_concurrent_calls_from_threads():
     pairs = [random_pair(3000 + 500 * i, 97 + i, seed=i) for i in range(8)]
     outs: dict[int, np.ndarray] = {}
@@ -386,6 +392,7 @@ def test_cuda_concurrent_calls_from_threads():
 
 
 @pytest.mark.needs_cuda
+@pytest.mark.needs_cuda_core
 def test_cuda_missing_device_index_is_named():
     a = np.ones((2, 3), np.float32)
     bad = _C.cuda_device_count()

@@ -31,9 +31,13 @@ def cluster():
     c.add_node(num_cpus=1, object_store_memory=80 * 1024 * 1024)
     ray.init(address=c.address, logging_level="ERROR", log_to_driver=False)
     c.wait_for_nodes()
-    yield c
-    ray.shutdown()
-    c.shutdown()
+    try:
+        yield c
+    finally:
+        try:
+            ray.shutdown()
+        finally:
+            c.shutdown()  # the nodes' processes, also when the driver's shutdown fails
 
 
 def test_two_node_encoding_and_build(cluster, tiny_engine, synth_tiny_dataset, tmp_path):

@@ -45,8 +45,7 @@ def server(tiny_engine, flat_index, synth_tiny, metrics_dir):
         wait_ready(srv.url)
         yield srv
     finally:
-        if srv.proc.poll() is None:
-            srv.stop()
+        srv.stop()  # also when the master died: its workers go with its process group
 
 
 def _search(url: str, query: str) -> httpx.Response:

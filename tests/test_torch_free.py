@@ -40,6 +40,15 @@ def test_blocker_really_blocks():
 
 
 def test_encoder_runs_without_torch(tiny_engine):
+    """Every precision this host serves (int8 where its parity passed here; otherwise the
+    fp32 fallback, asserted) encodes with torch blocked."""
+    from tests.host_routes import assert_int8_fallback, int8_route
+
+    precisions = ["fp32"]
+    if int8_route(tiny_engine).verified:
+        precisions.insert(0, "int8")
+    else:
+        assert_int8_fallback(tiny_engine)
     code = f"""
     import io
     import numpy as np
@@ -47,7 +56,8 @@ def test_encoder_runs_without_torch(tiny_engine):
     import univl_fast.runtime as rt
     from univl_fast.runtime import Encoder
 
-    for precision in ("int8", "fp32"):
+    assert Encoder({str(tiny_engine)!r}).precision == {precisions[0]!r}
+    for precision in {tuple(precisions)!r}:
         enc = Encoder({str(tiny_engine)!r}, precision=precision)
         q = enc.encode_queries(["what color is the roof", "", "x " * 200])
         t = enc.encode_text_docs(["a text document", "another one"])

@@ -48,7 +48,8 @@ def tower_profile_read() -> tuple[int, dict[str, tuple[float, float, float]]]:
     """(calls, {stage: (work_s, wait_s, macs)}) since tower_profile_enable(True)."""
 
 def text_tower_isas() -> list[str]:
-    """ISA builds of the native text tower this CPU runs, best last."""
+    """ISA builds of the native towers' kernels this CPU runs, best last ('generic', 'avx2',
+    'avx512_vnni')."""
 
 def _native_activation(
     act: str, x: npt.NDArray[np.float32], isa: str = "generic"
@@ -61,11 +62,45 @@ def _native_linear(
     scale: npt.NDArray[np.float32],
     bias: npt.NDArray[np.float32],
     isa: str = "generic",
+    out: npt.NDArray[np.float32] | None = None,
 ) -> tuple[
     npt.NDArray[np.float32], npt.NDArray[np.uint8], npt.NDArray[np.float32], npt.NDArray[np.int32]
 ]:
     """Test hook: per-row activation quantization + int8 linear layer of one ISA build:
-    (y, quantized x, row scales, row zero points)."""
+    (y, quantized x, row scales, row zero points). out: added to (residual mode); else y
+    starts as NaN, so an unwritten output shows."""
+
+def _native_layer_norm(
+    x: npt.NDArray[np.float32],
+    w: npt.NDArray[np.float32],
+    b: npt.NDArray[np.float32],
+    eps: float,
+    isa: str = "generic",
+) -> npt.NDArray[np.float32]:
+    """Test hook: the towers' LayerNorm of one ISA build, per row (output starts as NaN)."""
+
+def _native_attention(
+    qkv: npt.NDArray[np.float32],
+    heads: int,
+    lens: list[int],
+    causal: bool,
+    pooled_only: bool,
+    isa: str = "generic",
+) -> npt.NDArray[np.float32]:
+    """Test hook: multi-head attention of one ISA build over packed rows (qkv (rows, 3d),
+    lens summing to rows) -> (rows, d), or (len(lens), d) with pooled_only."""
+
+def _native_embed(
+    tok: npt.NDArray[np.uint16],
+    pos: npt.NDArray[np.float32],
+    ids: npt.NDArray[np.int64],
+    isa: str = "generic",
+) -> npt.NDArray[np.float32]:
+    """Test hook: embedding rows float(tok[id]) + pos[t] (tok: float16 bits) of one ISA build."""
+
+def _native_gemm_seconds(rows: int, k: int, n: int, isa: str, reps: int = 200) -> float:
+    """Benchmark hook: best seconds of one int8 GEMM (rows x k x n) of one ISA build, one
+    thread."""
 
 class TextTower:
     def __init__(

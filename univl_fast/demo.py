@@ -19,6 +19,12 @@ Re-running resumes: a stage whose outputs are complete (``<workdir>/state/<stage
 written after it finished) is skipped; an interrupted training stage resumes from its saved
 training state. ``--fresh`` starts over. Results: ``<workdir>/results.md`` and
 ``results.json``; ``report.html`` (its path is printed last).
+
+A precision the export could not verify on this host (int8 where ONNX Runtime's int8 kernels
+saturate: AVX2-only x86) is not a failure: the export stage says so in one line with the
+manifest's reason, the later stages index, evaluate and search with the precisions that were
+verified (fp32 always is: its failure stops the export), and the closing summary names the
+precision the demo ended with and why.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from typing import Any
 
 from univl_fast.utils.io import atomic_write_json, atomic_write_text, read_json
 
+PRECISIONS = ("fp32", "int8")  # what the demo exports, indexes and evaluates (where verified)
 STAGES = ("data", "stage1", "mine", "stage2", "export", "index", "eval", "examples", "report")
 FIGURE_ITEMS = 30  # queries, text docs and image docs in the Figure 4 plot (the paper's 30)
 MARKER = "univl-fast-demo.json"  # identifies a demo workdir (so --fresh never wipes another dir)
@@ -99,10 +106,12 @@ class Demo:
         self.mined = self.work / "mined"
         self.stage2 = self.work / "checkpoints" / "stage2"
         self.engine = self.work / "engine"
-        self.index = {p: self.work / f"index_{p}" for p in ("fp32", "int8")}
+        self.index = {p: self.work / f"index_{p}" for p in PRECISIONS}
         self.state = self.work / "state"
         self.t0 = time.perf_counter()
         self.results: dict[str, Any] = {}
+        # precision -> why it cannot serve here (None: verified); from the engine's manifest
+        self._routes: dict[str, str | None] | None = None
 
     # ------------------------------------------------------------------ bookkeeping
     def log(self, msg: str) -> None:
@@ -230,23 +239,64 @@ class Demo:
             "export",
         )
         manifest = read_json(self.engine / "manifest.json")
-        return {"engine": str(self.engine), "parity": manifest.get("parity", {})}
+        self._routes = None
+        for precision, why in self.routes().items():
+            if why is not None:
+                self.log(f"  {precision}: {why}; going on with {self.best()}")
+        return {
+            "engine": str(self.engine),
+            "parity": manifest.get("parity", {}),
+            "precisions": self.routes(),
+        }
+
+    # ------------------------------------------------------------------ precisions
+    def routes(self) -> dict[str, str | None]:
+        """Each demo precision -> None where the engine may serve it on this host, else why
+        not (read from the engine's manifest: its graphs and their recorded parity)."""
+        if self._routes is None:
+            self._routes = precision_routes(self.engine)
+        return self._routes
+
+    def served(self) -> list[str]:
+        """The precisions indexed and evaluated: those verified, in PRECISIONS order."""
+        return [p for p, why in self.routes().items() if why is None]
+
+    def best(self) -> str:
+        """The fastest verified precision on the CPU (int8 where verified, else fp32)."""
+        served = self.served()
+        return "int8" if "int8" in served else served[0]
+
+    def _drop(self, precision: str, why: str) -> None:
+        """``precision`` turned out unusable at a later stage (its engine refused to load it):
+        one line, and the demo goes on without it."""
+        self.routes()[precision] = why
+        self.log(f"  {precision}: {why}; going on with {self.best()}")
 
     def build_indexes(self) -> dict:
+        from univl_fast.runtime.manifest import EngineError
+
         out = {}
-        for precision, path in self.index.items():
+        for precision in self.served():
+            path = self.index[precision]
             self.log(f"  corpus encoded with the {precision} engine -> {path}")
-            m = build_engine_index(
-                self.engine,
-                self.data,
-                path,
-                precision,
-                factory=self.args.factory,
-                target_recall=self.args.target_recall,
-                cache=self.work / "vectors",
-            )
+            try:
+                m = build_engine_index(
+                    self.engine,
+                    self.data,
+                    path,
+                    precision,
+                    factory=self.args.factory,
+                    target_recall=self.args.target_recall,
+                    cache=self.work / "vectors",
+                )
+            except EngineError as exc:
+                if precision == "fp32":
+                    raise
+                self._drop(precision, f"the engine refused it on this host ({exc})")
+                continue
             out[precision] = {k: m.get(k) for k in ("factory", "search_params", "memory")}
             out[precision]["recall_at_10"] = m.get("tuning", {}).get("recall_at_k")
+        out["precisions"] = dict(self.routes())
         return out
 
     def evaluate(self) -> dict:
@@ -266,7 +316,9 @@ class Demo:
         rows["PyTorch stage 2 (UniVL-DR), exact"] = evaluate_checkpoint(
             self.stage2, self.data, split="test", by_modality=True
         )
-        for precision in ("fp32", "int8"):
+        for precision in self.served():
+            if not (self.index[precision] / "manifest.json").is_file():
+                continue  # refused at the index stage (said so there)
             self.log(f"  {precision} engine + tuned index")
             with load(
                 self.engine, index=self.index[precision], precision=precision, batching=False
@@ -290,7 +342,8 @@ class Demo:
         queries = ds.queries("test")
         picked = [next(q for q in queries if q.modality == m) for m in ("text", "image")]
         shown = []
-        with load(self.engine, index=self.index["int8"], precision="int8") as eng:
+        precision = self.final_precision()
+        with load(self.engine, index=self.index[precision], precision=precision) as eng:
             hits = eng.search([q.text for q in picked], k=100)
         for q, row in zip(picked, hits, strict=True):
             positives = set(q.txt_pos) | set(q.img_pos)
@@ -315,7 +368,21 @@ class Demo:
                 }
             )
         atomic_write_json(self.work / "examples.json", shown)
-        return {"examples": shown}
+        return {"examples": shown, "precision": precision}
+
+    def final_precision(self) -> str:
+        """The precision the demo ends with: the best verified one whose index was built."""
+        built = [p for p in self.served() if (self.index[p] / "manifest.json").is_file()]
+        return "int8" if "int8" in built else "fp32"
+
+    def precision_summary(self) -> str:
+        """One line: the precision the demo ended with, and why not a faster one."""
+        final = self.final_precision()
+        line = f"engine precision: {final}"
+        if final == "int8":
+            return line + " (its parity with PyTorch was verified at export on this host)"
+        why = self.routes().get("int8") or "its index was not built"
+        return f"{line}; int8: {why}"
 
     def report(self) -> dict:
         from univl_fast.data import DatasetDir
@@ -348,11 +415,11 @@ class Demo:
             ("export", "ONNX fp32 + int8 engine, verified against PyTorch", self.export),
             (
                 "index",
-                "encode the corpus with each engine; build and tune the index",
+                "encode the corpus with each verified precision; build and tune the index",
                 self.build_indexes,
             ),
-            ("eval", "PyTorch exact vs fp32 engine vs int8 engine (test split)", self.evaluate),
-            ("examples", "example searches with the int8 engine", self.examples),
+            ("eval", "PyTorch exact vs the engine at each verified precision", self.evaluate),
+            ("examples", "example searches with the best verified engine", self.examples),
             ("report", "Figure 4 (t-SNE of the embedding space) and report.html", self.report),
         ]
         infos = {}
@@ -373,13 +440,35 @@ class Demo:
             f"demo finished in {total / 60:.1f} min; outputs in {self.work} "
             f"(results.md, results.json, examples.json, embeddings.png)"
         )
+        print(self.precision_summary())
         print(f"report: {infos['report']['report']}")
+        final = self.final_precision()
         print(
             "search it in a browser: .venv/bin/univl-fast serve "
-            f"--engine {_shown(self.engine)} --index {_shown(self.index['int8'])} "
+            f"--engine {_shown(self.engine)} --index {_shown(self.index[final])} "
             f"--data {_shown(self.data)}  then open http://127.0.0.1:8080/"
         )
         return 0
+
+
+def precision_routes(engine_dir: Path) -> dict[str, str | None]:
+    """Each of PRECISIONS -> None where ``engine_dir`` has verified graphs (for int8: graphs or
+    native towers) of it for both towers on the CPU (written, and their parity and the
+    image-document vector's passed at export),
+    else the reason in one phrase (from the manifest's parity block)."""
+    from univl_fast.runtime import selection
+    from univl_fast.runtime.manifest import load_manifest
+
+    manifest = load_manifest(engine_dir)
+    out: dict[str, str | None] = {}
+    for precision in PRECISIONS:
+        problem = selection.precision_problem(manifest, precision)
+        out[precision] = None if problem is None else f"no verified route on this host ({problem})"
+    if out["fp32"] is not None:  # the exporter stops instead of writing such an engine
+        raise SystemExit(
+            f"univl-fast demo: the engine {engine_dir} has no usable fp32: {out['fp32']}"
+        )
+    return out
 
 
 def _shown(path: Path) -> str:

@@ -2,11 +2,14 @@
 
 Prints the univl_fast version, the build of the compiled core (or why it failed to import),
 numpy, ONNX Runtime (version and execution providers), faiss (version and GPU count), TensorRT
-presence and the CUDA devices the compiled core sees. Never imports torch.
+presence and the CUDA devices the CUDA driver reports (asked directly, whatever the core was
+built with). Never imports torch.
 
     python -m univl_fast.info            # readable report
     python -m univl_fast.info --brief    # one line per item
     python -m univl_fast.info --json     # machine-readable
+    python -m univl_fast.info --engine DIR   # + what that engine runs here and how it was
+                                             #   verified on this host (load-time check)
 """
 
 from __future__ import annotations
@@ -47,16 +50,22 @@ def collect() -> dict[str, Any]:
         from univl_fast import _C
 
         info["core"] = {"available": True, "path": _C.__file__, **_C.build_info()}
-        info["cuda_devices"] = int(_C.cuda_device_count())
-        info["cuda_driver_version"] = int(_C.cuda_driver_version())
+        # what the core's own CUDA kernels see (0 when it was built without nvcc)
+        info["core"]["cuda_devices"] = int(_C.cuda_device_count())
     except Exception as exc:  # noqa: BLE001 - report why, whatever it was
         info["core"] = {
             "available": False,
             "error": _error(exc),
             "hint": "build it with: python -m pip install --no-build-isolation -e .",
         }
-        info["cuda_devices"] = 0
-        info["cuda_driver_version"] = 0
+
+    # GPUs as the CUDA driver sees them, whatever the core was built with
+    from univl_fast.utils.cuda_driver import driver_info
+
+    driver = driver_info()
+    info["cuda_devices"] = driver.devices
+    info["cuda_driver_version"] = driver.driver_version
+    info["cuda_driver"] = driver.to_json()
 
     import numpy
 
@@ -69,6 +78,13 @@ def collect() -> dict[str, Any]:
             "version": onnxruntime.__version__,
             "providers": list(onnxruntime.get_available_providers()),
         }
+        if driver.devices and "CUDAExecutionProvider" in info["onnxruntime"]["providers"]:
+            from univl_fast.runtime.backends import provider_binds
+
+            ok, why = provider_binds("CUDAExecutionProvider")
+            info["onnxruntime"]["cuda_binds"] = ok
+            if not ok:
+                info["onnxruntime"]["cuda_problem"] = why
     except Exception as exc:  # noqa: BLE001
         info["onnxruntime"] = {"version": None, "error": _error(exc)}
 
@@ -135,9 +151,22 @@ def brief_lines(info: dict[str, Any]) -> list[str]:
             if trt["installed"]
             else "not installed (pip install univl-fast[gpu])"
         ),
-        f"cuda devices: {info['cuda_devices']}"
-        + (f" (driver {info['cuda_driver_version']})" if info["cuda_driver_version"] else ""),
+        _gpu_line(info),
     ]
+
+
+def _gpu_line(info: dict[str, Any]) -> str:
+    driver = info.get("cuda_driver") or {}
+    if not info["cuda_devices"]:
+        return f"cuda devices: 0 ({driver.get('error') or 'none visible'})"
+    line = (
+        f"cuda devices: {info['cuda_devices']} ({', '.join(driver.get('names', []))}; "
+        f"driver supports CUDA {driver.get('driver_cuda', '?')})"
+    )
+    ort = info["onnxruntime"]
+    if ort.get("cuda_binds") is False:
+        line += f"; onnxruntime CUDA NOT usable: {ort['cuda_problem']}"
+    return line
 
 
 def full_report(info: dict[str, Any]) -> str:
@@ -152,7 +181,38 @@ def full_report(info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def engine_info(engine_dir: str) -> dict[str, Any]:
+    """What an engine dir runs here: an Encoder opened on it (the load-time parity check
+    included, ``univl_fast.runtime.verify_load``) and its choices."""
+    from univl_fast.runtime import Encoder
+
+    enc = Encoder(engine_dir)
+    return {"path": str(engine_dir), **enc.info()}
+
+
+def engine_lines(engine: dict[str, Any]) -> list[str]:
+    """The engine part of the report: choices, then one line per tower's load-time check."""
+    v = engine["verification"]
+    lines = [
+        f"engine: {engine['path']}",
+        f"  runs: {engine['precision']} on {engine['backend']} (text {engine['text_runtime']}, "
+        f"image {engine['image_runtime']})",
+        f"  load-time check ({v['mode']}): {v['seconds']:.2f} s"
+        + (f"; references {v['references']}" if v.get("references") else "; no reference inputs"),
+    ]
+    for tower, c in v["towers"].items():
+        lines.append(f"  {tower} {c['key']} ({c['runtime']}): {c['status']}: {c['reason']}")
+    for fb in v["fallbacks"]:
+        lines.append(f"  fallback: {fb['change']} (why: {fb['why']})")
+    return lines
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--engine",
+        metavar="DIR",
+        help="also load this engine dir and report what runs here and how it was verified",
+    )
     fmt = parser.add_mutually_exclusive_group()
     fmt.add_argument("--brief", action="store_true", help="one line per item")
     fmt.add_argument("--json", action="store_true", help="machine-readable JSON")
@@ -160,12 +220,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     info = collect()
+    if getattr(args, "engine", None):
+        info["engine"] = engine_info(args.engine)
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=True))
-    elif args.brief:
-        print("\n".join(brief_lines(info)))
-    else:
-        print(full_report(info))
+        return 0
+    lines = brief_lines(info) if args.brief else full_report(info).splitlines()
+    if "engine" in info:
+        lines += engine_lines(info["engine"])
+    print("\n".join(lines))
     return 0
 
 

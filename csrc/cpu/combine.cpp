@@ -27,35 +27,31 @@ struct Variant {
   bool supported;
 };
 
-bool cpu_has_avx2() {
 #if defined(__x86_64__) || defined(_M_X64)
+bool cpu_has_avx2() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
          __builtin_cpu_supports("f16c");
-#else
-  return false;
-#endif
 }
 
 bool cpu_has_avx512() {
-#if defined(__x86_64__) || defined(_M_X64)
   __builtin_cpu_init();
   // libgcc also checks that the OS saves the AVX-512 register state (XCR0).
   return cpu_has_avx2() && __builtin_cpu_supports("avx512f") &&
          __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
          __builtin_cpu_supports("avx512dq");
-#else
-  return false;
-#endif
 }
+#endif
 
 // Best last.
 const std::vector<Variant>& variants() {
   static const std::vector<Variant> v = [] {
     std::vector<Variant> out;
     out.push_back({"scalar", combine_rows_scalar(), true});
-    if (combine_rows_avx2()) out.push_back({"avx2", combine_rows_avx2(), cpu_has_avx2()});
-    if (combine_rows_avx512()) out.push_back({"avx512", combine_rows_avx512(), cpu_has_avx512()});
+#if defined(__x86_64__) || defined(_M_X64)
+    out.push_back({"avx2", combine_rows_avx2(), cpu_has_avx2()});
+    out.push_back({"avx512", combine_rows_avx512(), cpu_has_avx512()});
+#endif
     return out;
   }();
   return v;

@@ -41,10 +41,12 @@ struct CombineArgs {
 // Computes rows [row_begin, row_end) of the combine. Every output element is written.
 using CombineRowsFn = void (*)(const CombineArgs& args, int64_t row_begin, int64_t row_end);
 
-// Per-ISA kernels; nullptr when the variant was not compiled (e.g. a non-x86 build).
+// Per-ISA kernels; the x86 ones exist only in x86-64 builds (CMakeLists.txt).
 CombineRowsFn combine_rows_scalar();
+#if defined(__x86_64__) || defined(_M_X64)
 CombineRowsFn combine_rows_avx2();
 CombineRowsFn combine_rows_avx512();
+#endif
 
 // The whole op: picks the kernel and splits rows over threads. Call without the GIL.
 void combine_image_docs_cpu(const CombineArgs& args);

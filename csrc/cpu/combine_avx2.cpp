@@ -113,10 +113,6 @@ CombineRowsFn combine_rows_avx2() { return &rows_avx2; }
 
 }  // namespace univl
 
-#else  // not x86-64
-
-namespace univl {
-CombineRowsFn combine_rows_avx2() { return nullptr; }
-}  // namespace univl
-
+#else
+#error "combine_avx2.cpp is an x86-64 file: CMakeLists.txt lists it only for x86-64 builds"
 #endif

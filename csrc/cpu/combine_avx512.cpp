@@ -117,10 +117,6 @@ CombineRowsFn combine_rows_avx512() { return &rows_avx512; }
 
 }  // namespace univl
 
-#else  // not x86-64
-
-namespace univl {
-CombineRowsFn combine_rows_avx512() { return nullptr; }
-}  // namespace univl
-
+#else
+#error "combine_avx512.cpp is an x86-64 file: CMakeLists.txt lists it only for x86-64 builds"
 #endif

@@ -114,33 +114,50 @@ void text_forward(const TextKernels& k, const TextTowerModel& m, const int64_t* 
 
 namespace {
 
-bool cpu_has_avx512_vnni() {
+// libgcc's checks include the OS's support for the wider register state (XCR0).
 #if defined(__x86_64__) || defined(_M_X64)
+bool cpu_has_avx2() {
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-         __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("fma");
-#else
-  return false;
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+         __builtin_cpu_supports("f16c");
+}
+
+bool cpu_has_avx512_vnni() {
+  return cpu_has_avx2() && __builtin_cpu_supports("avx512f") &&
+         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vnni");
+}
 #endif
+
+struct IsaBuild {
+  const char* name;
+  const TextKernels* kernels;
+};
+
+// The builds this CPU runs, best last. The CPU is checked first: nothing in the AVX2 / AVX-512
+// files may run on a CPU without that ISA.
+std::vector<IsaBuild> supported_builds() {
+  std::vector<IsaBuild> out{{"generic", text_kernels_generic()}};
+#if defined(__x86_64__) || defined(_M_X64)
+  if (cpu_has_avx2()) out.push_back({"avx2", text_kernels_avx2()});
+  if (cpu_has_avx512_vnni()) out.push_back({"avx512_vnni", text_kernels_avx512_vnni()});
+#endif
+  return out;
 }
 
 }  // namespace
 
 std::vector<std::string> text_tower_supported_isas() {
-  std::vector<std::string> out{"generic"};
-  // The CPU first: nothing in the AVX-512 file runs on a CPU without AVX-512.
-  if (cpu_has_avx512_vnni() && text_kernels_avx512_vnni()) out.emplace_back("avx512_vnni");
+  std::vector<std::string> out;
+  for (const auto& b : supported_builds()) out.emplace_back(b.name);
   return out;
 }
 
 std::string text_tower_best_isa() { return text_tower_supported_isas().back(); }
 
 const TextKernels* text_kernels_for(const std::string& isa) {
-  for (const auto& s : text_tower_supported_isas()) {
-    if (s != isa) continue;
-    return isa == "generic" ? text_kernels_generic() : text_kernels_avx512_vnni();
-  }
+  for (const auto& b : supported_builds())
+    if (isa == b.name) return b.kernels;
   return nullptr;
 }
 

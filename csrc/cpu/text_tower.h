@@ -4,12 +4,14 @@
 // Why: a query is ~10-30 tokens, so every linear layer is a small-M GEMM whose cost is reading
 // its int8 weights (ViT-B-32: 37.7 MB, more than the 32 MB L3 of the machines this project
 // targets). ORT's int8 GEMM streams those weights at well under memory speed at M ~ 20; the
-// AVX-512 VNNI kernel here prefetches the next weight panel while it computes the current one.
+// AVX-512 VNNI and AVX2 kernels here prefetch the next weight panel while they compute the
+// current one.
 //
 // Numerics (what the exporter verifies against PyTorch):
 //   * weights: int8, symmetric, one scale per output channel (quantized by the exporter);
 //   * activations: uint8, asymmetric, one scale + zero point per row (per token), computed on
-//     the fly before every linear layer; int32 accumulation (exact; VNNI does not saturate);
+//     the fly before every linear layer; int32 accumulation, exact in every build (VNNI does
+//     not saturate; the AVX2 kernel multiplies int16-widened operands with vpmaddwd);
 //   * token embeddings stored as float16 (converted as rows are gathered); everything else
 //     (positional embedding, LayerNorm, attention, GELU, residual stream) in float32.
 // Rows are packed: each sequence contributes only its tokens up to the pooled (end-of-text)
@@ -90,8 +92,8 @@ class Team;  // serving/team.h
 void text_forward(const TextKernels& kernels, const TextTowerModel& m, const int64_t* ids,
                   int64_t batch, int64_t seq, float* out, Team* team);
 
-// "avx512_vnni" when this CPU runs the VNNI kernels, else "generic" (portable, slow: ORT is the
-// better choice there).
+// The builds of the kernels this CPU runs, best last: "generic" (portable, scalar GEMM),
+// "avx2" (AVX2 + FMA + F16C, x86-64), "avx512_vnni" (AVX-512 F/BW/VL/DQ + VNNI, x86-64).
 std::string text_tower_best_isa();
 std::vector<std::string> text_tower_supported_isas();
 const TextKernels* text_kernels_for(const std::string& isa);  // nullptr if not supported here

@@ -17,7 +17,5 @@ namespace univl {
 const TextKernels* text_kernels_avx512_vnni() { return &isa_avx512_vnni::kTextKernels; }
 }  // namespace univl
 #else
-namespace univl {
-const TextKernels* text_kernels_avx512_vnni() { return nullptr; }
-}  // namespace univl
+#error "text_tower_avx512.cpp is an x86-64 file: CMakeLists.txt lists it only for x86-64 builds"
 #endif

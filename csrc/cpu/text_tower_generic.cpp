@@ -1,6 +1,6 @@
 // Native text tower kernels, portable build: scalar int8 GEMM, element-wise loops vectorised for
-// the baseline target. Correct everywhere; on CPUs without AVX-512 VNNI ONNX Runtime is faster,
-// so the runtime only picks this when asked to (tests compare it with the VNNI build).
+// the baseline target. Correct everywhere (aarch64 included); slow, so the runtime's 'auto' only
+// runs the native towers where an AVX2 or AVX-512 VNNI build exists (tests compare the builds).
 #define UNIVL_TT_NS isa_generic
 #define UNIVL_TT_VNNI 0
 #include "cpu/text_tower_impl.h"

@@ -4,15 +4,15 @@
 // workspace and the thread team, split each stage's work and call these through one table per
 // ISA.
 //
-// Why plain views and no std containers here: text_tower_avx512.cpp is compiled with AVX-512
-// flags for the whole file. Any inline function or template it instantiates with external
-// linkage (std::vector<float>::data, std::max<float>, std::function, Team's inline members,
-// ...) would be emitted as AVX-512 code in a COMDAT group, and the linker keeps ONE copy of
-// each group module-wide: the baseline code could end up calling the AVX-512 copy (SIGILL on a
-// CPU without AVX-512). So the kernels use only their own internal-linkage helpers, compiler
-// builtins and intrinsics (always_inline, never emitted out of line), and this header has no
-// includes beyond <cstdint>. tests/test_build_isa.py checks both the object file (compiled at
-// -O0, where nothing is inlined) and the linked module.
+// Why plain views and no std containers here: text_tower_avx2.cpp and text_tower_avx512.cpp
+// are each compiled with their ISA's flags for the whole file. Any inline function or template
+// they instantiate with external linkage (std::vector<float>::data, std::max<float>,
+// std::function, Team's inline members, ...) would be emitted as AVX2 / AVX-512 code in a COMDAT
+// group, and the linker keeps ONE copy of each group module-wide: the baseline code could end up
+// calling that copy (SIGILL on a CPU without the ISA). So the kernels use only their own
+// internal-linkage helpers, compiler builtins and intrinsics (always_inline, never emitted out
+// of line), and this header has no includes beyond <cstdint>. tests/test_build_isa.py checks
+// both object files (compiled at -O0, where nothing is inlined) and the linked module.
 #pragma once
 
 #include <cstdint>
@@ -76,8 +76,12 @@ struct TextKernels {
                   const float* b, float eps, float* y);
 };
 
-// nullptr when not compiled for this target.
+// One table per build. The x86 ones exist only in x86-64 builds (text_tower_avx2.cpp,
+// text_tower_avx512.cpp); text_tower.cpp hands them out only after checking the CPU.
 const TextKernels* text_kernels_generic();
+#if defined(__x86_64__) || defined(_M_X64)
+const TextKernels* text_kernels_avx2();
 const TextKernels* text_kernels_avx512_vnni();
+#endif
 
 }  // namespace univl

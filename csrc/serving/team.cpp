@@ -17,6 +17,8 @@ namespace {
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(_M_X64)
   _mm_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield" ::: "memory");
 #endif
 }
 

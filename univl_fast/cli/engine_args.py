@@ -30,13 +30,19 @@ def add_engine_arguments(
     )
 
 
+def open_engine(args: argparse.Namespace, **kwargs: Any) -> Engine:
+    """The engine and index the arguments name (raises as ``univl_fast.load`` does);
+    ``kwargs`` go to ``univl_fast.load``."""
+    return load(
+        args.engine, index=args.index, precision=args.precision, backend=args.backend, **kwargs
+    )
+
+
 def load_engine(args: argparse.Namespace, command: str, **kwargs: Any) -> Engine | None:
-    """The engine and index the arguments name, or None after printing why it could not be
-    loaded (``univl-fast COMMAND: ...`` on stderr). ``kwargs`` go to ``univl_fast.load``."""
+    """``open_engine``, or None after printing why the engine could not be loaded
+    (``univl-fast COMMAND: ...`` on stderr)."""
     try:
-        return load(
-            args.engine, index=args.index, precision=args.precision, backend=args.backend, **kwargs
-        )
+        return open_engine(args, **kwargs)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"univl-fast {command}: {exc}", file=sys.stderr)
         return None

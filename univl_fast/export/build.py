@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch import nn
 from tqdm import tqdm
 
@@ -35,7 +36,7 @@ from univl_fast.export.manifest import (
     write_manifest,
 )
 from univl_fast.export.samples import VerificationSample, builtin_sample
-from univl_fast.runtime import selection
+from univl_fast.runtime import kernel_class, selection, verify_load
 from univl_fast.runtime.preprocess import ImagePreprocessor, PreprocessConfig
 from univl_fast.runtime.tokenizer import VOCAB_FILENAME, ClipTokenizer
 from univl_fast.utils.io import atomic_write_bytes
@@ -146,6 +147,7 @@ def export_engine(
 
     art = _Artifacts(root)
     art.files[vocab_rel] = {"kind": "tokenizer", "format": "clip-bpe-merges"}
+    _write_references(art, clip, inputs, ref)
     fusions: dict[str, dict[str, int]] = {}
     trt_graphs: dict[str, str] = {}
     for tower in ("text", "image"):
@@ -172,16 +174,8 @@ def export_engine(
         bar.update(1)
         for precision in config.precisions:
             bar.set_description(f"export {tower} {precision}")
-            data, info = _derive(proto, tower, precision, config)
             rel = f"{tower}_{precision}.onnx"
-            p, outputs = verify.run_graph(
-                data,
-                tower,
-                inputs,
-                ref,
-                config.limits(precision),
-                allow_unrunnable=(precision == "fp16"),
-            )
+            data, info, p, outputs = _measured_graph(proto, tower, precision, inputs, ref, config)
             if precision == "fp32" and not p.passed:
                 raise ExportError(
                     f"{tower} tower fp32 graph failed parity with PyTorch ({p.reason}); "
@@ -211,14 +205,11 @@ def export_engine(
         _verify_combined(art, precision, ref, config.limits(precision))
 
     native: dict[str, Any] = {"text": {}}
-    if with_native:
-        bar.set_description("export native text int8")
-        native = _export_native("text", clip, art, inputs, ref, config)
-        bar.update(1)
-    if with_native_image:
-        bar.set_description("export native image int8")
-        native.update(_export_native("image", clip, art, inputs, ref, config))
-        bar.update(1)
+    towers = [t for t, on in (("text", with_native), ("image", with_native_image)) if on]
+    if towers:
+        bar.set_description(f"export native {' + '.join(towers)} int8")
+        native.update(_export_natives(towers, clip, art, inputs, ref, config))
+        bar.update(len(towers))
 
     plans: dict[str, dict[str, str]] = {}
     if config.tensorrt:
@@ -269,6 +260,7 @@ def export_engine(
         },
         "outputs": "raw (unnormalized) projected embeddings; the runtime L2-normalizes",
         "files": files,
+        "reference_inputs": verify_load.REFERENCE_FILE,
         "graphs": art.graphs,
         "tensorrt_graphs": trt_graphs,
         "tensorrt_plans": plans,
@@ -292,16 +284,81 @@ def export_engine(
     return manifest
 
 
-def _derive(proto, tower: str, precision: str, config: ExportConfig) -> tuple[bytes, dict]:
-    """The ``precision`` graph of a fused fp32 tower graph: its bytes and settings."""
-    if precision == "fp32":
-        return proto.SerializeToString(), {}
-    if precision == "fp16":
-        return optimize.to_fp16(proto).SerializeToString(), {}
+def _measured_graph(
+    proto,
+    tower: str,
+    precision: str,
+    inputs: verify.SampleInputs,
+    ref: verify.Reference,
+    config: ExportConfig,
+) -> tuple[bytes, dict, verify.Parity, verify.Outputs | None]:
+    """The ``precision`` graph of a fused fp32 tower graph, run on the sample here: (bytes,
+    settings, parity, outputs). int8: the ONNX Runtime quantization routes
+    (``quantize.int8_routes``) in order, the first that passes parity on this host kept (its
+    name and the refused ones recorded in the settings); none passing: the first's bytes with a
+    parity naming every route's failure (the caller does not write it)."""
+    limits = config.limits(precision)
+    if precision != "int8":
+        proto_p = proto if precision == "fp32" else optimize.to_fp16(proto)
+        data = proto_p.SerializeToString()
+        p, outputs = verify.run_graph(
+            data, tower, inputs, ref, limits, allow_unrunnable=(precision == "fp16")
+        )
+        if p.measured:
+            p.measured_on = [kernel_class.onnxruntime_class(precision)]
+        return data, {}, p, outputs
     per_channel = config.text_int8_per_channel if tower == "text" else config.image_int8_per_channel
-    ops = config.text_int8_ops if tower == "text" else config.image_int8_ops
-    q, info = quantize.quantize_int8(proto, per_channel, config.int8_reduce_range, tuple(ops))
-    return q.SerializeToString(), info
+    ops = tuple(config.text_int8_ops if tower == "text" else config.image_int8_ops)
+    routes = quantize.int8_routes(per_channel, config.int8_reduce_range)
+    if not config.int8_route_search:
+        routes = routes[:1]
+    refused: list[dict] = []
+    first = None
+    for route in routes:
+        q, info = quantize.quantize_int8(
+            proto, route.per_channel, route.reduce_range, ops, route.weight_type
+        )
+        data = q.SerializeToString()
+        del q
+        p, outputs = verify.run_graph(data, tower, inputs, ref, limits)
+        p.measured_on = [kernel_class.onnxruntime_class(precision)]
+        info = {**info, "route": route.name, "refused_routes": list(refused)}
+        if p.passed:
+            if refused:
+                log.warning(
+                    "%s int8: route %s passes parity on this host after %s missed it",
+                    tower,
+                    route.name,
+                    ", ".join(r["route"] for r in refused),
+                )
+            return data, info, p, outputs
+        refused.append({"route": route.name, "reason": p.reason, "max_rel_l2": p.max_rel_l2})
+        first = first or (data, info, p, outputs)
+    data, info, p, outputs = first
+    p.reason = "every int8 route missed parity here: " + "; ".join(
+        f"{r['route']}: {r['reason']}" for r in refused
+    )
+    return data, {**info, "refused_routes": refused}, p, None
+
+
+def _write_references(
+    art: _Artifacts, clip: nn.Module, inputs: verify.SampleInputs, ref: verify.Reference
+) -> None:
+    """``reference_inputs.npz``: the first texts and image documents of the sample with
+    PyTorch's fp32 outputs on them, what the runtime re-checks an engine on where it loads on
+    other kernels (``univl_fast.runtime.verify_load``). Pixels are kept as float16; the image
+    reference is recomputed on exactly those pixels."""
+    n_t = min(verify_load.REFERENCE_TEXTS, len(inputs.texts))
+    n_i = min(verify_load.REFERENCE_IMAGES, len(inputs.pixels))
+    pixels = np.asarray(inputs.pixels[:n_i], dtype=np.float16)
+    kept = verify.Reference(
+        ref.texts[:n_t],
+        ref.captions[:n_i],
+        verify.image_reference(clip, pixels.astype(np.float32)),
+    )
+    data = verify_load.reference_bytes(inputs.texts[:n_t], inputs.captions[:n_i], pixels, kept)
+    rel = verify_load.REFERENCE_FILE
+    art.write(rel, data, {"kind": "reference-inputs", "format": verify_load.REFERENCE_FORMAT})
 
 
 def _write_standard_graph(
@@ -317,6 +374,7 @@ def _write_standard_graph(
     (what TensorRT's ONNX parser implements; checked before), verified against PyTorch like
     every graph. Returns its relative path."""
     p, _ = verify.run_graph(data, tower, inputs, ref, config.limits("fp32"))
+    p.measured_on = [kernel_class.onnxruntime_class("fp32")]
     art.parity[tower]["fp32-standard"] = p.to_json()
     if not p.passed:
         raise ExportError(
@@ -374,47 +432,71 @@ def _verify_combined(
     art.parity["combined"][precision] = p.to_json()
 
 
-def _export_native(
-    tower: str,
+def _export_natives(
+    towers: list[str],
     clip: nn.Module,
     art: _Artifacts,
     inputs: verify.SampleInputs,
     ref: verify.Reference,
     config: ExportConfig,
 ) -> dict[str, Any]:
-    """A native int8 tower's weights (``tower``: "text" or "image"), verified like a graph:
-    raw outputs, then the image-document vector (native text with the int8 image graph; native
-    image with the text tower auto serves: native when written, else the int8 graph).
+    """The native int8 towers' weights (``towers``: "text" and/or "image"), each verified on
+    its own like a graph (raw outputs), then the image-document vector it makes: native text
+    with the verified int8 image output there is (the int8 graph, else the native image tower);
+    native image with the text tower auto serves (native when it passed, else the int8 graph).
+    One tower's ONNX Runtime result does not veto the other's native weights.
     ``{tower: {"int8": rel}}``, or ``{tower: {}, <reason key>: why}`` ("reason" for text,
     "image_reason" for image) when the model's tower is not supported natively or misses parity
     (then nothing is written; the ONNX graphs are unaffected)."""
     from univl_fast.export import native_image, native_text
     from univl_fast.export.towers import UnsupportedTowerError
 
-    module = native_text if tower == "text" else native_image
-    reason_key = "reason" if tower == "text" else "image_reason"
-    try:
-        meta, arrays = module.extract(clip)
-    except UnsupportedTowerError as exc:
-        log.warning("native %s tower not written: %s", tower, exc)
-        return {tower: {}, reason_key: str(exc)}
-    data = module.to_npz_bytes(meta, arrays)
-    limits = config.limits("int8")
-    run = verify.run_native_text if tower == "text" else native_image.run_native_image
-    p, outputs = run(data, inputs, ref, limits)
-    key = selection.NATIVE_KEY
-    if p.passed:
-        art.outputs[(tower, key)] = outputs
-        if tower == "text":
-            text_key, image_key, combined_key = key, "int8", key
-        else:
-            text_key = key if ("text", key) in art.outputs else "int8"
-            image_key, combined_key = key, selection.NATIVE_IMAGE_COMBINED_KEY
-        combined = _combined(art, text_key, image_key, ref, limits)
-        if not combined.passed:  # also when not measured: the other int8 tower was refused
-            p.passed, p.reason = False, f"image-document vector: {combined.reason}"
-            combined.refuse("image-document vector parity")
-        art.parity["combined"][combined_key] = combined.to_json()
+    key, limits = selection.NATIVE_KEY, config.limits("int8")
+    out: dict[str, Any] = {}
+    staged: dict[str, tuple[dict, bytes, verify.Parity]] = {}
+    for tower in towers:
+        module = native_text if tower == "text" else native_image
+        try:
+            meta, arrays = module.extract(clip)
+        except UnsupportedTowerError as exc:
+            log.warning("native %s tower not written: %s", tower, exc)
+            out.update({tower: {}, _NATIVE_REASON[tower]: str(exc)})
+            continue
+        data = module.to_npz_bytes(meta, arrays)
+        run = verify.run_native_text if tower == "text" else native_image.run_native_image
+        p, outputs = run(data, inputs, ref, limits)
+        staged[tower] = (meta, data, p)
+        if p.passed:
+            art.outputs[(tower, key)] = outputs
+    for tower, (meta, data, p) in staged.items():
+        if p.passed:
+            if tower == "text":
+                image_key = "int8" if ("image", "int8") in art.outputs else key
+                text_key, combined_key = key, key
+            else:
+                text_key = key if ("text", key) in art.outputs else "int8"
+                image_key, combined_key = key, selection.NATIVE_IMAGE_COMBINED_KEY
+            combined = _combined(art, text_key, image_key, ref, limits)
+            if not combined.passed:  # also when not measured: no verified int8 output to pair
+                p.passed, p.reason = False, f"image-document vector: {combined.reason}"
+                combined.refuse("image-document vector parity")
+                art.outputs.pop((tower, key), None)
+            art.parity["combined"][combined_key] = combined.to_json()
+        out.update(_write_native(tower, meta, data, p, art, inputs))
+    return out
+
+
+_NATIVE_REASON = {"text": "reason", "image": "image_reason"}
+
+
+def _write_native(
+    tower: str, meta: dict, data: bytes, p: verify.Parity, art: _Artifacts, inputs
+) -> dict[str, Any]:
+    """Write a native tower's weights that passed (``p``), or record why not; for the image
+    tower also time it against the int8 image graph (what auto judges)."""
+    from univl_fast.export import native_image
+
+    key, reason_key = selection.NATIVE_KEY, _NATIVE_REASON[tower]
     if not p.passed:
         why = f"missed parity at export ({p.reason}); ONNX Runtime runs the {tower} tower"
         log.warning("native int8 %s tower not written: %s", tower, why)
@@ -431,6 +513,9 @@ def _export_native(
     graph = (art.root / graph_rel).read_bytes() if graph_rel else None
     speed = native_image.measure_speed(data, graph, inputs.pixels)
     out: dict[str, Any] = {tower: {"int8": rel}, "image_speed": speed}
+    if graph is None:  # no int8 image graph passed here: the native tower is int8's only route
+        log.info("native int8 image tower: the only int8 image route of this engine")
+        return out
     slower = selection.native_image_speed_problem({"native": out})
     if slower is not None:
         log.warning("native int8 image tower written but not picked by auto: %s", slower)
@@ -453,6 +538,11 @@ def summarize(manifest: dict[str, Any]) -> str:
                 )
             else:
                 lines.append(f"{part:8s} {key:14s} {p['reason']}")  # not measured / no output
+    for rel, entry in manifest["files"].items():
+        q = entry.get("quantization") or {}
+        if q.get("refused_routes"):
+            refused = ", ".join(r["route"] for r in q["refused_routes"])
+            lines.append(f"{rel}: int8 route {q['route']} (missed parity here: {refused})")
     speed = manifest.get("native", {}).get("image_speed")
     if speed and speed.get("measured"):
         slower = selection.native_image_speed_problem(manifest)

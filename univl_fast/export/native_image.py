@@ -110,9 +110,13 @@ def run_native_image(
     from univl_fast.runtime.native_image import NativeImageTower
 
     tower = NativeImageTower(data, threads=ThreadSettings().resolved_intra_op())
+    from univl_fast.runtime.kernel_class import native_class
+
     outputs = verify.tower_outputs(tower.run, "image", inputs)
     provider = f"univl_fast native ({tower.isa})"
-    return verify.check_tower(outputs, "image", ref, limits, provider), outputs
+    p = verify.check_tower(outputs, "image", ref, limits, provider)
+    p.measured_on = [native_class(tower.isa)]
+    return p, outputs
 
 
 def measure_speed(

@@ -13,9 +13,51 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
+
+
+@dataclass(frozen=True)
+class Int8Route:
+    """One ONNX Runtime dynamic int8 quantization setting the exporter may try."""
+
+    name: str
+    per_channel: bool
+    reduce_range: bool
+    weight_type: str  # "QInt8" (u8s8) or "QUInt8" (u8u8)
+
+    def settings(self) -> dict:
+        return {
+            "per_channel": self.per_channel,
+            "reduce_range": self.reduce_range,
+            "weight_type": self.weight_type,
+        }
+
+
+def int8_routes(per_channel: bool = True, reduce_range: bool = False) -> list[Int8Route]:
+    """The routes the exporter tries, in order, keeping the first that passes parity on the
+    exporting host: the configured one (fastest where the CPU has VNNI), then 7-bit weights
+    (per channel + reduce_range: no u8s8 saturation on AVX2 / AVX-512 without VNNI; ~1.9x ORT
+    fp32 for a query on Zen 3), then U8U8 weights (twice reduce_range's margin on Zen 3,
+    slower). Measured: ``../shared/docs/anchors.md`` (AVX2 table)."""
+    routes = [
+        Int8Route(
+            f"{'per-channel' if per_channel else 'per-tensor'}"
+            f"{' + reduce_range' if reduce_range else ''} s8 weights",
+            per_channel,
+            reduce_range,
+            "QInt8",
+        ),
+        Int8Route("per-channel + reduce_range s8 weights", True, True, "QInt8"),
+        Int8Route("per-channel u8 weights (U8U8)", True, False, "QUInt8"),
+    ]
+    out: list[Int8Route] = []
+    for r in routes:
+        if all(r.settings() != o.settings() for o in out):
+            out.append(r)
+    return out
 
 
 def quantize_int8(
@@ -23,14 +65,17 @@ def quantize_int8(
     per_channel: bool = True,
     reduce_range: bool = False,
     op_types: tuple[str, ...] = ("MatMul", "Attention"),
+    weight_type: str = "QInt8",
 ) -> tuple[onnx.ModelProto, dict]:
     """Dynamic int8 quantization of a float32 graph; returns the graph and its settings."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    if weight_type not in ("QInt8", "QUInt8"):
+        raise ValueError(f"weight_type {weight_type!r}: choose QInt8 or QUInt8")
     logging.getLogger("root").setLevel(logging.WARNING)
     settings = {
         "method": "dynamic",
-        "weight_type": "QInt8",
+        "weight_type": weight_type,
         "activation_type": "QUInt8 (dynamic, per tensor)",
         "op_types": list(op_types),
         "per_channel": per_channel,
@@ -46,7 +91,7 @@ def quantize_int8(
             op_types_to_quantize=list(op_types),
             per_channel=per_channel,
             reduce_range=reduce_range,
-            weight_type=QuantType.QInt8,
+            weight_type=getattr(QuantType, weight_type),
             extra_options={"MatMulConstBOnly": True},
         )
         return onnx.load(dst), settings

@@ -8,8 +8,15 @@ plans to an engine exported elsewhere, the fp32 graph that passed parity at expo
 pair that misses parity is removed and recorded as refused; ``auto`` never picks plans
 without recorded, passed parity (``univl_fast.runtime.selection``).
 
+Each plan's manifest entry records the GPU model, compute capability and TensorRT version that
+built it; a load elsewhere falls back to ONNX Runtime with a warning
+(``runtime.backends.tensorrt_plans_problem``). fp16 comes from ``BuilderFlag.FP16`` where the
+TensorRT version has it, else from a strongly-typed network over an fp16 copy of the graph
+(``export/fp16_graph.py``).
+
 Unverified on the development machine (no GPU there): written against the TensorRT 10
-Python API. ``require_tensorrt`` explains precisely why a build cannot run here.
+Python API and tested with a fake tensorrt module. ``require_tensorrt`` explains precisely why
+a build cannot run here.
 """
 
 from __future__ import annotations
@@ -19,7 +26,8 @@ from pathlib import Path
 
 from univl_fast.errors import UnivlFastError
 from univl_fast.export.manifest import file_entry, trt_version
-from univl_fast.runtime.backends import GPU_EXTRA, _cuda_devices
+from univl_fast.runtime.backends import GPU_EXTRA, _cuda_devices, plan_provenance
+from univl_fast.runtime.kernel_class import tensorrt_class, tensorrt_version
 from univl_fast.runtime.selection import PLAN_KEY  # the plans' parity key
 
 
@@ -58,14 +66,28 @@ def build_plan(
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    # fp16: BuilderFlag.FP16 where this TensorRT has it (10.x; deprecated since 10.12, gone in
+    # 11); otherwise a strongly-typed network parsed from an fp16 copy of the graph.
+    use_flag = fp16 and hasattr(trt.BuilderFlag, "FP16")
+    typed = fp16 and not use_flag
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if typed else 0
+    network = builder.create_network(flags)  # explicit batch is the only mode since TensorRT 10
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
+    if typed:
+        import onnx
+
+        from univl_fast.export.fp16_graph import to_fp16
+
+        graph = to_fp16(onnx.load(str(onnx_path))).SerializeToString()
+        parsed = parser.parse(graph, str(Path(onnx_path).parent))
+    else:
+        parsed = parser.parse_from_file(str(onnx_path))
+    if not parsed:
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise RuntimeError(f"{onnx_path}: TensorRT cannot parse the graph: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
-    if fp16:
+    if use_flag:
         config.set_flag(trt.BuilderFlag.FP16)
     profile = builder.create_optimization_profile()
     profile.set_shape(input_name, min_shape, opt_shape, max_shape)
@@ -123,6 +145,8 @@ def build_tower_plan(
         "input": name,
         "output": out,
         "note": "valid for the GPU model and TensorRT version that built it only",
+        # what it is bound to: a load on another GPU model / TensorRT falls back to ONNX Runtime
+        **plan_provenance(),
     }
     return rel, entry
 
@@ -139,13 +163,13 @@ def build_verified_plans(
     opt_batch: int = 16,
 ) -> tuple[dict[str, str], dict[str, dict], dict[str, dict]]:
     """Build both towers' fp16 plans from the standard-op graphs ``sources`` ({tower: rel}),
-    run them on the sample ``inputs`` and compare with ``ref`` (``univl_fast.export.verify``).
+    run them on the sample ``inputs`` and compare with ``ref`` (``univl_fast.parity``: no torch).
 
     Returns (plans {tower: rel}, their manifest entries {rel: entry without sha256/size},
     parity {"text" | "image" | "combined": Parity json}). When any check fails, both plan
     files are removed, plans and entries are empty and the parity says why.
     """
-    from univl_fast.export import verify
+    from univl_fast import parity as verify
     from univl_fast.runtime.backends import open_tower
 
     plans: dict[str, str] = {}
@@ -160,6 +184,7 @@ def build_verified_plans(
         runner = open_tower(Path(root) / rel, "tensorrt", entry)
         outputs[tower] = verify.tower_outputs(runner.run, tower, inputs)
         parity[tower] = verify.check_tower(outputs[tower], tower, ref, limits, "TensorRT fp16")
+        parity[tower].measured_on = [tensorrt_class(tensorrt_version())]
     parity["combined"] = verify.check_combined(
         outputs["text"], outputs["image"], ref, limits, "TensorRT fp16"
     )
@@ -176,7 +201,7 @@ def build_verified_plans(
 def _reference_from_fp32_graphs(root: Path, manifest: dict, inputs):
     """The engine's fp32 ONNX graphs (verified against PyTorch at export) on the sample: the
     reference for plans built where the PyTorch model is not at hand."""
-    from univl_fast.export import verify
+    from univl_fast import parity as verify
     from univl_fast.runtime.backends import OrtTower
     from univl_fast.runtime.manifest import verify_file
 
@@ -202,7 +227,7 @@ def add_plans_to_engine(engine_dir: str | Path, max_batch: int = 64, opt_batch: 
 
     from univl_fast.export.config import ExportConfig
     from univl_fast.export.samples import builtin_sample
-    from univl_fast.export.verify import SampleInputs
+    from univl_fast.parity import SampleInputs
     from univl_fast.runtime.manifest import MANIFEST_NAME, EngineError, load_manifest, verify_file
     from univl_fast.runtime.preprocess import ImagePreprocessor, PreprocessConfig
     from univl_fast.runtime.tokenizer import ClipTokenizer

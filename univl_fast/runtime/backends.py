@@ -15,7 +15,9 @@ install. The GPU backends cannot be exercised on a machine without a GPU (unveri
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,9 +28,12 @@ import numpy as np
 from univl_fast.errors import UnivlFastError
 from univl_fast.runtime.device_buffers import GrowingBuffer
 from univl_fast.runtime.slots import SlotPool
+from univl_fast.utils import cuda_driver
 from univl_fast.utils.env import env_flag, env_int
 
-GPU_EXTRA = "pip install univl-fast[gpu]"
+log = logging.getLogger(__name__)
+
+GPU_EXTRA = "pip install univl-fast[gpu]"  # = [gpu-cu12], the CUDA 12 set
 BACKENDS = ("onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")
 ALIASES = {"onnxruntime": None, "ort": None, "cpu": "onnxruntime-cpu", "cuda": "onnxruntime-cuda"}
 _PROVIDER = {
@@ -90,11 +95,14 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
-INSTALL_EXTRA = 'pip install "univl-fast[cpu]" (or "univl-fast[gpu]" on a CUDA host, not both)'
+INSTALL_EXTRA = 'pip install "univl-fast[cpu]" (or "univl-fast[gpu-cu12]" on a CUDA host, not both)'
 
 
 def import_onnxruntime():
     """The onnxruntime module, or an ImportError naming the extra that brings it."""
+    from univl_fast.utils.install_check import warn_once
+
+    warn_once()  # a CPU and a GPU build side by side, or mixed CUDA majors: say so once
     try:
         import onnxruntime
     except ImportError as exc:
@@ -107,12 +115,74 @@ def _ort_providers() -> list[str]:
 
 
 def _cuda_devices() -> int:
-    try:
-        from univl_fast import _C
+    """CUDA devices the driver makes visible (``univl_fast.utils.cuda_driver``: asked of
+    ``libcuda`` directly, whatever ``_C`` was built with)."""
+    return cuda_driver.device_count()
 
-        return int(_C.cuda_device_count())
-    except Exception:  # noqa: BLE001 - no extension / no driver: no usable GPU
-        return 0
+
+# A one-node ONNX model (Identity on a float tensor of shape (1,)), serialized by hand so that
+# probing a provider needs neither the onnx package nor an engine file.
+def _pb_varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _pb_field(number: int, value: int | bytes | str) -> bytes:
+    if isinstance(value, int):
+        return _pb_varint(number << 3) + _pb_varint(value)
+    data = value.encode() if isinstance(value, str) else value
+    return _pb_varint((number << 3) | 2) + _pb_varint(len(data)) + data
+
+
+def _probe_model_bytes() -> bytes:
+    shape = _pb_field(1, _pb_field(1, 1))  # TensorShapeProto.dim { dim_value: 1 }
+    tensor_type = _pb_field(1, _pb_field(1, 1) + _pb_field(2, shape))  # float, (1,)
+    value = lambda name: _pb_field(1, name) + _pb_field(2, tensor_type)  # noqa: E731
+    node = _pb_field(1, "x") + _pb_field(2, "y") + _pb_field(4, "Identity")
+    graph = (
+        _pb_field(1, node)
+        + _pb_field(2, "provider_probe")
+        + _pb_field(11, value("x"))
+        + _pb_field(12, value("y"))
+    )
+    opset = _pb_field(1, "") + _pb_field(2, 13)
+    return _pb_field(1, 8) + _pb_field(7, graph) + _pb_field(8, opset)  # ir_version 8
+
+
+@functools.lru_cache(maxsize=4)
+def provider_binds(provider: str) -> tuple[bool, str]:
+    """Whether ONNX Runtime really binds ``provider`` for a session (a tiny probe graph), and
+    why not. onnxruntime-gpu lists CUDAExecutionProvider as available even where its CUDA /
+    cuDNN libraries are missing; a session then silently runs on the CPU."""
+    if provider == "CPUExecutionProvider":
+        return True, ""
+    ort = import_onnxruntime()
+    if provider not in ort.get_available_providers():
+        return False, f"onnxruntime has no {provider}"
+    try:
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        session = ort.InferenceSession(
+            _probe_model_bytes(), so, providers=[provider, "CPUExecutionProvider"]
+        )
+        bound = list(session.get_providers())
+    except Exception as exc:  # noqa: BLE001 - a provider that cannot open a session is unusable
+        return False, f"{provider} failed to open a session: {type(exc).__name__}: {exc}"
+    if provider in bound:
+        return True, ""
+    return False, _not_bound_reason(provider, bound)
+
+
+def _not_bound_reason(provider: str, bound: list[str]) -> str:
+    return (
+        f"ONNX Runtime did not bind {provider} (the session got {', '.join(bound) or 'none'}): "
+        "its CUDA / cuDNN libraries are missing or do not match this onnxruntime-gpu "
+        f"({GPU_EXTRA}; check with: python -m univl_fast.info)"
+    )
 
 
 def tensorrt_importable() -> bool:
@@ -122,17 +192,112 @@ def tensorrt_importable() -> bool:
     )
 
 
+class PlanUnusable(BackendUnavailable):
+    """A TensorRT plan cannot run here: built for another GPU model or TensorRT version, or
+    TensorRT could not deserialize it."""
+
+
+def tensorrt_version() -> str | None:
+    """The installed TensorRT's version (the module's own, so any wheel name counts)."""
+    if importlib.util.find_spec("tensorrt") is None:
+        return None
+    import tensorrt as trt
+
+    return str(getattr(trt, "__version__", "")) or None
+
+
+def plan_provenance(device: int = 0) -> dict[str, str | None]:
+    """What a plan built here is bound to: the GPU model, its compute capability and the
+    TensorRT version (recorded in the engine manifest beside each plan)."""
+    drv = cuda_driver.driver_info()
+    return {
+        "gpu": drv.names[device] if device < drv.devices else None,
+        "compute_capability": drv.capabilities[device] if device < len(drv.capabilities) else None,
+        "tensorrt": tensorrt_version(),
+    }
+
+
+def plan_mismatch(entry: Mapping, device: int = 0) -> str | None:
+    """Why a plan whose manifest entry is ``entry`` was built for another GPU model or
+    TensorRT version than this host's (None: same, or not recorded: TensorRT's own
+    deserialization check then decides)."""
+    here = plan_provenance(device)
+    problems = [
+        f"{what} {entry[key]!r} built it, this host has {here[key]!r}"
+        for key, what in (("gpu", "GPU"), ("tensorrt", "TensorRT"))
+        if entry.get(key) and entry[key] != here[key]
+    ]
+    return "; ".join(problems) or None
+
+
+def tensorrt_plans_problem(plans: Mapping[str, Mapping], device: int = 0) -> str | None:
+    """Why the plans ``{path: manifest entry}`` cannot run here, or None once every one of them
+    matches this host and deserializes (kept for the towers that open them next), so a loader
+    can fall back to ONNX Runtime instead of failing."""
+    for path, entry in plans.items():
+        why = plan_mismatch(entry, device)
+        if why is None:
+            try:
+                _deserialized(str(path), device)
+            except BackendUnavailable as exc:
+                why = str(exc)
+        if why is not None:
+            _PLAN_ENGINES.clear()
+            return f"{path}: {why}"
+    return None
+
+
+# plan path -> deserialized ICudaEngine, from tensorrt_plans_problem to the TensorRTTower
+# that opens the same plan (one deserialization per plan and load)
+_PLAN_ENGINES: dict[str, object] = {}
+
+
+def _deserialized(path: str, device: int):
+    engine = _PLAN_ENGINES.get(path)
+    if engine is not None:
+        return engine
+    if not tensorrt_importable():
+        raise BackendUnavailable(f"tensorrt / cuda-python are not installed ({GPU_EXTRA})")
+    import tensorrt as trt
+    from cuda.bindings import runtime as cudart
+
+    (err,) = cudart.cudaSetDevice(device)
+    _check_cuda(err, f"cudaSetDevice({device})")
+    logger = trt.Logger(trt.Logger.WARNING)
+    with open(path, "rb") as fh:
+        engine = trt.Runtime(logger).deserialize_cuda_engine(fh.read())
+    if engine is None:
+        raise PlanUnusable(
+            f"{path}: TensorRT {tensorrt_version()} could not deserialize the plan (built by "
+            "another TensorRT version or for another GPU?); rebuild it on this host with "
+            "python export/build_trt_plans.py ENGINE_DIR"
+        )
+    _PLAN_ENGINES[path] = engine
+    return engine
+
+
+def _ort_gpu_backend_usable(backend: str, provs: list[str]) -> bool:
+    provider = _PROVIDER[backend]
+    if provider not in provs:
+        return False
+    ok, why = provider_binds(provider)
+    if not ok:
+        log.warning("backend %s not used: %s", backend, why)
+    return ok
+
+
 def available_backends(has_plans: bool = False) -> list[str]:
-    """Backends that can run here, best first."""
+    """Backends that can run here, best first. A GPU is asked of the CUDA driver (not of how
+    ``_C`` was built); an ONNX Runtime GPU provider counts only where a probe session really
+    binds it."""
     out = []
-    provs = _ort_providers()
     gpus = _cuda_devices()
+    provs = _ort_providers()
     if has_plans and gpus and tensorrt_importable():
         out.append("tensorrt")
-    if gpus and "CUDAExecutionProvider" in provs:
-        out.append("onnxruntime-cuda")
-    if gpus and "TensorrtExecutionProvider" in provs:
-        out.append("onnxruntime-tensorrt")
+    for backend in ("onnxruntime-cuda", "onnxruntime-tensorrt"):
+        if gpus and _ort_gpu_backend_usable(backend, provs):
+            out.append(backend)
     out.append("onnxruntime-cpu")
     return out
 
@@ -154,6 +319,10 @@ def resolve_backend(name: str | None, has_plans: bool = False) -> str:
     if key == "onnxruntime-cpu":
         return key
     reasons = []
+    gpus = _cuda_devices()
+    if gpus == 0:
+        why = cuda_driver.driver_info().error
+        reasons.append("no CUDA device is visible" + (f" ({why})" if why else ""))
     if key == "tensorrt":
         if not tensorrt_importable():
             reasons.append(f"tensorrt / cuda-python are not installed ({GPU_EXTRA})")
@@ -161,17 +330,22 @@ def resolve_backend(name: str | None, has_plans: bool = False) -> str:
             reasons.append(
                 "this engine has no TensorRT plans (export with --tensorrt on a GPU host)"
             )
-    else:
-        if _PROVIDER[key] not in _ort_providers():
-            reasons.append(
-                f"onnxruntime has no {_PROVIDER[key]} (installed: {', '.join(_ort_providers())}; "
-                f"{GPU_EXTRA})"
-            )
-    if _cuda_devices() == 0:
-        reasons.append("no CUDA device is visible")
+    elif _PROVIDER[key] not in _ort_providers():
+        reasons.append(
+            f"onnxruntime has no {_PROVIDER[key]} (installed: {', '.join(_ort_providers())}; "
+            f"{GPU_EXTRA})"
+        )
+    elif gpus:
+        ok, why = provider_binds(_PROVIDER[key])
+        if not ok:
+            reasons.append(why)
     if reasons:
         raise BackendUnavailable(f"backend {key!r} cannot run here: " + "; ".join(reasons))
     return key
+
+
+class ProviderNotBound(BackendUnavailable):
+    """ONNX Runtime opened the session on another provider than the one asked for."""
 
 
 class OrtTower:
@@ -205,6 +379,14 @@ class OrtTower:
         self.path = str(path)
         self.backend = backend
         self.session = ort.InferenceSession(self.path, so, providers=providers)
+        # onnxruntime-gpu falls back to the CPU provider without an error when its CUDA /
+        # cuDNN libraries cannot load: refuse instead of running (and reporting) the wrong one.
+        self.providers: list[str] = list(self.session.get_providers())
+        if _PROVIDER[backend] not in self.providers:
+            raise ProviderNotBound(
+                f"{self.path}: backend {backend!r}: "
+                + _not_bound_reason(_PROVIDER[backend], self.providers)
+            )
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
 
@@ -270,15 +452,21 @@ class TensorRTTower:
         self._trt, self._cudart = trt, cudart
         self.path, self.device = str(plan_path), int(device)
         self._set_device()
-        logger = trt.Logger(trt.Logger.WARNING)
-        with open(plan_path, "rb") as fh:
-            self.engine = trt.Runtime(logger).deserialize_cuda_engine(fh.read())
-        if self.engine is None:
-            raise RuntimeError(f"{plan_path}: TensorRT could not deserialize the plan")
+        self.engine = _deserialized(self.path, self.device)
+        _PLAN_ENGINES.pop(self.path, None)
         self.input_name, self.output_name = input_name, output_name
         self.input_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(input_name)))
         self.output_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(output_name)))
+        # the plan's optimization profile bounds the batch: bigger batches run in chunks
+        self.max_batch: int | None = self._profile_max_batch()
         self._slots = SlotPool(lambda: _TrtSlot(self), max_contexts)
+
+    def _profile_max_batch(self) -> int | None:
+        try:
+            _min, _opt, biggest = self.engine.get_tensor_profile_shape(self.input_name, 0)
+            return max(1, int(biggest[0]))
+        except Exception:  # noqa: BLE001 - no readable profile: batches go through whole
+            return None
 
     def _set_device(self) -> None:
         (err,) = self._cudart.cudaSetDevice(self.device)
@@ -296,8 +484,13 @@ class TensorRTTower:
         """(n, ...) input batch -> float32 (n, d); safe to call from several threads."""
         x = np.ascontiguousarray(x, dtype=self.input_dtype)
         self._set_device()  # the CUDA current device is per thread
+        step = self.max_batch or len(x) or 1
         with self._slots.take() as slot:
-            return self._run_on(slot, x)
+            if len(x) <= step:
+                return self._run_on(slot, x)
+            return np.concatenate(
+                [self._run_on(slot, x[i : i + step]) for i in range(0, len(x), step)]
+            )
 
     def _run_on(self, slot: _TrtSlot, x: np.ndarray) -> np.ndarray:
         cudart, ctx = self._cudart, slot.context

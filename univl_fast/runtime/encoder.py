@@ -38,12 +38,13 @@ import numpy as np
 
 from univl_fast.errors import UnivlFastError
 from univl_fast.imageio import ImageSource
-from univl_fast.runtime import selection
+from univl_fast.runtime import selection, verify_load
 from univl_fast.runtime.backends import (
     BackendUnavailable,
     ThreadSettings,
     open_tower,
     resolve_backend,
+    tensorrt_plans_problem,
 )
 from univl_fast.runtime.manifest import (
     EngineError,
@@ -134,7 +135,8 @@ class Encoder:
     ``univl_fast.runtime.selection``). batch_size: rows per graph run.
     text_runtime: "auto" | "native" | "onnxruntime": who runs the text tower for int8 on the
     CPU, our compiled native tower (``univl_fast.runtime.native_text``) or the ONNX graph;
-    auto picks native where it is fast (AVX-512 VNNI). ``self.text_runtime`` says which runs.
+    auto picks native where it is fast (AVX2 or AVX-512 VNNI). ``self.text_runtime`` says which
+    runs.
     image_runtime: the same choice for the image tower (``univl_fast.runtime.native_image``;
     ``UNIVL_FAST_NATIVE_IMAGE=0`` turns auto off); ``self.image_runtime`` says which runs.
     decode_workers: threads that decode + preprocess the next batch of image documents while
@@ -153,6 +155,7 @@ class Encoder:
         image_runtime: str | None = None,
         decode_workers: int = 0,
         jpeg_draft: bool = False,
+        verify_on_load: str | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -162,6 +165,13 @@ class Encoder:
         m = self.manifest
         # the space the vectors live in (None: an engine exported before it was recorded)
         self.embedding_space: dict[str, Any] | None = m.get("embedding_space")
+        # why auto passed over a faster precision the engine has (None: it did not)
+        self.precision_reason: str | None = None
+        # what the caller asked for per tower (workers elsewhere re-resolve the same request)
+        self.runtime_requests: dict[str, str] = {
+            "text": text_runtime or "auto",
+            "image": image_runtime or "auto",
+        }
         self.backend: str = self._pick_backend(backend)
         self.precision: str = self._pick_precision(precision)
         self.batch_size = int(batch_size)
@@ -188,16 +198,144 @@ class Encoder:
         self._threads = threads
         # tower -> why auto passed over its native tower (only where the engine has one)
         self.runtime_reasons: dict[str, str] = {}
-        # what the caller asked for per tower (workers elsewhere re-resolve the same request)
-        self.runtime_requests: dict[str, str] = {
-            "text": text_runtime or "auto",
-            "image": image_runtime or "auto",
-        }
         self.text_runtime: str = self._pick_runtime("text", text_runtime)
         self.image_runtime: str = self._pick_runtime("image", image_runtime)
+        # what was asked for by name: the load-time check never falls back from it
+        self._explicit = {
+            "backend": backend not in (None, "auto"),
+            "precision": precision is not None,
+            **{t: r.lower() != "auto" for t, r in self.runtime_requests.items()},
+        }
         self._towers: dict[str, Any] = {}
-        for tower in ("text", "image"):
-            self._towers[tower] = self._open(tower)
+        # what the load-time check did (univl_fast.runtime.verify_load): per tower its kernel
+        # class here, the classes the export measured on, re-checked or not and why, fallbacks
+        self.verification: dict[str, Any] = verify_load.open_verified(self, verify_on_load)
+
+    @property
+    def runtimes(self) -> dict[str, str]:
+        """Who runs each tower: "native", "onnxruntime" or "tensorrt"."""
+        return {"text": self.text_runtime, "image": self.image_runtime}
+
+    def parity_key(self, tower: str) -> str:
+        """The manifest's parity key of the artifact that runs ``tower``."""
+        runtime = self.runtimes[tower]
+        if runtime == "native":
+            return selection.NATIVE_KEY
+        return selection.PLAN_KEY if runtime == "tensorrt" else self.precision
+
+    def combined_key(self) -> str:
+        """The manifest's parity key of the image-document vector the two towers make."""
+        text, image = self.parity_key("text"), self.parity_key("image")
+        if image == selection.NATIVE_KEY:
+            return selection.NATIVE_IMAGE_COMBINED_KEY
+        return text
+
+    def fall_back(self, failed: set[tuple[str, str, str]]) -> str:
+        """Switch to the next verified runtime or precision after the load-time check refused
+        the artifacts in ``failed`` ({(backend, tower, key)}); returns what changed. Order: the
+        other int8 runtime of a refused tower (native <-> ONNX graph), then the next precision
+        whose export parity passed (``selection.SPEED_ORDER``), then ONNX Runtime on the CPU.
+        EngineError when the change would override what was asked for by name, or nothing is
+        left."""
+        m, before = self.manifest, self.describe_choice()
+        if self.backend == "tensorrt" and not self._explicit["backend"]:  # plans -> ORT graphs
+            self._repick(resolve_backend("onnxruntime"), None)
+            return f"{before} -> {self.describe_choice()}"
+        bad = {t for b, t, k in failed if b == self.backend and k == self.parity_key(t)}
+        if not bad:  # only the pair's image-document vector failed: both towers go
+            bad = {"text", "image"}
+        if self.precision == "int8" and self.backend == "onnxruntime-cpu":
+            alts = {t: self._other_int8_runtime(t, failed) for t in bad}
+            if all(alts.values()):
+                for t, alt in alts.items():
+                    was = self.runtimes[t]
+                    setattr(self, f"{t}_runtime", alt)
+                    self.runtime_reasons[t] = (
+                        f"the int8 {t} tower on {was} failed the load-time parity check on this "
+                        f"host; {alt} runs it (Encoder.verification)"
+                    )
+                return f"{before} -> {self.describe_choice()}"
+        blocked = [k for k in ("text", "image") if k in bad and self._explicit[k]]
+        if blocked or self._explicit["precision"]:
+            what = "precision" if self._explicit["precision"] else f"{blocked[0]}_runtime"
+            raise EngineError(
+                f"engine {self.engine_dir}: {before} was asked for by name ({what}) and failed "
+                f"the load-time parity check on this host (see the log); ask for another, or "
+                f"set UNIVL_FAST_VERIFY_ON_LOAD=never to use it unchecked"
+            )
+        tried = {(b, k) for b, _, k in failed}
+        family = "onnxruntime-cpu" if self.backend == "onnxruntime-cpu" else "gpu"
+        for cand in selection.SPEED_ORDER[family]:
+            if cand == "fp16" and family == "onnxruntime-cpu":
+                continue
+            if (self.backend, cand) in tried or cand not in selection.available_precisions(m):
+                continue
+            if selection.parity_problem(m, cand) is None:
+                self._repick(self.backend, cand)
+                return f"{before} -> {self.describe_choice()}"
+        if self.backend != "onnxruntime-cpu" and not self._explicit["backend"]:
+            self._repick("onnxruntime-cpu", None)
+            return f"{before} -> {self.describe_choice()}"
+        raise EngineError(
+            f"engine {self.engine_dir}: no precision or runtime passed the load-time parity "
+            f"check on this host (last tried {before}; see the log)"
+        )
+
+    def _repick(self, backend: str, precision: str | None) -> None:
+        """Choose again on ``backend`` at ``precision`` (None: auto's) with the runtimes asked
+        for."""
+        self.backend = backend
+        self.precision = precision or self._pick_precision(None)
+        self.text_runtime = self._pick_runtime("text", self.runtime_requests["text"])
+        self.image_runtime = self._pick_runtime("image", self.runtime_requests["image"])
+
+    def _other_int8_runtime(self, tower: str, failed: set[tuple[str, str, str]]) -> str | None:
+        """The int8 runtime of ``tower`` to try after its current one was refused here (None:
+        none: asked for by name, not in the engine, not verified at export, or refused too)."""
+        if self._explicit[tower]:
+            return None
+        if self.runtimes[tower] == "native":
+            if "int8" not in self.manifest["graphs"].get(tower, {}):
+                return None  # no int8 graph to go back to
+            alt, key = "onnxruntime", "int8"
+        else:
+            alt, key = "native", selection.NATIVE_KEY
+            problem = self._native_problem(tower) or (
+                selection.native_text_problem(self.manifest)
+                if tower == "text"
+                else selection.native_image_problem(self.manifest)
+            )
+            if problem or not env_flag(_NATIVE_KNOB[tower], default=True):
+                return None
+        if (self.backend, tower, key) in failed:
+            return None
+        return alt
+
+    def info(self) -> dict[str, Any]:
+        """What runs here and how it was verified on this host (JSON-able)."""
+        return {
+            "precision": self.precision,
+            "backend": self.backend,
+            "text_runtime": self.text_runtime,
+            "image_runtime": self.image_runtime,
+            "runtime_reasons": dict(self.runtime_reasons),
+            "precision_reason": self.precision_reason,
+            "verification": self.verification,
+        }
+
+    def describe_choice(self) -> str:
+        """``int8 on onnxruntime-cpu (text native, image onnxruntime)``."""
+        return (
+            f"{self.precision} on {self.backend} (text {self.text_runtime}, "
+            f"image {self.image_runtime})"
+        )
+
+    def reopened(self) -> Encoder:
+        """A new encoder with this one's choices and load-time check result, on new sessions
+        (a forked child needs them; the check is not repeated: same host, same files)."""
+        new = copy.copy(self)
+        new._towers = {t: new._open(t) for t in ("text", "image")}
+        return new
 
     @property
     def encoding(self) -> dict[str, Any]:
@@ -220,11 +358,27 @@ class Encoder:
         if backend in (None, "auto"):
             if plans_problem is not None and m.get("tensorrt_plans"):
                 log.info("TensorRT plans not picked by auto: %s", plans_problem)
-            return resolve_backend(None, has_plans=plans_problem is None)
+            return self._plans_run_here(resolve_backend(None, has_plans=plans_problem is None))
         chosen = resolve_backend(backend, has_plans=bool(m.get("tensorrt_plans")))
         if chosen == "tensorrt":
             selection.warn_unverified("backend 'tensorrt' (the engine's plans)", plans_problem)
-        return chosen
+        return self._plans_run_here(chosen)
+
+    def _plans_run_here(self, chosen: str) -> str:
+        """TensorRT plans are bound to the GPU model and TensorRT version that built them: on
+        a mismatch or a plan that does not deserialize, ONNX Runtime instead, with a warning."""
+        if chosen != "tensorrt":
+            return chosen
+        m = self.manifest
+        plans = {}
+        for tower in ("text", "image"):
+            rel = m["tensorrt_plans"][tower]["fp16"]
+            plans[verify_file(self.engine_dir, m, rel)] = m["files"][rel]
+        why = tensorrt_plans_problem(plans)
+        if why is None:
+            return chosen
+        log.warning("TensorRT plans not used, running on ONNX Runtime instead: %s", why)
+        return resolve_backend("onnxruntime")
 
     def _pick_precision(self, precision: str | None) -> str:
         m = self.manifest
@@ -244,12 +398,38 @@ class Encoder:
             selection.warn_unverified(f"precision {precision!r}", problem)
             return precision
         picked = selection.auto_precision(m, self.backend)
+        if picked == "int8" and self.backend == "onnxruntime-cpu":
+            why = self._graphless_int8_problem()
+            if why is not None:
+                log.warning("int8 not picked by auto: %s", why)
+                self.precision_reason = why
+                picked = selection.auto_precision(m, self.backend, exclude=("int8",))
         if picked is None:
             raise EngineError(
                 f"engine {self.engine_dir}: no precision passed parity for both towers and the "
                 f"image-document vector on {self.backend} (has {', '.join(available) or 'none'})"
             )
         return picked
+
+    def _graphless_int8_problem(self) -> str | None:
+        """Why int8 cannot run here although the engine verified it (None: it can): a tower
+        with no int8 graph (the export's ONNX Runtime int8 route missed parity) runs int8 only on
+        its native tower, which auto uses only where it is on and fast (AVX2 or better)."""
+        from univl_fast.runtime.native_text import fast_native_available
+
+        for tower in ("text", "image"):
+            if "int8" in self.manifest["graphs"].get(tower, {}):
+                continue
+            if self.runtime_requests[tower].lower() == "onnxruntime":
+                return f"{tower}_runtime='onnxruntime' asked for, and the engine has no int8 {tower} graph"
+            if not env_flag(_NATIVE_KNOB[tower], default=True):
+                return f"the {tower} tower has no int8 graph and {_NATIVE_KNOB[tower]}=0"
+            fast, why = fast_native_available()
+            if not fast:
+                return (
+                    f"the {tower} tower has no int8 graph and its native tower is slow here: {why}"
+                )
+        return None
 
     def _native_problem(self, tower: str) -> str | None:
         """Why the native int8 ``tower`` ("text" | "image") cannot serve this encoder (None:
@@ -270,17 +450,41 @@ class Encoder:
 
         auto (default): native when the engine has it, its export parity passed (the tower and
         the image-document vector: ``univl_fast.runtime.selection``), the encoder runs int8 on
-        the CPU and this CPU has AVX-512 VNNI; for the image tower also only when the export
+        the CPU and the native kernels have a fast build here (AVX2 or AVX-512 VNNI:
+        ``native_text.fast_native_available``); for the image tower also only when the export
         measured it faster than the int8 image graph (``selection.native_image_speed_problem``).
         ``UNIVL_FAST_NATIVE_TEXT=0`` / ``UNIVL_FAST_NATIVE_IMAGE=0`` turns auto off. Why auto
         passed over a native tower it could run goes to ``self.runtime_reasons[tower]``.
-        "native" insists (also on CPUs without VNNI, or where it measured slower: the explicit
-        override); "onnxruntime" never uses it.
+        "native" insists (also on the portable build, or where it measured slower: the
+        explicit override); "onnxruntime" never uses it.
         """
         from univl_fast.runtime.native_text import fast_native_available
 
         key = (want or "auto").lower()
         backend_runtime = "tensorrt" if self.backend == "tensorrt" else "onnxruntime"
+        graphless = (
+            self.precision == "int8"
+            and self.backend == "onnxruntime-cpu"
+            and "int8" not in self.manifest["graphs"].get(tower, {})
+        )
+        if graphless and key in ("auto", "onnxruntime"):
+            # no int8 graph for this tower (its ONNX Runtime route missed parity at export):
+            # int8 runs on the native tower or not at all
+            problem = self._native_problem(tower)
+            if key == "onnxruntime" or problem:
+                why = self.manifest.get("parity", {}).get(tower, {}).get("int8", {})
+                raise EngineError(
+                    f"engine {self.engine_dir}: no int8 {tower} graph "
+                    f"({why.get('reason') or 'not exported'}); int8 {tower} runs only on the "
+                    f"native tower" + (f", which cannot serve: {problem}" if problem else "")
+                )
+            selection.warn_unverified(
+                f"{tower}_runtime 'native' (no int8 {tower} graph)",
+                selection.native_text_problem(self.manifest)
+                if tower == "text"
+                else selection.native_image_problem(self.manifest),
+            )
+            return "native"
         if key == "onnxruntime":
             return backend_runtime
         if key not in ("auto", "native"):

@@ -1,10 +1,10 @@
 """The native int8 image tower (torch-free): our own compiled CLIP ViT image transformer.
 
 ``NativeImageTower(path)`` loads the exporter's ``image_int8.native.npz`` into
-``univl_fast._C.ImageTower``, which runs on the native text tower's kernels (AVX-512 VNNI where
-the CPU has them). It has the same ``run(pixels) -> raw embeddings`` as the ONNX Runtime image
-towers (pixels: the preprocessor's float32 (n, 3, S, S)), so the Encoder uses it in their place
-for image documents. How it computes: ``csrc/cpu/image_tower.h``.
+``univl_fast._C.ImageTower``, which runs on the native text tower's kernels (the same build:
+``native_text.resolve_isa``; AVX2 or AVX-512 VNNI where the CPU has them). It has the same
+``run(pixels) -> raw embeddings`` as the ONNX Runtime image towers (pixels: the preprocessor's
+float32 (n, 3, S, S)), so the Encoder uses it in their place for image documents. How it computes: ``csrc/cpu/image_tower.h``.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ class NativeImageTower(NativeTower):
     (TypeError for another dtype, ValueError for another shape, each naming what it needs)."""
 
     def __init__(self, path: str | os.PathLike | bytes, threads: int = 1, isa: str = "auto"):
-        """path: the weights file, or its bytes (the exporter verifies before writing)."""
+        """path: the weights file, or its bytes (the exporter verifies before writing). isa:
+        'auto' (``native_text.resolve_isa``) or a build from ``native_isas()``."""
         from univl_fast import _C
 
         check_core_knobs()  # the tower's team reads UNIVL_FAST_TEAM_SPIN_US itself

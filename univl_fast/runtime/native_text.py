@@ -1,9 +1,10 @@
 """The native int8 text tower (torch-free): our own compiled CLIP text transformer.
 
 ``NativeTextTower(path)`` loads the exporter's ``text_int8.native.npz`` into
-``univl_fast._C.TextTower`` (AVX-512 VNNI kernels where the CPU has them). It has the same
-``run(ids) -> raw embeddings`` as the ONNX Runtime towers, so the Encoder uses it in their
-place for queries, text documents and captions. Why it exists and how it computes:
+``univl_fast._C.TextTower``, on the best build of its kernels this CPU runs (``native_isas``:
+generic < avx2 < avx512_vnni; ``UNIVL_FAST_NATIVE_ISA`` forces a lower one, ``.isa`` says which
+runs). It has the same ``run(ids) -> raw embeddings`` as the ONNX Runtime towers, so the Encoder
+uses it in their place for queries, text documents and captions. Why it exists and how it computes:
 ``csrc/cpu/text_tower.h``; measured speed: ``BENCHMARKS.md``.
 """
 
@@ -19,9 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from univl_fast.errors import UnivlFastError
-from univl_fast.utils.env import check_core_knobs
+from univl_fast.utils.env import EnvVarError, check_core_knobs, env_choice
 
 FORMAT = "univl-native-text/1"
+ISA_KNOB = "UNIVL_FAST_NATIVE_ISA"
+# Builds fast enough for ``auto`` to prefer the native towers (exact int32 GEMMs in every build;
+# the portable one is a scalar GEMM).
+FAST_ISAS = ("avx2", "avx512_vnni")
 # Keys of the constructor that come from the file's meta.
 _META_KEYS = (
     "vocab",
@@ -77,18 +82,42 @@ def embedding_fp16(table: np.ndarray, what: str) -> np.ndarray:
 
 
 def native_isas() -> list[str]:
-    """Builds of the native text tower this CPU runs, best last ('generic', 'avx512_vnni')."""
+    """Builds of the native towers' kernels this CPU runs, best last: 'generic' always, 'avx2'
+    (AVX2 + FMA + F16C), 'avx512_vnni' (AVX-512 F/BW/VL/DQ + VNNI)."""
     from univl_fast import _C
 
     return list(_C.text_tower_isas())
 
 
+def resolve_isa(isa: str = "auto") -> str:
+    """The kernel build a native tower runs for ``isa``: itself when named (the compiled tower
+    refuses one this CPU lacks); for 'auto' the one ``UNIVL_FAST_NATIVE_ISA`` forces, else the
+    best this CPU runs. EnvVarError naming the knob, its value and this CPU's builds when the
+    knob asks for one it lacks."""
+    if isa != "auto":
+        return isa
+    have = native_isas()
+    forced = env_choice(ISA_KNOB)
+    if forced is None or forced == "auto":
+        return have[-1]
+    if forced not in have:
+        raise EnvVarError(ISA_KNOB, forced, f"auto or a build this CPU runs ({', '.join(have)})")
+    return forced
+
+
 def fast_native_available() -> tuple[bool, str]:
-    """(True, "") when this CPU runs the VNNI build; else (False, why). Without VNNI the
-    portable build works but ONNX Runtime is faster, so 'auto' does not pick it."""
-    if "avx512_vnni" in native_isas():
+    """(True, "") when the native towers would run a fast build here (avx2 or avx512_vnni,
+    ``UNIVL_FAST_NATIVE_ISA`` considered); else (False, why). The portable build is correct but
+    scalar (ONNX Runtime is faster), so 'auto' does not pick it."""
+    isa = resolve_isa()
+    if isa in FAST_ISAS:
         return True, ""
-    return False, "this CPU has no AVX-512 VNNI (the native text tower's fast kernel)"
+    if native_isas()[-1] in FAST_ISAS:
+        return False, f"{ISA_KNOB}={isa} forces the native towers' portable (slow) kernels"
+    return False, (
+        "this CPU has neither AVX2 (+FMA, F16C) nor AVX-512 VNNI (the native towers' fast "
+        "kernels; the portable build is scalar)"
+    )
 
 
 class NativeTower:
@@ -104,6 +133,7 @@ class NativeTower:
     def _build(self, ctor, arrays: dict, keys: tuple[str, ...], threads: int, isa: str) -> None:
         """The compiled tower ``ctor(arrays, **meta[keys], threads, isa)`` (self.meta set);
         NativeWeightsError naming the file for weights it refuses."""
+        isa = resolve_isa(isa)  # EnvVarError (a ValueError, not the file's fault) passes
         try:
             self._tower = ctor(
                 arrays, **{k: self.meta[k] for k in keys}, threads=int(threads), isa=isa
@@ -141,7 +171,8 @@ class NativeTextTower(NativeTower):
     converted to C-contiguous int64 by the binding)."""
 
     def __init__(self, path: str | os.PathLike | bytes, threads: int = 1, isa: str = "auto"):
-        """path: the weights file, or its bytes (the exporter verifies before writing)."""
+        """path: the weights file, or its bytes (the exporter verifies before writing). isa:
+        'auto' (``resolve_isa``) or a build from ``native_isas()``."""
         from univl_fast import _C
 
         check_core_knobs()  # the tower's team reads UNIVL_FAST_TEAM_SPIN_US itself
@@ -155,7 +186,9 @@ class NativeTextTower(NativeTower):
 
 
 __all__ = [
+    "FAST_ISAS",
     "FORMAT",
+    "ISA_KNOB",
     "NativeTextTower",
     "NativeTower",
     "NativeWeightsError",
@@ -163,4 +196,5 @@ __all__ = [
     "fast_native_available",
     "load_native_npz",
     "native_isas",
+    "resolve_isa",
 ]

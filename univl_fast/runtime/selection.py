@@ -69,25 +69,107 @@ def warn_unverified(what: str, problem: str | None) -> None:
         log.warning("%s asked for by name without verified parity: %s", what, problem)
 
 
+def has_native(manifest: dict[str, Any], tower: str) -> bool:
+    """Whether the engine holds native int8 weights for ``tower``."""
+    return "int8" in manifest.get("native", {}).get(tower, {})
+
+
 def available_precisions(manifest: dict[str, Any]) -> list[str]:
-    """Precisions with an ONNX graph for both towers."""
+    """Precisions the engine can run for both towers: an ONNX graph of that precision, or for
+    int8 the native tower's weights (an engine exported where ONNX Runtime's int8 kernels
+    missed parity, e.g. an AVX2-only x86 host, has native int8 towers and no int8 graphs)."""
     graphs = manifest["graphs"]
     return [
         p
         for p in ("fp32", "fp16", "int8")
-        if all(p in graphs.get(t, {}) for t in ("text", "image"))
+        if all(
+            p in graphs.get(t, {}) or (p == "int8" and has_native(manifest, t))
+            for t in ("text", "image")
+        )
     ]
 
 
-def auto_precision(manifest: dict[str, Any], backend: str) -> str | None:
+def int8_pairs(manifest: dict[str, Any]) -> list[tuple[str, str]]:
+    """The (text, image) int8 runtimes ("onnxruntime" | "native") whose export parity passed
+    for both towers and for the image-document vector they make, fastest first (native text,
+    then the graphs). The combined key follows ``Encoder.combined_key``."""
+    graphs = manifest["graphs"]
+
+    def ok(tower: str, runtime: str) -> bool:
+        if runtime == "native":
+            return has_native(manifest, tower) and _tower_passed(manifest, tower, NATIVE_KEY)
+        return "int8" in graphs.get(tower, {}) and _tower_passed(manifest, tower, "int8")
+
+    out = []
+    for text in ("native", "onnxruntime"):
+        for image in ("onnxruntime", "native"):
+            if not (ok("text", text) and ok("image", image)):
+                continue
+            if image == "native":
+                combined = NATIVE_IMAGE_COMBINED_KEY
+            else:
+                combined = NATIVE_KEY if text == "native" else "int8"
+            if _combined_passed(manifest, combined):
+                out.append((text, image))
+    return out
+
+
+def _tower_passed(manifest: dict[str, Any], tower: str, key: str) -> bool:
+    p = manifest.get("parity", {}).get(tower, {}).get(key)
+    return bool(p and p.get("measured") and p.get("passed"))
+
+
+def _combined_passed(manifest: dict[str, Any], key: str) -> bool:
+    if "combined" not in manifest.get("parity", {}):  # exported before the combined check
+        return True
+    return _tower_passed(manifest, "combined", key)
+
+
+def precision_problem(manifest: dict[str, Any], precision: str) -> str | None:
+    """Why ``precision`` is not verified for serving on the CPU (None: it is). int8 with graphs
+    for both towers: the graphs' parity (native towers are then an optional speed-up, chosen per
+    tower); a tower without an int8 graph (its ONNX Runtime route missed parity at export): a
+    verified pair in which that tower runs natively."""
+    if precision not in available_precisions(manifest):
+        return f"no {precision} graphs or native towers for both towers"
+    graphless = [t for t in ("text", "image") if precision not in manifest["graphs"].get(t, {})]
+    if precision != "int8" or not graphless:
+        return parity_problem(manifest, precision)
+    # a tower without an int8 graph runs int8 on its native tower only
+    pairs = [
+        pair
+        for pair in int8_pairs(manifest)
+        if all(rt == "native" for rt, t in zip(pair, ("text", "image"), strict=True) if t in graphless)
+    ]
+    if pairs:
+        return None
+    return (
+        f"no int8 graph for the {' and '.join(graphless)} tower and no verified int8 pair with "
+        "its native tower"
+    )
+
+
+def auto_precision(
+    manifest: dict[str, Any], backend: str, exclude: tuple[str, ...] = ()
+) -> str | None:
     """The fastest precision whose parity passed for ``backend`` (None: none did). fp16 graphs
-    are for GPUs: on the CPU they are slower than fp32, never picked there."""
+    are for GPUs: on the CPU they are slower than fp32, never picked there. On the CPU, int8
+    may be served by native towers where the engine has no (verified) int8 graphs. ``exclude``:
+    precisions the caller ruled out."""
     family = "onnxruntime-cpu" if backend == "onnxruntime-cpu" else "gpu"
     available = available_precisions(manifest)
+    graphs = manifest["graphs"]
     for cand in SPEED_ORDER[family]:
-        if cand not in available or (cand == "fp16" and family == "onnxruntime-cpu"):
+        if cand not in available or cand in exclude:
             continue
-        if parity_problem(manifest, cand) is None:
+        if cand == "fp16" and family == "onnxruntime-cpu":
+            continue
+        if family != "onnxruntime-cpu":  # GPUs run graphs only
+            graphed = all(cand in graphs.get(t, {}) for t in ("text", "image"))
+            if graphed and parity_problem(manifest, cand) is None:
+                return cand
+            continue
+        if precision_problem(manifest, cand) is None:
             return cand
     return None
 

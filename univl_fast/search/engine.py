@@ -66,6 +66,7 @@ from univl_fast.runtime import Encoder
 from univl_fast.runtime.backends import ThreadSettings, physical_cores
 from univl_fast.search.batching import DEFAULT_QUEUE_FACTOR, QueryBatcher
 from univl_fast.types import MODALITIES, Hit
+from univl_fast.utils import fork_exit
 
 __all__ = [
     "Engine",
@@ -221,6 +222,13 @@ class Engine:
         """The engine's embedding space (model weights hash + dim) that indexes are bound to."""
         return self.encoder.embedding_space
 
+    def info(self) -> dict[str, Any]:
+        """What the engine runs here (precision, backend, runtime per tower) and how each
+        artifact was verified on this host (``Encoder.verification``: the load-time check)."""
+        enc = self.encoder
+        info = enc.info() if hasattr(enc, "info") else {}
+        return {"dim": self.dim, "manifest_sha256": self.manifest_sha256, **info}
+
     @property
     def has_index(self) -> bool:
         """Whether an index is loaded (``search`` needs one)."""
@@ -240,6 +248,7 @@ class Engine:
             "text_runtime": enc.text_runtime,
             "image_runtime": enc.image_runtime,
             "engine_sha256": enc.manifest_sha256,
+            "verification": _verification(enc),
             "engine": self.config.to_dict(),
             "index": None,
         }
@@ -294,6 +303,7 @@ class Engine:
         if self._stale_encoder:
             with self._reopen_lock:
                 if self._stale_encoder:
+                    _keep_forever(self.encoder)
                     self.encoder = self._reopen()
                     if self._narrow_threads is not None:
                         self._narrow = self.encoder.with_text_threads(self._narrow_threads)
@@ -639,6 +649,31 @@ class _PlainCall:
         )
 
 
+def _verification(enc: Any) -> dict[str, Any] | None:
+    """The load-time parity check in brief: per tower its status and why, the fallbacks."""
+    v = getattr(enc, "verification", None)
+    if not isinstance(v, dict):
+        return None
+    return {
+        "mode": v.get("mode"),
+        "seconds": v.get("seconds"),
+        "towers": {
+            t: {k: c.get(k) for k in ("key", "runtime", "status", "reason", "host_class")}
+            for t, c in (v.get("towers") or {}).items()
+        },
+        "fallbacks": v.get("fallbacks", []),
+    }
+
+
+def _keep_forever(obj: Any) -> None:
+    """Never free ``obj`` in this (forked) process: an ONNX Runtime session made in the parent
+    must not be destroyed in a child, where its destructor would join or wait on thread-pool
+    threads that exist only in the parent. Its pages stay shared with the parent's."""
+    import ctypes
+
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))
+
+
 # Engines alive in this process, for the fork handler below.
 _live_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 
@@ -647,6 +682,8 @@ def _engines_after_fork_in_child() -> None:
     engines = list(_live_engines)
     for eng in engines:
         eng._after_fork_in_child()
+    if engines and "onnxruntime" in sys.modules:
+        fork_exit.install_in_forked_child()  # ORT's static destructors hang in a forked child
     faiss = sys.modules.get("faiss")
     if engines and faiss is not None:
         # faiss runs on libgomp, which keeps no fork handler: a parallel region entered in the
@@ -690,8 +727,8 @@ def load(
     engine_dir = Path(engine_dir)
     encoder = Encoder(engine_dir, precision=precision, backend=backend, **encoder_kwargs)
 
-    def reopen() -> Any:  # the same encoder, new sessions (in a forked child)
-        return Encoder(engine_dir, precision=encoder.precision, backend=backend, **encoder_kwargs)
+    def reopen() -> Any:  # the same choices and load-time check, new sessions (forked child)
+        return encoder.reopened()
 
     idx = None
     if isinstance(index, (str, os.PathLike)):  # an index dir, one index or sharded

@@ -18,7 +18,7 @@ import shutil
 import sys
 import tempfile
 
-from univl_fast.cli.engine_args import add_engine_arguments, load_engine
+from univl_fast.cli.engine_args import add_engine_arguments, load_engine, open_engine
 from univl_fast.serve.config import ServeConfig, ServeConfigError, read_api_key_file
 
 log = logging.getLogger("univl_fast.serve")
@@ -143,8 +143,18 @@ def run(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace, config: ServeConfig) -> int:
     from univl_fast.serve.app import WARMUP_QUERY, create_app
     from univl_fast.serve.metrics import mark_worker_dead
-    from univl_fast.serve.prefork import Prefork, bind_socket, run_in_process, url_of
+    from univl_fast.serve.prefork import (
+        Prefork,
+        bind_socket,
+        engine_uses_gpu,
+        run_in_process,
+        url_of,
+    )
 
+    if args.workers > 1:
+        gpu, why = engine_uses_gpu(args.backend)
+        if gpu:  # CUDA does not survive a fork: each worker loads its own engine after it
+            return _serve_load_after_fork(args, config, why)
     # The engine's own queue bound (queries waiting for its batcher) stays at its default; the
     # service bounds admitted requests itself (--max-queue). Either being full answers 429.
     engine = load_engine(args, "serve")
@@ -163,17 +173,60 @@ def _serve(args: argparse.Namespace, config: ServeConfig) -> int:
         def draining() -> None:
             state.draining = True
 
-        url = url_of(sock)
-        log.info(
-            "univl-fast serve: listening on %s with %d worker(s); search page %s/ ; "
-            "API docs %s/docs",
-            url,
-            args.workers,
-            url,
-            url,
-        )
+        _log_listening(url_of(sock), args.workers)
         if args.workers == 1:
             return run_in_process(app, sock, config.graceful_timeout_s, draining)
         return Prefork(
             app, sock, args.workers, config.graceful_timeout_s, draining, mark_worker_dead
         ).run()
+
+
+def _serve_load_after_fork(args: argparse.Namespace, config: ServeConfig, why: str) -> int:
+    """--workers N with a GPU backend: the parent binds and supervises; each worker loads and
+    warms its own engine after the fork (N copies of the engine on the GPU)."""
+    from univl_fast.serve.app import WARMUP_QUERY, create_app
+    from univl_fast.serve.metrics import mark_worker_dead
+    from univl_fast.serve.prefork import Prefork, bind_socket, url_of
+
+    def make_app():
+        engine = open_engine(args)
+        app = create_app(engine, config)
+        engine.search([WARMUP_QUERY], k=1)
+        state = app.state.serve
+
+        def draining() -> None:
+            state.draining = True
+
+        return app, draining
+
+    try:
+        sock = bind_socket(args.host, args.port)
+    except OSError as exc:
+        print(f"univl-fast serve: {exc}", file=sys.stderr)
+        return 1
+    log.info(
+        "univl-fast serve: GPU backend (%s): each of the %d workers loads its own engine after "
+        "the fork",
+        why,
+        args.workers,
+    )
+    _log_listening(url_of(sock), args.workers)
+    return Prefork(
+        None,
+        sock,
+        args.workers,
+        config.graceful_timeout_s,
+        lambda: None,
+        mark_worker_dead,
+        make_app=make_app,
+    ).run()
+
+
+def _log_listening(url: str, workers: int) -> None:
+    log.info(
+        "univl-fast serve: listening on %s with %d worker(s); search page %s/ ; API docs %s/docs",
+        url,
+        workers,
+        url,
+        url,
+    )

@@ -11,6 +11,14 @@ and the library restarts its batcher after fork). The parent only supervises:
 - SIGTERM / SIGINT: the parent closes its copy of the socket and sends SIGTERM to the workers,
   which stop accepting, finish their in-flight requests (``graceful_timeout_s``) and exit;
   new connections are then refused. Workers still alive after the grace period are killed.
+
+With a GPU backend the engine is NOT loaded in the parent: CUDA cannot be used in a child of a
+process that initialised it, so every worker would answer 500. ``engine_uses_gpu`` decides
+that without touching CUDA in the parent (the driver is asked from a subprocess), and each
+worker then builds its own app (``make_app``: load, warm up) after the fork. A worker that
+cannot load exits with ``WORKER_LOAD_FAILED``; the parent then stops the others and fails
+instead of restarting it forever. (Unverified on a GPU: tested with a fake backend that
+records the process it was initialised in.)
 """
 
 from __future__ import annotations
@@ -27,6 +35,33 @@ log = logging.getLogger("univl_fast.serve")
 
 _POLL_S = 0.1  # how often the parent reaps and replaces workers
 _MIN_RESTART_S = 1.0  # a worker that died this soon after its start is restarted this late
+WORKER_LOAD_FAILED = 3  # exit code of a worker whose make_app() raised
+
+
+def engine_uses_gpu(backend: str | None) -> tuple[bool, str]:
+    """Whether loading an engine with ``backend`` (None/"auto", "onnxruntime", "tensorrt")
+    may initialise CUDA, and why; asked without initialising CUDA in this process. Errs on
+    the GPU side: loading after the fork is always safe, loading before it is not."""
+    from univl_fast.utils.cuda_driver import driver_info
+
+    if backend in ("cpu", "onnxruntime-cpu"):
+        return False, f"backend {backend!r}"
+    driver = driver_info(isolated=True)
+    if driver.devices == 0:
+        return False, f"no CUDA device ({driver.error or 'none visible'})"
+    gpu = f"{driver.devices} CUDA device(s): {', '.join(driver.names)}"
+    if backend == "tensorrt":
+        return True, f"backend 'tensorrt' on {gpu}"
+    from univl_fast.runtime.backends import _PROVIDER, _ort_providers, tensorrt_importable
+
+    gpu_providers = [
+        p for p in _ort_providers() if p in _PROVIDER.values() and p != "CPUExecutionProvider"
+    ]
+    if gpu_providers:
+        return True, f"onnxruntime has {', '.join(gpu_providers)} and {gpu}"
+    if backend in (None, "auto") and tensorrt_importable():
+        return True, f"tensorrt is installed and {gpu}"
+    return False, "onnxruntime has no GPU provider"
 
 
 def bind_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:
@@ -84,7 +119,11 @@ def run_in_process(
 
 
 class Prefork:
-    """The supervising parent of N forked uvicorn workers."""
+    """The supervising parent of N forked uvicorn workers.
+
+    ``app``: one app loaded in the parent, shared copy-on-write; or ``make_app`` (then ``app``
+    is None): called in each worker after the fork, returning ``(app, on_exit)``: for a GPU
+    backend, whose state must not cross a fork."""
 
     def __init__(
         self,
@@ -94,10 +133,15 @@ class Prefork:
         graceful_timeout_s: float,
         on_exit: Callable[[], None],
         on_worker_exit: Callable[[int], None] | None = None,
+        make_app: Callable[[], tuple[Any, Callable[[], None]]] | None = None,
     ):
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
+        if (app is None) == (make_app is None):
+            raise ValueError("Prefork needs exactly one of app and make_app")
         self.app = app
+        self.make_app = make_app
+        self.load_failed = False
         self.sock = sock
         self.workers = workers
         self.graceful_timeout_s = graceful_timeout_s
@@ -113,9 +157,15 @@ class Prefork:
             try:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
-                code = run_in_process(self.app, self.sock, self.graceful_timeout_s, self.on_exit)
+                app, on_exit = self.app, self.on_exit
+                if self.make_app is not None:
+                    code = WORKER_LOAD_FAILED  # until the worker's own engine is loaded
+                    app, on_exit = self.make_app()
+                    code = 1
+                code = run_in_process(app, self.sock, self.graceful_timeout_s, on_exit)
             except BaseException:  # noqa: BLE001 - a worker must never return into the parent's code
-                log.exception("worker %d failed", os.getpid())
+                what = "could not load the engine" if code == WORKER_LOAD_FAILED else "failed"
+                log.exception("worker %d %s", os.getpid(), what)
             finally:
                 logging.shutdown()
                 os._exit(code)
@@ -147,7 +197,12 @@ class Prefork:
                 else f"exit code {os.WEXITSTATUS(status)}"
             )
             lived = time.monotonic() - started
-            if not self._stopping:
+            if os.WIFEXITED(status) and os.WEXITSTATUS(status) == WORKER_LOAD_FAILED:
+                if not self._stopping:
+                    log.error("worker %d could not load the engine: stopping the server", pid)
+                self.load_failed = True
+                self._stopping = True
+            elif not self._stopping:
                 log.warning("worker %d died (%s) after %.1f s; starting a new one", pid, how, lived)
             if self.on_worker_exit is not None:
                 self.on_worker_exit(pid)
@@ -167,7 +222,8 @@ class Prefork:
                         time.sleep(_MIN_RESTART_S - lived)  # a crash loop must not spin
                     self._fork_worker()
                 time.sleep(_POLL_S)
-            return self._drain()
+            code = self._drain()
+            return 1 if self.load_failed else code
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)

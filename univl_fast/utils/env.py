@@ -78,6 +78,22 @@ KNOBS: dict[str, Knob] = {
             "0 keeps `image_runtime='auto'` off the native int8 image tower (ONNX graph instead)",
         ),
         Knob(
+            "UNIVL_FAST_VERIFY_ON_LOAD",
+            "choice",
+            "auto",
+            "load-time parity re-check on the reference inputs: auto (where this host's kernels "
+            "differ from those measured at export), always, never",
+            choices=("auto", "always", "never"),
+        ),
+        Knob(
+            "UNIVL_FAST_NATIVE_ISA",
+            "choice",
+            "auto",
+            "forces the native int8 towers' kernels to a lower build (tests, comparisons); "
+            "a build this CPU lacks is an error",
+            choices=("auto", "generic", "avx2", "avx512_vnni"),
+        ),
+        Knob(
             "UNIVL_FAST_TEAM_SPIN_US",
             "int",
             "50",
