@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 
 from tests.engine_dirs import engine_copy
-from univl_fast import parity
-from univl_fast.runtime import Encoder, EngineError, kernel_class, verify_load
+from univl_fast.runtime import Encoder, EngineError, kernel_class, parity, verify_load
 from univl_fast.runtime.backends import OrtTower
 from univl_fast.runtime.native_text import NativeTower
 from univl_fast.utils.env import EnvVarError
