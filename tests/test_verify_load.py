@@ -263,10 +263,7 @@ def test_info_shows_the_check(tiny_engine, capsys):
         info = eng.info()
         assert info["verification"]["towers"]["text"]["status"] == "same-class"
         assert info["precision"] == enc.precision
-        fake = SimpleNamespace(
-            encoder=enc, index=SimpleNamespace(ntotal=0, manifest={}), dim=enc.dim, config=None
-        )
-        served = service_info(fake, ServeConfig())["verification"]
+        served = service_info(eng, ServeConfig())["verification"]  # serve asks the engine
         assert served["towers"]["image"]["status"] == "same-class"
     finally:
         eng.close()
