@@ -15,13 +15,25 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 # a fresh install next month gets them, not whatever is newest. UNIVL_CONSTRAINTS=FILE picks
 # another (constraints/gpu.txt: a resolve of [dev-gpu]), UNIVL_CONSTRAINTS= none.
 CONSTRAINTS=${UNIVL_CONSTRAINTS-constraints/cpu.txt}
+# torch: the pinned x86-64 release; on aarch64 the CPU wheels that exist there (pyproject's
+# [train] says the same with platform markers)
+TORCH=(torch==2.14.1 torchvision==0.29.1)
+if [ "$(uname -m)" = aarch64 ]; then
+  TORCH=(torch==2.9.1 torchvision==0.24.1)
+  if [ -n "$CONSTRAINTS" ]; then
+    # the constraints were written on x86-64: without its torch and CUDA wheels
+    mkdir -p build
+    grep -vE '^(torch|torchvision|triton|nvidia-|cuda-)' "$CONSTRAINTS" > build/constraints-aarch64.txt
+    CONSTRAINTS=build/constraints-aarch64.txt
+  fi
+fi
 PIN=()
 if [ -n "$CONSTRAINTS" ]; then
   echo "[setup] constraints: $CONSTRAINTS"
   PIN=(-c "$CONSTRAINTS")
 fi
-echo "[setup] torch==2.14.1 torchvision==0.29.1"
-$PIP install -q "${PIN[@]}" torch==2.14.1 torchvision==0.29.1
+echo "[setup] ${TORCH[*]}"
+$PIP install -q "${PIN[@]}" "${TORCH[@]}"
 echo "[setup] build tools"
 $PIP install -q "setuptools>=68" wheel "pybind11>=2.12" "cmake>=3.24" ninja
 # The search page's browser test: Debian's Chromium and its driver (Selenium drives them; no

@@ -42,12 +42,13 @@ LOAD = textwrap.dedent(
 )
 
 
-def load_on(engine: Path, cpu: str | None) -> dict:
-    """Encoder(engine) in a subprocess, under ``qemu-x86_64 -cpu <cpu>`` (None: natively)."""
+def load_on(engine: Path, cpu: str | None, **knobs: str) -> dict:
+    """Encoder(engine) in a subprocess, under ``qemu-x86_64 -cpu <cpu>`` (None: natively),
+    with the environment ``knobs`` added."""
     cmd = [sys.executable, "-c", LOAD, str(engine)]
     if cpu is not None:
         cmd = [QEMU, "-cpu", cpu, *cmd]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "UNIVL_FAST_INTRA_OP_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "UNIVL_FAST_INTRA_OP_THREADS": "1", **knobs}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -63,12 +64,17 @@ def test_vnni_engine_on_an_avx2_host_drops_ort_int8_and_keeps_native(tiny_engine
     m = read_json(tiny_engine / "manifest.json")
     assert m["parity"]["text"]["int8"]["passed"]  # the ORT int8 graphs passed where exported
     native = load_on(tiny_engine, None)
-    haswell = load_on(tiny_engine, "Haswell")
-    assert haswell["int8_path"] == "avx2"
-    info, v = haswell["info"], haswell["info"]["verification"]
-    # the ORT int8 text graph was re-checked on AVX2 and refused (u8s8 saturation)
+    # with the native towers off, auto serves the ORT int8 graphs: re-checked on AVX2 and
+    # refused (u8s8 saturation), the engine falls back to a verified precision
+    graphs = load_on(
+        tiny_engine, "Haswell", UNIVL_FAST_NATIVE_TEXT="0", UNIVL_FAST_NATIVE_IMAGE="0"
+    )
+    assert graphs["int8_path"] == "avx2"
+    v = graphs["info"]["verification"]
     assert "onnxruntime-cpu/text/int8" in v["failed"], v
-    assert v["fallbacks"], v
+    assert v["fallbacks"] and graphs["info"]["precision"] == "fp32", graphs["info"]
+    haswell = load_on(tiny_engine, "Haswell")
+    info, v = haswell["info"], haswell["info"]["verification"]
     # native int8 is kept where it passes: the portable/AVX2 kernels are exact
     has_native = bool(m["native"]["text"])
     if has_native:
