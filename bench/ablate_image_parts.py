@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from univl_fast.data.layout import DatasetDir
-from univl_fast.evaluation import evaluate_embeddings
+from univl_fast.evaluation.embeddings import evaluate_embeddings
 from univl_fast.model import UniVLDR
 from univl_fast.train.encode import encode_corpus, encode_queries
 

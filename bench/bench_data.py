@@ -7,7 +7,7 @@ Each figure has its baseline measured in the same run:
   * ``synth medium``: 2 worker processes vs 1 (the baseline) drawing the pictures.
   * ``image random access``: ``ImageStore.load`` of random ids (pread + base64 + PNG decode)
     vs decoding the same PNG bytes already in memory (the decode-only floor).
-  * ``metrics``: ``univl_fast.metrics.evaluate`` vs pytrec_eval (recip_rank, ndcg_cut,
+  * ``metrics``: ``univl_fast.evaluation.metrics.evaluate`` vs pytrec_eval (recip_rank, ndcg_cut,
     recall) on 5,000 queries x 100 ranked docs, WebQA-like ids.
 The paper-scale generation is timed separately with the CLI (see bench/results/synth.md);
 ``BENCH_DATA_DIR=<dataset dir>`` runs the image benchmarks on that dataset (e.g. paper scale)
@@ -24,8 +24,8 @@ import pytest
 
 from univl_fast.data import DatasetDir
 from univl_fast.data.synth import generate
+from univl_fast.evaluation.metrics import evaluate
 from univl_fast.imageio import load_rgb
-from univl_fast.metrics import evaluate
 
 
 @pytest.fixture(scope="module")

@@ -375,7 +375,7 @@ def machine() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from univl_fast.engine import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_US
+    from univl_fast.search.engine import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_US
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--clients", default="1,4,16,64")

@@ -24,7 +24,7 @@ What is measured (each from Python strings / PIL images to unit vectors):
     to 77) + sum + L2; engine = ``encode_image_docs`` (Pillow/numpy preprocessing, image
     graph, trimmed caption batch, fused combine kernel).
   * image documents from JPEG files (``--jpeg-docs``, default 32): photo-like JPEGs at
-    320-800 px (``univl_fast.data.photos``) stored as ``imgs.tsv`` + ``imgs.lineidx.new``
+    320-800 px (``tests.generators.photos``) stored as ``imgs.tsv`` + ``imgs.lineidx.new``
     like a user's corpus; documents/s from the file (read by offset, base64-decoded, JPEG
     decoded, preprocessed, encoded, combined) to unit vectors, every path doing that same
     work. ``int8-draft`` decodes JPEGs at a reduced DCT scale (not exact: its min cosine vs
@@ -151,7 +151,9 @@ def engine_encoder(
 def jpeg_corpus(n: int, root: Path = ROOT):
     """(ImageStore, ids) of ``n`` photo-like JPEGs in imgs.tsv form, written once."""
     from univl_fast.data.images import ImageStore
-    from univl_fast.data.photos import photo_like_jpegs, write_image_corpus
+
+    sys.path.insert(0, str(REPO))  # the generator lives with the tests (tests/generators)
+    from tests.generators.photos import photo_like_jpegs, write_image_corpus
 
     d = root / f"jpeg_corpus_{n}"
     if not (d / "imgs.lineidx.new").is_file():

@@ -14,7 +14,7 @@ its selection sample) is tabulated and drawn, with exact Flat (measured at N, sa
 the reference point and the chosen index measured at N on the benchmark queries, to
 ``bench/results/index_frontier.png``.
 
-Synthetic corpus (``synthetic_corpus``, generator ``univl_fast.index.synth_corpus``): 1,177,447 x 512 float32 unit rows, 787,697 "text"
+Synthetic corpus (``synthetic_corpus``, generator ``tests.generators.synth_corpus``): 1,177,447 x 512 float32 unit rows, 787,697 "text"
 rows then 389,750 "image" rows (the paper's Table 5 split), built to look like CLIP-style
 embeddings rather than uniform noise:
   * a shared mean direction (CLIP embeddings are anisotropic: random pairs have cosine ~0.2);
@@ -46,9 +46,9 @@ import faiss
 import numpy as np
 import pytest
 
+from tests.generators.synth_corpus import Generator
 from univl_fast.index import build_index, load_index, save_index
 from univl_fast.index.factory import FLAT_MAX_VECTORS
-from univl_fast.index.synth_corpus import Generator
 from univl_fast.index.tune import exact_search, tie_aware_recall
 
 N = int(os.environ.get("BENCH_INDEX_N", "1177447"))

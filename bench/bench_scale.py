@@ -101,9 +101,10 @@ def search_part(args) -> list[dict]:
     from bench_index import synthetic_corpus
 
     from univl_fast.index import load_index
+    from univl_fast.index.build import build_sharded_index
     from univl_fast.index.search import Index
-    from univl_fast.scale.build import build_sharded_index, fill_local, row_ranges
-    from univl_fast.scale.sharded import ShardedIndex, shard_dir_name
+    from univl_fast.index.sharded import ShardedIndex, shard_dir_name
+    from univl_fast.index.sharded_build import fill_local, row_ranges
 
     # the index benchmark's CLIP-like synthetic corpus (cached under runs/bench/scale/vectors)
     vecs, codes, tune, _ = synthetic_corpus(ROOT / "vectors", args.vectors, 512)

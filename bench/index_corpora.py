@@ -42,9 +42,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from tests.generators.synth_corpus import Generator, LowIntrinsicDim, NearDuplicates
 from univl_fast.index import IndexConfig, build_index
 from univl_fast.index.factory import FLAT_MAX_VECTORS
-from univl_fast.index.synth_corpus import Generator, LowIntrinsicDim, NearDuplicates
 from univl_fast.index.tune import exact_search, interleaved_latency, tie_aware_recall
 
 N = int(os.environ.get("BENCH_INDEX_N", "1177447"))

@@ -13,7 +13,7 @@ checked against the run's own ``WORK/seed{S}/eval/NAME.json`` when present. Then
   (n shown per row);
 - per comparison RESULTS.md draws (balanced + in-batch vs in-batch stage 1, vs random,
   vs only texts, vs only images; verbalized vs plain captions): a paired randomization
-  (sign-flip) test on per-query MRR@10 (``univl_fast.significance``): per seed, and combined
+  (sign-flip) test on per-query MRR@10 (``univl_fast.evaluation.significance``): per seed, and combined
   over seeds (each query's difference averaged over the seeds, then the sign-flip test over
   the test queries; 10,000 flips; two-sided);
 - per model the routing numbers behind Figure 4: mean cosine of a query to its nearest text
@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from run_tables import eval_args  # noqa: E402
 
-from univl_fast.significance import mean_sd, paired_test_across_seeds  # noqa: E402
+from univl_fast.evaluation.significance import mean_sd, paired_test_across_seeds  # noqa: E402
 
 # (label, run_tables checkpoint / eval name, captions)
 TABLE3 = [

@@ -8,7 +8,7 @@
 #include <sstream>
 #include <string>
 
-#include "cpu/batcher.h"
+#include "serving/batcher.h"
 #include "cpu/combine.h"
 #include "cpu/text_tower.h"
 #include "cuda/combine_cuda.h"

@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "cpu/image_tower.h"
-#include "cpu/team.h"
+#include "serving/team.h"
 #include "cpu/tower_driver.h"
 #include "native_bindings.h"
 

@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "cpu/team.h"
+#include "serving/team.h"
 #include "cpu/text_tower.h"
 #include "native_bindings.h"
 

@@ -54,7 +54,7 @@ fi
 echo "[cross-aarch64] 2/2 kernel self-check under $QEMU"
 "$CXX" -std=c++17 -O2 -Wall -Wextra -Wno-unused-parameter -Werror -fopenmp-simd -Icsrc -static \
   -pthread tests/cpp/native_kernels_check.cpp csrc/cpu/text_tower.cpp \
-  csrc/cpu/text_tower_generic.cpp csrc/cpu/tower_driver.cpp csrc/cpu/team.cpp \
+  csrc/cpu/text_tower_generic.cpp csrc/cpu/tower_driver.cpp csrc/serving/team.cpp \
   -o "$OUT/native_kernels_check"
 "$QEMU" "$OUT/native_kernels_check"
 echo "[cross-aarch64] ok"

@@ -1,4 +1,4 @@
-"""univl_fast.batching.QueryBatcher (compiled worker): coalescing, isolation, lifecycle."""
+"""univl_fast.search.batching.QueryBatcher (compiled worker): coalescing, isolation, lifecycle."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 pytest.importorskip("univl_fast._C", reason="compiled core not built")
 
 from univl_fast import _C  # noqa: E402
-from univl_fast.batching import DEFAULT_QUEUE_FACTOR, QueryBatcher  # noqa: E402
 from univl_fast.errors import DeadlineExceeded, Overloaded, UnivlFastError  # noqa: E402
+from univl_fast.search.batching import DEFAULT_QUEUE_FACTOR, QueryBatcher  # noqa: E402
 
 
 def square_items(items):
@@ -295,7 +295,7 @@ def test_safe_at_interpreter_exit():
     script = textwrap.dedent(
         """
         import threading, time
-        from univl_fast.batching import QueryBatcher
+        from univl_fast.search.batching import QueryBatcher
 
         def slow(items):
             time.sleep(0.05)

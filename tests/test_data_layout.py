@@ -258,7 +258,7 @@ def test_data_metrics_evaluation_import_without_torch():
     code = (
         "import sys; sys.modules['torch'] = None; sys.modules['open_clip'] = None\n"
         "import univl_fast.data, univl_fast.data.synth, univl_fast.data.synth_cli\n"
-        "import univl_fast.metrics, univl_fast.evaluation, univl_fast.data.bm25\n"
+        "import univl_fast.evaluation.metrics, univl_fast.evaluation.embeddings, univl_fast.data.bm25\n"
         "import univl_fast.data.validate\n"
         "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
     )

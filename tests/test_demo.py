@@ -52,7 +52,7 @@ def test_build_engine_index_matches_direct_encoding(tmp_path, tiny_engine, synth
 
 
 def test_results_table_and_example_format():
-    from univl_fast.metrics import KEYS
+    from univl_fast.evaluation.metrics import KEYS
 
     block = {k: 0.5 for k in KEYS}
     block["queries"] = 10

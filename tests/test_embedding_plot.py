@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("sklearn", reason="needs the [report] extra (scikit-learn)")
 pytest.importorskip("matplotlib", reason="needs the [report] extra (matplotlib)")
 
-from univl_fast.embedding_plot import (  # noqa: E402
+from univl_fast.reports.embedding_plot import (  # noqa: E402
     PlotInputError,
     project_2d,
     sample_items,

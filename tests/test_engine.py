@@ -12,8 +12,8 @@ import pytest
 
 import univl_fast
 from tests.engine_helpers import PRECISION, assert_same_ranking, exact_hits
-from univl_fast.engine import DEFAULT_QUEUE_FACTOR
 from univl_fast.errors import DeadlineExceeded, Overloaded
+from univl_fast.search.engine import DEFAULT_QUEUE_FACTOR
 from univl_fast.types import Hit
 
 # session fixtures shared by the engine / CLI tests: corpus, flat_index, queries
@@ -294,7 +294,7 @@ def test_bad_query_fails_only_its_call(tiny_engine, flat_index, queries, referen
     """A query the encoder rejects (a lone surrogate is not valid Unicode) fails its own call
     with SearchError (carrying the call's other results); concurrent calls coalesced into the
     same batch get their results."""
-    from univl_fast.engine import SearchError
+    from univl_fast.search.engine import SearchError
 
     bad = "tower \ud800 roof"
     with univl_fast.load(

@@ -43,7 +43,7 @@ def test_walk_finds_the_known_classes():
     names = _public_exception_classes()
     # The walk really reaches the package: these are defined in different modules.
     assert "univl_fast.errors.Overloaded" in names
-    assert "univl_fast.engine.SearchError" in names
+    assert "univl_fast.search.engine.SearchError" in names
     assert len(names) >= 4, sorted(names)
 
 

@@ -1,19 +1,19 @@
-"""univl_fast.evaluation: exact top-k against numpy, the paper's three settings, tables."""
+"""univl_fast.evaluation.embeddings: exact top-k against numpy, the paper's three settings, tables."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-import univl_fast.evaluation as ev
-from univl_fast.evaluation import (
+import univl_fast.evaluation.embeddings as ev
+from univl_fast.evaluation.embeddings import (
     evaluate_embeddings,
     exact_topk,
     format_table,
     make_run,
     query_modalities,
 )
-from univl_fast.metrics import KEYS, evaluate
+from univl_fast.evaluation.metrics import KEYS, evaluate
 
 
 def _unit(rng, n, d):

@@ -86,7 +86,7 @@ def in_child(fn, timeout_s: float = CHILD_TIMEOUT_S):
 
 
 def test_batcher_restarts_its_workers_in_the_child():
-    from univl_fast.batching import QueryBatcher
+    from univl_fast.search.batching import QueryBatcher
 
     with QueryBatcher(lambda items: [x * 2 for x in items], max_batch=4, max_wait_us=100) as b:
         assert b.submit([1, 2]) == [2, 4]
@@ -105,7 +105,7 @@ def test_batcher_restarts_its_workers_in_the_child():
 def test_batcher_forked_while_a_batch_is_running():
     """fork() while a worker is inside fn and other callers are queued: the child starts clean
     (the parent's queued requests are not run there) and the parent's callers all finish."""
-    from univl_fast.batching import QueryBatcher
+    from univl_fast.search.batching import QueryBatcher
 
     release = threading.Event()
     entered = threading.Event()

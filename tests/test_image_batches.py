@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from univl_fast.data.photos import photo_like_jpegs
+from tests.generators.photos import photo_like_jpegs
 from univl_fast.imageio import load_rgb
 from univl_fast.runtime.encoder import _check_text
 from univl_fast.runtime.image_batches import decoded_batches

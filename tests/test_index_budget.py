@@ -10,12 +10,12 @@ import math
 import numpy as np
 import pytest
 
+from tests.generators.synth_corpus import Generator
+from univl_fast.cli.index import add_arguments
 from univl_fast.errors import UnivlFastError
 from univl_fast.index import IndexConfig, build_index
-from univl_fast.index.cli import add_arguments
 from univl_fast.index.params import RecallTargetUnreachable
 from univl_fast.index.select import parse_size
-from univl_fast.index.synth_corpus import Generator
 from univl_fast.index.tune import exact_search, fallback_tune_queries, tie_aware_recall
 
 N, D = 12_000, 32

@@ -11,9 +11,9 @@ import faiss
 import numpy as np
 import pytest
 
+from tests.generators.synth_corpus import NearDuplicates
 from univl_fast.index import IndexConfig, build_index
 from univl_fast.index.params import RecallTargetUnreachable, SearchParams
-from univl_fast.index.synth_corpus import NearDuplicates
 from univl_fast.index.tune import K_FACTORS, exact_search, tie_aware_recall, tune
 
 N, D, TARGET = 16_000, 64, 0.95
@@ -123,7 +123,7 @@ def test_impossible_memory_budget_raises_naming_the_cheapest(small_hard):
     assert f"{cheapest['bytes']:,} bytes" in msg and "estimated build" in msg, msg
     assert "recall with every list probed, per family" in msg and e.difficulty, msg
     # what `univl-fast index` prints: the frontier (every candidate), difficulty, next steps
-    from univl_fast.index.cli import unreachable_report
+    from univl_fast.cli.index import unreachable_report
 
     report = unreachable_report(e)
     assert all(f in report for f in POOL), report

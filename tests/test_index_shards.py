@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.generators.synth_corpus import Generator
 from univl_fast.index import IndexConfig, build_index, load_index
 from univl_fast.index.sharded import ShardedIndex
-from univl_fast.index.synth_corpus import Generator
 
 N, D = 12_000, 32
 POOL = ["IVF64,PQ8x4fs,Refine(SQ8)", "IVF64,PQ8x4fs,RFlat", "Flat"]

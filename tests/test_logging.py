@@ -10,18 +10,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # Command-line entry points: printing results and progress to the user is their job.
 CLI_MODULES = {
-    "cli.py",
+    "cli/__init__.py",
+    "cli/engine_args.py",
     "demo.py",
-    "engine_eval.py",
-    "evaluate_cli.py",
+    "cli/evaluate.py",
     "info.py",
-    "search_cli.py",
+    "cli/search.py",
     "serve/cli.py",
     "data/bm25.py",
     "data/synth_cli.py",
     "data/validate.py",
     "export/cli.py",
-    "index/cli.py",
+    "cli/index.py",
     "train/cli.py",
 }
 CLI_FUNCTIONS = {"main", "run", "run_checkpoint_eval"}  # entry points inside library modules

@@ -1,4 +1,4 @@
-"""univl_fast.metrics against pytrec_eval (trec_eval) on random and corner-case runs."""
+"""univl_fast.evaluation.metrics against pytrec_eval (trec_eval) on random and corner-case runs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import pytrec_eval
 
-from univl_fast.metrics import KEYS, evaluate, is_image_id, rank_docs
+from univl_fast.evaluation.metrics import KEYS, evaluate, is_image_id, rank_docs
 
 TOL = 1e-9
 

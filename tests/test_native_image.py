@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.generators.photos import photo_like_jpegs
 from tests.native_helpers import assert_forked_child_runs
-from univl_fast.data.photos import photo_like_jpegs
 from univl_fast.runtime.manifest import EngineError, load_manifest
 from univl_fast.runtime.native_image import NativeImageTower, fast_native_available
 from univl_fast.runtime.native_text import NativeWeightsError, native_isas

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from tests.test_serve_page import WAIT_S, browser  # noqa: F401  (the Chromium fixture)
-from univl_fast.metrics import KEYS
-from univl_fast.report import ReportError, build_report, markdown_to_html
+from univl_fast.evaluation.metrics import KEYS
+from univl_fast.reports.page import ReportError, build_report, markdown_to_html
 
 STATS_MD = """# Tables with error bars
 
@@ -31,7 +31,7 @@ Cells: mean ± sd over **seeds**; `bench/tables_stats.py`.
 
 def _workdir(tmp_path):
     pytest.importorskip("matplotlib", reason="needs the [report] extra")
-    from univl_fast.embedding_plot import draw_panels
+    from univl_fast.reports.embedding_plot import draw_panels
 
     work = tmp_path / "w"
     (work / "data").mkdir(parents=True)

@@ -12,7 +12,7 @@ import pytest
 import univl_fast
 from tests.engine_helpers import PRECISION, assert_same_ranking
 from univl_fast.cli import main
-from univl_fast.metrics import KEYS
+from univl_fast.evaluation.metrics import KEYS
 
 # session fixtures shared by the engine / CLI tests: corpus, flat_index, queries
 pytest_plugins = ["tests.engine_fixtures"]
@@ -121,7 +121,7 @@ def test_search_and_eval_subprocess_without_torch(
 def test_eval_engine_json_keys_and_values(
     tmp_path, tiny_engine, flat_index, synth_tiny, synth_tiny_dataset, corpus, plain
 ):
-    from univl_fast.evaluation import evaluate_embeddings
+    from univl_fast.evaluation.embeddings import evaluate_embeddings
 
     out = tmp_path / "metrics.json"
     rc = main(

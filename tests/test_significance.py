@@ -1,4 +1,4 @@
-"""univl_fast.significance: error bars and the paired randomization test on constructed data."""
+"""univl_fast.evaluation.significance: error bars and the paired randomization test on constructed data."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from univl_fast.errors import UnivlFastError
-from univl_fast.significance import (
+from univl_fast.evaluation.significance import (
     StatsInputError,
     mean_sd,
     paired_randomization_test,

@@ -308,7 +308,7 @@ def test_train_and_eval_cli(synth_tiny, stage1, tmp_path, capsys):
     )
     assert rc == 0
     res = json.loads(out_json.read_text())
-    from univl_fast.metrics import KEYS
+    from univl_fast.evaluation.metrics import KEYS
 
     assert "MRR@10" in KEYS and "queries" in KEYS
     for key in KEYS:

@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 
 from tests.engine_dirs import engine_copy
-from univl_fast import parity
-from univl_fast.runtime import Encoder, EngineError, kernel_class, verify_load
+from univl_fast.runtime import Encoder, EngineError, kernel_class, parity, verify_load
 from univl_fast.runtime.backends import OrtTower
 from univl_fast.runtime.native_text import NativeTower
 from univl_fast.utils.env import EnvVarError
@@ -253,8 +252,8 @@ def test_gpu_provider_that_misses_parity_falls_back_to_the_cpu(tiny_engine, fake
 
 
 def test_info_shows_the_check(tiny_engine, capsys):
-    from univl_fast.engine import Engine
     from univl_fast.info import main
+    from univl_fast.search.engine import Engine
     from univl_fast.serve.config import ServeConfig
     from univl_fast.serve.info import service_info
 
@@ -264,10 +263,7 @@ def test_info_shows_the_check(tiny_engine, capsys):
         info = eng.info()
         assert info["verification"]["towers"]["text"]["status"] == "same-class"
         assert info["precision"] == enc.precision
-        fake = SimpleNamespace(
-            encoder=enc, index=SimpleNamespace(ntotal=0, manifest={}), dim=enc.dim, config=None
-        )
-        served = service_info(fake, ServeConfig())["verification"]
+        served = service_info(eng, ServeConfig())["verification"]  # serve asks the engine
         assert served["towers"]["image"]["status"] == "same-class"
     finally:
         eng.close()

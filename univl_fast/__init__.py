@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from univl_fast.types import IMAGE, TEXT, Hit
 
 if TYPE_CHECKING:  # pragma: no cover
-    from univl_fast.engine import Engine
+    from univl_fast.search.engine import Engine
 
 __version__ = "0.1.0"
 __all__ = ["Hit", "TEXT", "IMAGE", "load", "__version__"]
@@ -23,6 +23,6 @@ def load(engine_dir, index=None, precision=None, backend=None, **kwargs) -> Engi
     precision: "fp32" | "fp16" | "int8" (default: the fastest whose parity passed).
     backend: "onnxruntime" | "tensorrt" (default: the best available here).
     """
-    from univl_fast.engine import load as _load
+    from univl_fast.search.engine import load as _load  # lazy: `import univl_fast` stays light
 
     return _load(engine_dir, index=index, precision=precision, backend=backend, **kwargs)

@@ -301,8 +301,8 @@ class Demo:
 
     def evaluate(self) -> dict:
         from univl_fast.data import DatasetDir
-        from univl_fast.engine import load
-        from univl_fast.engine_eval import evaluate_engine
+        from univl_fast.evaluation.engine import evaluate_engine
+        from univl_fast.search.engine import load
         from univl_fast.train import evaluate_checkpoint
 
         ds = DatasetDir(self.data)
@@ -334,7 +334,7 @@ class Demo:
 
     def examples(self) -> dict:
         from univl_fast.data import DatasetDir
-        from univl_fast.engine import load
+        from univl_fast.search.engine import load
 
         ds = DatasetDir(self.data)
         texts = {d.doc_id: d.text for d in ds.text_docs()}
@@ -386,8 +386,8 @@ class Demo:
 
     def report(self) -> dict:
         from univl_fast.data import DatasetDir
-        from univl_fast.embedding_plot import plot_embeddings
-        from univl_fast.report import build_report
+        from univl_fast.reports.embedding_plot import plot_embeddings
+        from univl_fast.reports.page import build_report
 
         ds = DatasetDir(self.data)
         n = min(FIGURE_ITEMS, len(ds.qrels("test")), len(ds.text_ids()), len(ds.image_ids()))
@@ -604,7 +604,7 @@ def build_engine_index(
 
 def results_table(rows: dict[str, dict]) -> str:
     """Paper-style markdown table (x100), one row per model / engine, plus a by-modality one."""
-    from univl_fast.evaluation import format_table
+    from univl_fast.evaluation.embeddings import format_table
 
     main = format_table(rows, keys=TABLE_KEYS, name="model (multi-modal corpus)")
     mod_rows = {}

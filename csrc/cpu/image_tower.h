@@ -38,7 +38,7 @@ struct ImageTowerModel {
   int64_t tokens() const { return grid * grid + 1; }
 };
 
-class Team;  // cpu/team.h
+class Team;  // serving/team.h
 
 // pixels: float32 (batch x 3 x S x S), S = image_size(), row-major; out: float32 (batch x
 // embed_dim), raw (unnormalised). kernels / team: as text_forward.

@@ -83,7 +83,7 @@ struct TextTowerModel {
   QLinear proj;  // width -> embed_dim, no bias
 };
 
-class Team;  // cpu/team.h
+class Team;  // serving/team.h
 
 // ids: int64 (batch x seq), row-major; out: float32 (batch x embed_dim), raw (unnormalized).
 // kernels: one ISA's kernels (text_kernels_for). team: the threads to run on (nullptr: the

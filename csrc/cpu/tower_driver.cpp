@@ -8,7 +8,7 @@
 #include <cstring>
 #include <mutex>
 
-#include "cpu/team.h"
+#include "serving/team.h"
 
 namespace univl {
 

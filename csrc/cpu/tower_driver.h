@@ -15,7 +15,7 @@
 
 namespace univl {
 
-class Team;  // cpu/team.h
+class Team;  // serving/team.h
 
 // Which member of the team runs a stage. Every member runs every stage, in the same order;
 // each takes its share of the work (contiguous, static) and meets the others at a barrier after

@@ -11,16 +11,20 @@ image queries need the expansion (or the pixels).
 
 from __future__ import annotations
 
+import argparse
 import re
+import sys
+import time
 from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
 
 from univl_fast.data.layout import DatasetDir
-from univl_fast.evaluation import make_run, query_modalities
-from univl_fast.metrics import KEYS, evaluate
+from univl_fast.evaluation.embeddings import format_table, make_run, query_modalities
+from univl_fast.evaluation.metrics import KEYS, evaluate
 from univl_fast.types import IMAGE, TEXT
+from univl_fast.utils.io import atomic_write_json
 
 _WORD = re.compile(r"[a-z0-9]+")
 STOPWORDS = frozenset(
@@ -154,13 +158,6 @@ def evaluate_bm25(
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m univl_fast.data.bm25 --data DIR [--split test] [--captions exp]``"""
-    import argparse
-    import sys
-    import time
-
-    from univl_fast.evaluation import format_table
-    from univl_fast.utils.io import atomic_write_json
-
     p = argparse.ArgumentParser(prog="python -m univl_fast.data.bm25", description=__doc__)
     p.add_argument("--data", required=True, help="dataset dir")
     p.add_argument("--split", default="test", choices=["train", "dev", "test"])

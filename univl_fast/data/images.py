@@ -23,6 +23,7 @@ from PIL import Image
 
 from univl_fast.data.errors import DataFileMissingError, DataFormatError, SkipReport
 from univl_fast.imageio import ImageDecodeError, load_rgb
+from univl_fast.utils.io import atomic_open
 
 log = logging.getLogger("univl_fast.data")
 
@@ -74,8 +75,6 @@ def write_lineidx(tsv_path: str | os.PathLike, out_path: str | os.PathLike | Non
     Useful when only ``imgs.tsv`` is at hand. Returns the path written (default: beside the tsv,
     ``imgs.lineidx.new``).
     """
-    from univl_fast.utils.io import atomic_open
-
     tsv = Path(tsv_path)
     out = Path(out_path) if out_path is not None else tsv.with_name("imgs.lineidx.new")
     with open(tsv, "rb") as src, atomic_open(out, "wb") as dst:

@@ -51,7 +51,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from univl_fast.utils.io import atomic_write_json, sha256_file
+from univl_fast.utils.io import atomic_write_json, read_json, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -1069,6 +1069,4 @@ def generate(
 
 def read_config(out_dir: str | os.PathLike) -> dict:
     """The ``synth_config.json`` of a generated dataset (config, stats, file hashes)."""
-    from univl_fast.utils.io import read_json
-
     return read_json(Path(out_dir) / CONFIG_FILE)

@@ -6,10 +6,11 @@ import argparse
 import sys
 import time
 
+from univl_fast.data.layout import DatasetDir
+from univl_fast.data.synth import SCALES, generate, read_config
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from univl_fast.data.synth import SCALES
-
     p.add_argument("--out", required=True, help="output dataset directory")
     p.add_argument(
         "--scale",
@@ -38,8 +39,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from univl_fast.data.synth import generate, read_config
-
     t0 = time.perf_counter()
     try:
         out = generate(
@@ -62,8 +61,6 @@ def run(args: argparse.Namespace) -> int:
         f"({time.perf_counter() - t0:.1f} s)"
     )
     if args.validate:
-        from univl_fast.data.layout import DatasetDir
-
         report = DatasetDir(out).validate(check_images="sample")
         print(report.summary())
         return 0 if report.ok else 1

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-# The parity contract (limits and why) lives in univl_fast.parity, beside the metrics, so the
+# The parity contract (limits and why) lives in univl_fast.runtime.parity, beside the metrics, so the
 # torch-free runtime applies the same thresholds when it re-checks an engine where it loads.
-from univl_fast.parity import (  # noqa: F401 - re-exported: the export's defaults
+from univl_fast.runtime.parity import (  # noqa: F401 - re-exported: the export's defaults
     FP32_MAX_REL_L2,
     FP32_MIN_COSINE,
     LOWP_MAX_NORM_DEVIATION,

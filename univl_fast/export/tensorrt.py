@@ -163,13 +163,13 @@ def build_verified_plans(
     opt_batch: int = 16,
 ) -> tuple[dict[str, str], dict[str, dict], dict[str, dict]]:
     """Build both towers' fp16 plans from the standard-op graphs ``sources`` ({tower: rel}),
-    run them on the sample ``inputs`` and compare with ``ref`` (``univl_fast.parity``: no torch).
+    run them on the sample ``inputs`` and compare with ``ref`` (``univl_fast.runtime.parity``: no torch).
 
     Returns (plans {tower: rel}, their manifest entries {rel: entry without sha256/size},
     parity {"text" | "image" | "combined": Parity json}). When any check fails, both plan
     files are removed, plans and entries are empty and the parity says why.
     """
-    from univl_fast import parity as verify
+    from univl_fast.runtime import parity as verify
     from univl_fast.runtime.backends import open_tower
 
     plans: dict[str, str] = {}
@@ -201,7 +201,7 @@ def build_verified_plans(
 def _reference_from_fp32_graphs(root: Path, manifest: dict, inputs):
     """The engine's fp32 ONNX graphs (verified against PyTorch at export) on the sample: the
     reference for plans built where the PyTorch model is not at hand."""
-    from univl_fast import parity as verify
+    from univl_fast.runtime import parity as verify
     from univl_fast.runtime.backends import OrtTower
     from univl_fast.runtime.manifest import verify_file
 
@@ -227,8 +227,8 @@ def add_plans_to_engine(engine_dir: str | Path, max_batch: int = 64, opt_batch: 
 
     from univl_fast.export.config import ExportConfig
     from univl_fast.export.samples import builtin_sample
-    from univl_fast.parity import SampleInputs
     from univl_fast.runtime.manifest import MANIFEST_NAME, EngineError, load_manifest, verify_file
+    from univl_fast.runtime.parity import SampleInputs
     from univl_fast.runtime.preprocess import ImagePreprocessor, PreprocessConfig
     from univl_fast.runtime.tokenizer import ClipTokenizer
     from univl_fast.utils.io import atomic_write_json

@@ -3,7 +3,7 @@
 Every graph is run on real inputs and compared row by row with open_clip's own
 ``encode_text`` (ids padded to the full context, as open_clip does) / ``encode_image``. The
 reference outputs need torch (this module); the metrics, the runs and the checks do not and
-live in ``univl_fast.parity`` (re-exported here), so TensorRT plans can be built and checked on
+live in ``univl_fast.runtime.parity`` (re-exported here), so TensorRT plans can be built and checked on
 a GPU host without torch and the runtime can re-check an engine where it is loaded.
 """
 
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from univl_fast.parity import (  # noqa: F401 - the exporter's verification API
+from univl_fast.runtime.parity import (  # noqa: F401 - the exporter's verification API
     Limits,
     Outputs,
     Parity,

@@ -3,8 +3,10 @@
 ``build_index(vectors, doc_ids, modalities, factory=None, target_recall=0.95, encoder=...)``
 builds, fills and tunes an inner-product index; ``Index.search`` / ``search_arrays`` query it;
 ``save_index(index, dir)`` / ``load_index(dir, encoder=...)`` store it, bound to the
-embedding space of the encoder's model (``binding``); ``load_index`` also reads a sharded
-index dir (``univl_fast.scale.sharded``). See ``factory`` for the
+embedding space of the encoder's model (``binding``). ``build_index(..., shards=N,
+out_dir=)`` builds the same index as N shards of one trained index (``sharded_build``) and
+``load_index`` reads such a dir as a ``ShardedIndex`` (``sharded``); every index shares
+``base.SearchableIndex``. See ``factory`` for the
 default index by corpus size, ``select`` / ``candidates`` for the budget-driven choice
 (``build_index(..., target_recall=, max_memory=)``) and ``tune`` for how search parameters
 are chosen.

@@ -18,7 +18,7 @@ from univl_fast.index import binding
 from univl_fast.index import factory as factory_mod
 from univl_fast.index import tune as tune_mod
 from univl_fast.index.base import MODALITY_NAMES, SearchableIndex, encode_modalities
-from univl_fast.index.introspect import memory_figures, parts_of, searcher
+from univl_fast.index.introspect import _serialized_bytes, memory_figures, parts_of, searcher
 from univl_fast.index.params import IndexConfig, SearchParams
 from univl_fast.index.search import Index
 from univl_fast.index.sharded_build import Fill, ShardFill
@@ -295,9 +295,7 @@ class SingleFill:
         return Filled(trained, searcher(trained), add_s)
 
     def size(self, filled: Filled) -> int:
-        from univl_fast.index.select import serialized_bytes
-
-        return serialized_bytes(filled.index)
+        return _serialized_bytes(filled.index)
 
     def discard(self, filled: Filled) -> None:
         pass

@@ -250,7 +250,7 @@ def encode_corpus(
     on_shard(name, computed): called after each shard is available (computed now or reused);
     an exception from it stops the run with the finished shards kept.
     Returns vectors (n, d) float32 unit rows, doc ids and modalities, text docs first.
-    ``univl_fast.scale.encode.encode_corpus_ray`` does the same on a Ray cluster.
+    ``univl_fast.scale.ray_encode.encode_corpus_ray`` does the same on a Ray cluster.
     """
     if shard_size < 1 or batch_size < 1:
         raise ValueError("shard_size and batch_size must be >= 1")

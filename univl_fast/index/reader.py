@@ -1,6 +1,6 @@
 """Reading one index directory (the layout in ``univl_fast.index.files``): the manifest, the
 size / sha256 check of each file, and the loader of a single (unsharded) index dir. Both
-``store.load_index`` and the sharded reader (``univl_fast.scale.sharded``) build on it, so
+``store.load_index`` and the sharded reader (``univl_fast.index.sharded``) build on it, so
 neither imports the other.
 """
 

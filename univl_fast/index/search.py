@@ -3,7 +3,7 @@ per-call ``SearchParams`` (thread-safe: nothing is mutated at search time).
 
 Threads: faiss releases the GIL during ``search`` and each call runs its own OpenMP team
 (``faiss.omp_set_num_threads`` caps it); concurrent calls are safe on CPU indexes. A service
-that batches queries (``univl_fast.batching``) gets more from one large call than many small
+that batches queries (``univl_fast.search.batching``) gets more from one large call than many small
 concurrent ones.
 """
 
@@ -17,7 +17,9 @@ import faiss
 import numpy as np
 
 from univl_fast.index import gpu
-from univl_fast.index.base import (  # noqa: F401 - MODALITY_NAMES, encode_modalities, check_queries, hits_of re-exported
+
+# MODALITY_NAMES, encode_modalities, check_queries and hits_of are re-exported from here
+from univl_fast.index.base import (  # noqa: F401
     MODALITY_CODES,
     MODALITY_NAMES,
     SearchableIndex,

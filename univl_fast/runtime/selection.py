@@ -139,7 +139,9 @@ def precision_problem(manifest: dict[str, Any], precision: str) -> str | None:
     pairs = [
         pair
         for pair in int8_pairs(manifest)
-        if all(rt == "native" for rt, t in zip(pair, ("text", "image"), strict=True) if t in graphless)
+        if all(
+            rt == "native" for rt, t in zip(pair, ("text", "image"), strict=True) if t in graphless
+        )
     ]
     if pairs:
         return None

@@ -30,8 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from univl_fast import parity
-from univl_fast.runtime import kernel_class
+from univl_fast.runtime import kernel_class, parity
 from univl_fast.runtime.manifest import EngineError, verify_file
 from univl_fast.runtime.tokenizer import ClipTokenizer
 from univl_fast.utils.env import env_choice

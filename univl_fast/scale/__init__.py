@@ -1,13 +1,13 @@
-"""Scale-out on Ray: distributed corpus encoding, distributed index build, sharded search.
+"""Scale-out on Ray: corpus encoding on actors, shard filling as tasks, Ray-hosted shards.
 
-Nothing here is imported by the serving path unless asked for: ``univl_fast.load`` reads a
-sharded index directory through ``sharded`` (faiss only, no Ray), and Ray itself is imported
-only by ``ray_encode``, ``ray_build`` and ``ray_shards`` (install it with
-``pip install 'univl-fast[ray]'``). See docs/scale-out.md.
+Only Ray lives here; the sharded index itself (its dir, load, search, build) is
+``univl_fast.index`` (``sharded``, ``sharded_build``, ``build_index(shards=N)``), which imports
+nothing from this package. Ray is imported only inside functions of ``ray_encode``,
+``ray_build`` and ``ray_shards`` (install it with ``pip install 'univl-fast[ray]'``). See
+docs/scale-out.md.
 
 Modules: ``ray_runtime`` (starting / joining Ray, clear errors), ``ray_encode`` (corpus
-encoding over a Ray Data actor pool), ``build`` + ``ray_build`` (train once, add in parallel,
-write a sharded index or merge), ``sharded`` (sharded index: manifest, load, search with one
-shared coarse quantizer), ``ray_shards`` (shards hosted by Ray actors: fan-out, top-k merge,
-per-shard timeout).
+encoding over a Ray Data actor pool), ``ray_build`` (a ``fill`` for ``build_index(shards=N)``
+running one Ray task per shard), ``ray_shards`` (shards hosted by Ray actors: fan-out, top-k
+merge, per-shard timeout), ``errors``.
 """

@@ -42,6 +42,7 @@ from starlette.routing import Route
 
 import univl_fast
 from univl_fast.errors import DeadlineExceeded, Overloaded
+from univl_fast.interfaces import SearchEngine
 from univl_fast.serve.admission import Admission, overloaded_message, retry_after_header
 from univl_fast.serve.api_errors import ApiError, error_dict, param_of
 from univl_fast.serve.config import ServeConfig
@@ -78,7 +79,7 @@ WARMUP_QUERY = "warm-up query"
 class ServeState:
     """What the routes share in one worker process."""
 
-    engine: Any
+    engine: SearchEngine
     config: ServeConfig
     metrics: ServeMetrics
     docs: Any = None  # DocStore when --data was given
@@ -93,7 +94,7 @@ class ServeState:
 
 
 def create_app(
-    engine: Any,
+    engine: SearchEngine,
     config: ServeConfig | None = None,
     *,
     docs: Any = None,
@@ -105,7 +106,7 @@ def create_app(
     ``config.data_dir`` when set). The app does not close the engine: its owner does.
     """
     config = config or ServeConfig()
-    if engine.index is None:
+    if not engine.has_index:
         raise ValueError("create_app: the engine has no index; load it with index=INDEX_DIR")
     metrics = metrics or ServeMetrics()
     if docs is None and config.data_dir:
@@ -623,7 +624,7 @@ def _search(
 ) -> tuple[list[Any], dict[int, str]]:
     """engine.search on a pool thread -> (hits per query, {position: error}); fills
     ``timings`` with the call's stages."""
-    from univl_fast.engine import SearchError
+    from univl_fast.search.engine import SearchError
 
     if remaining <= 0:
         raise DeadlineExceeded(

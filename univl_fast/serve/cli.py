@@ -18,6 +18,7 @@ import shutil
 import sys
 import tempfile
 
+from univl_fast.cli.engine_args import add_engine_arguments, load_engine, open_engine
 from univl_fast.serve.config import ServeConfig, ServeConfigError, read_api_key_file
 
 log = logging.getLogger("univl_fast.serve")
@@ -25,8 +26,7 @@ log = logging.getLogger("univl_fast.serve")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = ServeConfig()
-    p.add_argument("--engine", required=True, help="exported engine dir")
-    p.add_argument("--index", required=True, help="index dir built from --engine")
+    add_engine_arguments(p)
     p.add_argument("--data", help="dataset dir: snippets and image thumbnails for the page")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: any free one)")
@@ -42,8 +42,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="comma-separated Host header names answered ('*': any; default: --host and "
         "localhost, or any when --host is a wildcard address)",
     )
-    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], help="engine precision")
-    p.add_argument("--backend", choices=["onnxruntime", "tensorrt"], help="engine backend")
     g = p.add_argument_group("limits")
     g.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, help="(413)")
     g.add_argument("--max-inputs", type=int, default=d.max_inputs, help="per request (422)")
@@ -117,14 +115,6 @@ def allowed_hosts(host: str, given: str | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys((host.strip("[]").lower(), *LOCAL_NAMES)))
 
 
-def _load_engine(args: argparse.Namespace):
-    from univl_fast.engine import load
-
-    # The engine's own queue bound (queries waiting for its batcher) stays at its default; the
-    # service bounds admitted requests itself (--max-queue). Either being full answers 429.
-    return load(args.engine, index=args.index, precision=args.precision, backend=args.backend)
-
-
 def run(args: argparse.Namespace) -> int:
     # univl-fast's main shows the package's logs on stderr; this sets how much of them
     logging.getLogger("univl_fast").setLevel(
@@ -165,10 +155,10 @@ def _serve(args: argparse.Namespace, config: ServeConfig) -> int:
         gpu, why = engine_uses_gpu(args.backend)
         if gpu:  # CUDA does not survive a fork: each worker loads its own engine after it
             return _serve_load_after_fork(args, config, why)
-    try:
-        engine = _load_engine(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
-        print(f"univl-fast serve: {exc}", file=sys.stderr)
+    # The engine's own queue bound (queries waiting for its batcher) stays at its default; the
+    # service bounds admitted requests itself (--max-queue). Either being full answers 429.
+    engine = load_engine(args, "serve")
+    if engine is None:
         return 1
     with engine:
         app = create_app(engine, config)
@@ -199,7 +189,7 @@ def _serve_load_after_fork(args: argparse.Namespace, config: ServeConfig, why: s
     from univl_fast.serve.prefork import Prefork, bind_socket, url_of
 
     def make_app():
-        engine = _load_engine(args)
+        engine = open_engine(args)
         app = create_app(engine, config)
         engine.search([WARMUP_QUERY], k=1)
         state = app.state.serve

@@ -23,6 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter, ValidationError
 
 from univl_fast.errors import DeadlineExceeded
+from univl_fast.interfaces import SearchEngine
 from univl_fast.serve.api_errors import ApiError
 from univl_fast.serve.config import ServeConfig
 from univl_fast.serve.limits import limit_error
@@ -151,7 +152,11 @@ class PixelBudget:
 
 
 def embed(
-    engine: Any, items: list[Any], cfg: ServeConfig, budget: PixelBudget, remaining_s: float
+    engine: SearchEngine,
+    items: list[Any],
+    cfg: ServeConfig,
+    budget: PixelBudget,
+    remaining_s: float,
 ) -> tuple[np.ndarray, dict[int, str], int, float]:
     """Embed text items and (bytes, caption) image items -> ((n, d) float32 unit rows in input
     order, {position: error}, tokens, seconds spent encoding). With any error, no rows."""
@@ -196,12 +201,7 @@ def embed(
     if errors:
         return np.zeros((0, dim), np.float32), errors, 0, encode_s
     vectors = np.stack([rows[i] for i in range(len(items))]).astype(np.float32, copy=False)
-    tokenizer = getattr(engine.encoder, "tokenizer", None)
-    tokens = 0
-    if tokenizer is not None:
-        ctx = int(getattr(engine.encoder, "context_length", 77))
-        captions = [c for _, _, c, _ in images]
-        tokens = sum(len(tokenizer.token_ids(t, ctx)) for t in [t for _, t in texts] + captions)
+    tokens = engine.count_tokens([t for _, t in texts] + [c for _, _, c, _ in images])
     return vectors, errors, tokens, encode_s
 
 

@@ -125,7 +125,7 @@ def search_run(
     corpus: EncodedCorpus, qids: list[str], query_vectors: np.ndarray, k: int = 100
 ) -> dict[str, dict[str, float]]:
     """pytrec_eval run ``{qid: {doc_id: score}}`` of the exact top-k (faiss IndexFlatIP)."""
-    from univl_fast.evaluation import exact_topk, make_run
+    from univl_fast.evaluation.embeddings import exact_topk, make_run
 
     if not qids or not corpus.ids:
         return {q: {} for q in qids}

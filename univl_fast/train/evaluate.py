@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from univl_fast.data.layout import DatasetDir
-from univl_fast.evaluation import format_result
+from univl_fast.evaluation.embeddings import format_result
 from univl_fast.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ def evaluate_checkpoint(
     (fractions) plus ``text`` / ``image`` / ``multi`` blocks with ``by_modality``, and an
     ``inputs`` block counting skipped images and empty captions. ``per_query``: per-query
     values and the ``routing`` block (``evaluation.evaluate_embeddings``)."""
-    from univl_fast.evaluation import evaluate_embeddings
+    from univl_fast.evaluation.embeddings import evaluate_embeddings
     from univl_fast.model import UniVLDR
     from univl_fast.train.encode import encode_corpus, encode_queries
 
@@ -71,7 +71,7 @@ def evaluate_checkpoint(
 
 
 def run_checkpoint_eval(args: argparse.Namespace) -> int:
-    """Called by ``univl_fast.evaluate_cli`` for ``univl-fast eval --checkpoint``."""
+    """Called by ``univl_fast.cli.evaluate`` for ``univl-fast eval --checkpoint``."""
     threads = getattr(args, "threads", None)
     if threads:
         import torch

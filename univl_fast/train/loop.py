@@ -93,7 +93,7 @@ def evaluate_dev(
 ) -> dict:
     """Dev metrics (design.md keys) of the current weights: encode corpus + queries, exact
     search over the joint corpus."""
-    from univl_fast.evaluation import evaluate_embeddings
+    from univl_fast.evaluation.embeddings import evaluate_embeddings
     from univl_fast.train.encode import encode_corpus, encode_queries
 
     corpus = encode_corpus(model, ds, captions, batch_size=batch_size, progress=False)

@@ -1,4 +1,7 @@
-"""The ``univl-fast`` console script.
+"""The ``univl-fast`` console script, and the commands that join stages (``index``: encoding
++ index build, Ray; ``search`` / ``eval``: engine + index; ``plot``), which share
+``engine_args``. Commands of one stage live in that stage's package (``train.cli``,
+``export.cli``, ``serve.cli``, ...).
 
 Each sub-command lives in its own module, which exposes ``add_arguments(parser)`` and
 ``run(args) -> int``. Modules are imported only when their command runs, so ``univl-fast
@@ -22,18 +25,18 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "univl_fast.export.cli",
         "export the towers to ONNX / TensorRT (= python -m univl_fast.export)",
     ),
-    "index": ("univl_fast.index.cli", "encode a corpus with an engine and build a tuned index"),
-    "search": ("univl_fast.search_cli", "search an index with an engine"),
+    "index": ("univl_fast.cli.index", "encode a corpus with an engine and build a tuned index"),
+    "search": ("univl_fast.cli.search", "search an index with an engine"),
     "eval": (
-        "univl_fast.evaluate_cli",
+        "univl_fast.cli.evaluate",
         "the paper's metrics, with a checkpoint or an engine+index",
     ),
     "serve": (
         "univl_fast.serve.cli",
         "HTTP service: search, embeddings, search page, metrics",
     ),
-    "plot": ("univl_fast.plot_cli", "figures: plot embeddings (the paper's Figure 4, t-SNE)"),
-    "report": ("univl_fast.report", "one self-contained HTML page of a workdir's results"),
+    "plot": ("univl_fast.cli.plot", "figures: plot embeddings (the paper's Figure 4, t-SNE)"),
+    "report": ("univl_fast.reports.page", "one self-contained HTML page of a workdir's results"),
     "demo": ("univl_fast.demo", "the whole flow on the built-in benchmark"),
     "info": ("univl_fast.info", "what was built and what is available here"),
 }

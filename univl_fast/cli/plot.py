@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from univl_fast.embedding_plot import plot_embeddings
+    from univl_fast.reports.embedding_plot import plot_embeddings  # torch + [report] extra
 
     if args.threads:
         import torch

@@ -1,4 +1,4 @@
-#include "cpu/batcher.h"
+#include "serving/batcher.h"
 
 #include <pthread.h>
 #include <unistd.h>

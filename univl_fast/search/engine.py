@@ -2,8 +2,8 @@
 
 ``univl_fast.load(engine_dir, index=index_dir)`` returns an :class:`Engine`. Its ``search`` is
 safe to call from many threads at once: with batching on (the default), concurrent calls are
-coalesced by ``univl_fast.batching.QueryBatcher`` into one batched encoder run and one batched
-index search on the batcher's worker thread, and every caller gets back its own rows. With
+coalesced by ``univl_fast.search.batching.QueryBatcher`` into one batched encoder run and one
+batched index search on the batcher's worker thread, and every caller gets back its own rows. With
 ``batching=False`` each call encodes and searches on its own (the plain path, the benchmark's
 baseline).
 
@@ -32,7 +32,7 @@ Backpressure and deadlines (for services; ``univl_fast.errors``):
   ``DeadlineExceeded`` at the first of those points past the deadline (it cannot interrupt a
   stage that is running);
 - ``stats()`` returns the same counters on both paths (queue depth, batch sizes, rejections,
-  deadlines; see ``univl_fast.batching.STATS_DOC``).
+  deadlines; see ``univl_fast.search.batching.STATS_DOC``).
 
 Fork safety: an Engine made (and used) before ``os.fork()`` works in the child, as in
 gunicorn ``--preload`` or a ``multiprocessing`` fork pool: the batcher restarts its workers in
@@ -53,7 +53,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,10 @@ from typing import Any
 import numpy as np
 
 from univl_fast.errors import DeadlineExceeded, UnivlFastError
+from univl_fast.interfaces import QueryEncoder, SearchIndex
+from univl_fast.runtime import Encoder
+from univl_fast.runtime.backends import ThreadSettings, physical_cores
+from univl_fast.search.batching import DEFAULT_QUEUE_FACTOR, QueryBatcher
 from univl_fast.types import MODALITIES, Hit
 from univl_fast.utils import fork_exit
 
@@ -83,10 +87,9 @@ logger = logging.getLogger(__name__)
 # queued (1 client: up to max_wait_us per call). 64 covers the 64-client case in one batch.
 DEFAULT_MAX_BATCH = 64
 DEFAULT_MAX_WAIT_US = 500
-# max_queue=None: this many times max_batch queries may wait (64 -> 1024: 16 batches of work,
-# enough for 64+ concurrent clients sending a few queries each without a refusal, while a flood
-# is refused at once instead of waiting without bound). Same as univl_fast.batching's default.
-DEFAULT_QUEUE_FACTOR = 16
+# max_queue=None: univl_fast.search.batching.DEFAULT_QUEUE_FACTOR times max_batch queries may wait
+# (64 -> 1024: 16 batches of work, enough for 64+ concurrent clients sending a few queries
+# each without a refusal, while a flood is refused at once instead of waiting without bound).
 
 
 @dataclass
@@ -153,21 +156,21 @@ class Engine:
 
     def __init__(
         self,
-        encoder: Any,
-        index: Any = None,
+        encoder: QueryEncoder,
+        index: SearchIndex | None = None,
         config: EngineConfig | None = None,
-        reopen: Any = None,
+        reopen: Callable[[], QueryEncoder] | None = None,
     ):
         """reopen: a callable returning a fresh encoder like ``encoder`` (``load`` passes one):
         a process forked from this one calls it once, on first use, because ONNX Runtime's
         sessions are not fork-safe (their thread pools' locks may be held by threads that stay
         in the parent)."""
-        self.encoder = encoder
+        self.encoder: QueryEncoder = encoder
         self._reopen = reopen
         self._stale_encoder = False  # set in a forked child: re-open before the next use
         self._reopen_lock = threading.Lock()
         self._narrow_threads = None
-        self.index = index
+        self.index: SearchIndex | None = index
         self.config = config or EngineConfig()
         if self.config.max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {self.config.max_batch}")
@@ -190,12 +193,8 @@ class Engine:
         self._plain = _PlainCounters()  # stats of the unbatched path
         _live_engines.add(self)  # its locks are re-made in a forked child
         if self.config.batching and index is not None:
-            from univl_fast.batching import QueryBatcher
-
             self.workers = int(self.config.workers)
             if self.workers > 1:
-                from univl_fast.runtime.backends import ThreadSettings, physical_cores
-
                 per_worker = max(1, physical_cores() // self.workers)
                 self._narrow_threads = ThreadSettings(intra_op=per_worker)
                 self._narrow = encoder.with_text_threads(self._narrow_threads)
@@ -231,10 +230,56 @@ class Engine:
         return {"dim": self.dim, "manifest_sha256": self.manifest_sha256, **info}
 
     @property
+    def has_index(self) -> bool:
+        """Whether an index is loaded (``search`` needs one)."""
+        return self.index is not None
+
+    def describe(self) -> dict[str, Any]:
+        """What this engine runs (for ``GET /info``): model, dim, how queries are encoded,
+        the engine manifest's sha256, the serving config, and the index (factory, size,
+        tuned search parameters, measured recall; None without an index)."""
+        enc = self.encoder
+        manifest = enc.manifest or {}
+        out: dict[str, Any] = {
+            "model": manifest.get("model_name") or (manifest.get("model_config") or {}).get("name"),
+            "dim": self.dim,
+            "precision": enc.precision,
+            "backend": enc.backend,
+            "text_runtime": enc.text_runtime,
+            "image_runtime": enc.image_runtime,
+            "engine_sha256": enc.manifest_sha256,
+            "verification": _verification(enc),
+            "engine": self.config.to_dict(),
+            "index": None,
+        }
+        if self.index is not None:
+            im = self.index.manifest or {}
+            tuning = im.get("tuning") or {}
+            out["index"] = {
+                "factory": im.get("factory"),
+                "ntotal": int(self.index.ntotal),
+                "modality_counts": im.get("modality_counts"),
+                "search_params": im.get("search_params"),
+                "recall": tuning.get("recall_at_k"),
+                "recall_k": tuning.get("k"),
+                "target_recall": tuning.get("target_recall"),
+            }
+        return out
+
+    def count_tokens(self, texts: Sequence[str]) -> int:
+        """BPE tokens the text tower reads for ``texts`` (start/end tokens included, each
+        text cut to the context length), as usage figures report them."""
+        tokenizer = getattr(self.encoder, "tokenizer", None)
+        if tokenizer is None:
+            return 0
+        ctx = int(getattr(self.encoder, "context_length", 77))
+        return sum(len(tokenizer.token_ids(t, ctx)) for t in texts)
+
+    @property
     def encoding_mismatch(self) -> str | None:
         """How the queries' encoding (precision, text runtime) differs from the index corpus's
         (None: the same, unknown, or no index)."""
-        return getattr(self.index, "encoding_mismatch", None)
+        return self.index.encoding_mismatch if self.index is not None else None
 
     def encode_queries(self, texts: Sequence[str], on_error: str = "raise") -> Any:
         """Queries -> (n, d) float32 unit rows (``on_error``: see ``runtime.Encoder``)."""
@@ -437,8 +482,8 @@ class Engine:
 
     def stats(self) -> dict[str, Any]:
         """Serving counters with the same keys on both paths (for metrics exporters):
-        ``univl_fast.batching.STATS_DOC`` plus ``batching`` (bool). With batching off there is
-        no queue: ``queued_*``, ``rejected_requests`` and ``expired_in_queue`` stay 0, each call
+        ``univl_fast.search.batching.STATS_DOC`` plus ``batching`` (bool). With batching off there
+        is no queue: ``queued_*``, ``rejected_requests`` and ``expired_in_queue`` stay 0, each call
         counts as one batch, and ``expired_running`` counts DeadlineExceeded calls."""
         if self._batcher is not None:
             out = dict(self._batcher.stats())
@@ -604,6 +649,22 @@ class _PlainCall:
         )
 
 
+def _verification(enc: Any) -> dict[str, Any] | None:
+    """The load-time parity check in brief: per tower its status and why, the fallbacks."""
+    v = getattr(enc, "verification", None)
+    if not isinstance(v, dict):
+        return None
+    return {
+        "mode": v.get("mode"),
+        "seconds": v.get("seconds"),
+        "towers": {
+            t: {k: c.get(k) for k in ("key", "runtime", "status", "reason", "host_class")}
+            for t, c in (v.get("towers") or {}).items()
+        },
+        "fallbacks": v.get("fallbacks", []),
+    }
+
+
 def _keep_forever(obj: Any) -> None:
     """Never free ``obj`` in this (forked) process: an ONNX Runtime session made in the parent
     must not be destroyed in a child, where its destructor would join or wait on thread-pool
@@ -663,8 +724,6 @@ def load(
     embedding space; a corpus encoded at another precision is loaded and reported
     (``Engine.encoding_mismatch``).
     """
-    from univl_fast.runtime import Encoder
-
     engine_dir = Path(engine_dir)
     encoder = Encoder(engine_dir, precision=precision, backend=backend, **encoder_kwargs)
 
@@ -673,11 +732,11 @@ def load(
 
     idx = None
     if isinstance(index, (str, os.PathLike)):  # an index dir, one index or sharded
-        from univl_fast.index import load_index
+        from univl_fast.index import load_index  # faiss only with an index (encode-only engines)
 
         idx = load_index(index, encoder=encoder)
     elif index is not None:  # an index object, e.g. univl_fast.scale.ray_shards.RayShardedIndex
-        from univl_fast.index.binding import check_binding
+        from univl_fast.index.binding import check_binding  # faiss only with an index
 
         check_binding(index, index.manifest, encoder, None)
         idx = index

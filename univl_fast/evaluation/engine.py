@@ -11,14 +11,16 @@ The by-modality runs use modality-restricted searches of the one joint index.
 
 from __future__ import annotations
 
-import argparse
 import sys
-import time
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
-from univl_fast.evaluation import format_result
+from univl_fast.evaluation.embeddings import query_modalities
+from univl_fast.evaluation.metrics import KEYS, evaluate
+from univl_fast.interfaces import SearchEngine, SearchIndex
+from univl_fast.search.engine import Engine
 from univl_fast.types import IMAGE, TEXT
 
 # Depth of the ranking handed to the metrics (Recall@100 needs 100).
@@ -26,14 +28,12 @@ RUN_DEPTH = 100
 
 
 def _progress(iterable, total: int, desc: str):
-    from tqdm import tqdm
-
     return tqdm(
         iterable, total=total, desc=desc, unit="batch", file=sys.stderr, disable=None, leave=False
     )
 
 
-def encode_queries(engine: Any, texts: list[str], batch_size: int = 64) -> np.ndarray:
+def encode_queries(engine: SearchEngine, texts: list[str], batch_size: int = 64) -> np.ndarray:
     """texts -> (n, d) float32 unit rows, in batches with a progress bar."""
     chunks = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
     out = np.zeros((len(texts), engine.dim), np.float32)
@@ -46,7 +46,7 @@ def encode_queries(engine: Any, texts: list[str], batch_size: int = 64) -> np.nd
 
 
 def search_run(
-    index: Any,
+    index: SearchIndex,
     qids: list[str],
     vectors: np.ndarray,
     modality: str | None = None,
@@ -66,7 +66,7 @@ def search_run(
 
 
 def evaluate_engine(
-    engine: Any,
+    engine: Engine,
     queries: list[Any],
     qrels: dict[str, dict[str, int]],
     by_modality: bool = False,
@@ -77,15 +77,12 @@ def evaluate_engine(
     """Metrics of ``engine`` (with its index) on ``queries`` (``data.Query`` list) against
     ``qrels``, the same way ``univl_fast.evaluation.evaluate_embeddings`` scores exact search.
 
-    Returns the eval JSON dict (``univl_fast.metrics.KEYS``); with by_modality also the blocks
+    Returns the eval JSON dict (``univl_fast.evaluation.metrics.KEYS``); with by_modality also the blocks
     ``text`` (text-answerable queries, text docs only), ``image`` (image-answerable queries,
     images only) and ``multi`` (all queries, joint index = the top-level numbers). A query's
     modality is that of its positives (``evaluation.query_modalities``). ``per_query``: each
     block also holds ``per_query`` ({qid: {metric: value}}).
     """
-    from univl_fast.evaluation import query_modalities
-    from univl_fast.metrics import KEYS, evaluate
-
     index = engine.index
     if index is None:
         raise RuntimeError("evaluate_engine: the engine has no index loaded")
@@ -109,41 +106,3 @@ def evaluate_engine(
             )
             result[modality] = dict(evaluate(run, sub_qrels, mod_map, per_query=per_query))
     return result
-
-
-def run_engine_eval(args: argparse.Namespace) -> int:
-    """Entry point of ``univl-fast eval --engine E --index I --data D``."""
-    from univl_fast.data import DatasetDir
-    from univl_fast.engine import load
-    from univl_fast.utils.io import atomic_write_json
-
-    t0 = time.perf_counter()
-    engine = load(
-        args.engine,
-        index=args.index,
-        precision=args.precision,
-        backend=args.backend,
-        batching=False,
-    )
-    with engine:
-        ds = DatasetDir(args.data)
-        queries = ds.queries(args.split)
-        qrels = ds.qrels(args.split)
-        metrics = evaluate_engine(
-            engine,
-            queries,
-            qrels,
-            by_modality=args.by_modality,
-            batch_size=args.batch_size,
-            per_query=getattr(args, "per_query", False),
-        )
-    print(format_result(metrics, label=str(args.engine)))
-    print(
-        f"[eval] engine={args.engine} index={args.index} split={args.split} "
-        f"({time.perf_counter() - t0:.1f}s)",
-        file=sys.stderr,
-    )
-    if args.json:
-        atomic_write_json(args.json, metrics)
-        print(f"[eval] wrote {args.json}", file=sys.stderr)
-    return 0

@@ -2,7 +2,7 @@
 Text / Image / Multi settings, and paper-style tables.
 
 The checkpoint path (``univl_fast.train.evaluate``) and the engine path
-(``univl_fast.engine_eval``) both end here, so they report the same keys the same way.
+(``univl_fast.evaluation.engine``) both end here, so they report the same keys the same way.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from univl_fast.metrics import KEYS, evaluate, is_image_id
+from univl_fast.evaluation.metrics import KEYS, evaluate, is_image_id
 from univl_fast.types import IMAGE, TEXT
 
 QUERY_BATCH = 4096  # queries per faiss call: bounds the (batch, k) result buffers
@@ -106,7 +106,7 @@ def evaluate_embeddings(
     by_modality: bool = False,
     per_query: bool = False,
 ) -> dict:
-    """Exact top-k over the corpus and the paper's metrics (``univl_fast.metrics`` keys).
+    """Exact top-k over the corpus and the paper's metrics (``univl_fast.evaluation.metrics`` keys).
 
     query_vecs: (n, d) float32 unit rows, one per qid; doc_vecs: (m, d) float32 unit rows, one
     per doc id; doc_modalities: "text" | "image" per doc (aligned list, or {doc_id: modality}).

@@ -4,6 +4,14 @@ exported engine with its index. Both paths print and write the same JSON keys.""
 from __future__ import annotations
 
 import argparse
+import sys
+import time
+
+from univl_fast.cli.engine_args import add_engine_arguments, load_engine
+from univl_fast.data import DatasetDir
+from univl_fast.evaluation.embeddings import format_result
+from univl_fast.evaluation.engine import evaluate_engine
+from univl_fast.utils.io import atomic_write_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -14,10 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument(
         "--model", help="open_clip model name, when --checkpoint is a raw CLIP weight file"
     )
-    src.add_argument("--engine", help="exported engine dir (with --index)")
-    src.add_argument("--index", help="index dir built from --engine")
-    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], help="engine precision")
-    p.add_argument("--backend", choices=["onnxruntime", "tensorrt"], help="engine backend")
+    add_engine_arguments(src, required=False)
     p.add_argument("--data", required=True, help="dataset dir")
     p.add_argument("--split", default="test", choices=["train", "dev", "test"])
     p.add_argument(
@@ -47,9 +52,35 @@ def run(args: argparse.Namespace) -> int:
     if args.engine:
         if not args.index:
             raise SystemExit("univl-fast eval: --engine needs --index")
-        from univl_fast.engine_eval import run_engine_eval
-
         return run_engine_eval(args)
-    from univl_fast.train.evaluate import run_checkpoint_eval
+    from univl_fast.train.evaluate import run_checkpoint_eval  # torch: only for --checkpoint
 
     return run_checkpoint_eval(args)
+
+
+def run_engine_eval(args: argparse.Namespace) -> int:
+    """``univl-fast eval --engine E --index I --data D`` (torch-free)."""
+    t0 = time.perf_counter()
+    engine = load_engine(args, "eval", batching=False)
+    if engine is None:
+        return 1
+    with engine:
+        ds = DatasetDir(args.data)
+        metrics = evaluate_engine(
+            engine,
+            ds.queries(args.split),
+            ds.qrels(args.split),
+            by_modality=args.by_modality,
+            batch_size=args.batch_size,
+            per_query=getattr(args, "per_query", False),
+        )
+    print(format_result(metrics, label=str(args.engine)))
+    print(
+        f"[eval] engine={args.engine} index={args.index} split={args.split} "
+        f"({time.perf_counter() - t0:.1f}s)",
+        file=sys.stderr,
+    )
+    if args.json:
+        atomic_write_json(args.json, metrics)
+        print(f"[eval] wrote {args.json}", file=sys.stderr)
+    return 0

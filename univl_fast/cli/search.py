@@ -14,6 +14,8 @@ import json
 import sys
 from typing import Any
 
+from univl_fast.cli.engine_args import add_engine_arguments, load_engine
+from univl_fast.data import DatasetDir
 from univl_fast.types import Hit
 
 
@@ -24,23 +26,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="QUERY",
         help="query texts (read one per line from stdin when none are given)",
     )
-    p.add_argument("--engine", required=True, help="exported engine dir")
-    p.add_argument("--index", required=True, help="index dir built from --engine")
+    add_engine_arguments(p)
     p.add_argument("-k", type=int, default=10, help="results per query (default 10)")
     p.add_argument(
         "--modality",
         choices=["text", "image"],
         help="search only text docs or only image docs (default: both)",
-    )
-    p.add_argument(
-        "--precision",
-        choices=["fp32", "fp16", "int8"],
-        help="engine precision (default: the fastest whose parity passed)",
-    )
-    p.add_argument(
-        "--backend",
-        choices=["onnxruntime", "tensorrt"],
-        help="engine backend (default: the best available here)",
     )
     p.add_argument("--data", help="dataset dir: also print each doc's text / caption")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
@@ -48,8 +39,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _doc_texts(data_dir: str) -> dict[str, str]:
     """doc_id -> text (text docs) or caption (image docs), from a dataset dir."""
-    from univl_fast.data import DatasetDir
-
     ds = DatasetDir(data_dir)
     texts = {d.doc_id: d.text for d in ds.text_docs()}
     texts.update({d.doc_id: d.caption for d in ds.image_docs()})
@@ -87,18 +76,8 @@ def run(args: argparse.Namespace) -> int:
     if args.k < 1:
         print(f"univl-fast search: -k must be >= 1, got {args.k}", file=sys.stderr)
         return 2
-    from univl_fast.engine import load
-
-    try:
-        engine = load(
-            args.engine,
-            index=args.index,
-            precision=args.precision,
-            backend=args.backend,
-            batching=False,
-        )
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
-        print(f"univl-fast search: {exc}", file=sys.stderr)
+    engine = load_engine(args, "search", batching=False)
+    if engine is None:
         return 1
     with engine:
         hits = engine.search(queries, k=args.k, modality=args.modality)

@@ -1,4 +1,5 @@
-"""``univl-fast index``: encode a dataset's corpus with an engine, build and tune an index."""
+"""``univl-fast index``: encode a dataset's corpus with an engine, build and tune an index
+(one, or N shards of one; encoded and filled on Ray with --ray)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,24 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+from univl_fast.data import DatasetDir
+from univl_fast.index.build import build_index
+from univl_fast.index.corpus import encode_corpus, encode_tune_queries
+from univl_fast.index.params import RecallTargetUnreachable
+from univl_fast.index.select import parse_size
+from univl_fast.index.sharded_build import merge_sharded
+from univl_fast.index.store import MANIFEST_FILE, save_index
+from univl_fast.runtime import Encoder
+from univl_fast.scale.ray_build import make_fill_ray
+from univl_fast.scale.ray_encode import encode_corpus_ray
+from univl_fast.scale.ray_runtime import init_ray
+from univl_fast.utils.io import atomic_write_json
 
 
 def memory_size(text: str) -> int:
     """argparse type for --max-memory: '4GB' -> bytes, a clear error otherwise."""
-    from univl_fast.index.select import parse_size
-
     try:
         return parse_size(text)
     except ValueError as exc:
@@ -144,13 +157,6 @@ def unreachable_report(exc) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from univl_fast.data import DatasetDir
-    from univl_fast.index.build import build_index
-    from univl_fast.index.corpus import encode_corpus, encode_tune_queries
-    from univl_fast.index.params import RecallTargetUnreachable
-    from univl_fast.index.store import save_index
-    from univl_fast.runtime import Encoder
-
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     progress = not args.quiet
     out = Path(args.out)
@@ -176,9 +182,6 @@ def run(args: argparse.Namespace) -> int:
     }
     t_encode = time.perf_counter()
     if args.ray is not None:
-        from univl_fast.scale.ray_encode import encode_corpus_ray
-        from univl_fast.scale.ray_runtime import init_ray
-
         init_ray(args.ray)
         corpus = encode_corpus_ray(
             encoder,
@@ -233,8 +236,6 @@ def run(args: argparse.Namespace) -> int:
     }
     try:
         if args.ray is not None or args.shards > 1:
-            from univl_fast.scale.cli import build_scaled
-
             index = build_scaled(args, corpus, build_args, corpus_info, out)
         else:
             index = build_index(
@@ -265,3 +266,38 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def build_scaled(
+    args: argparse.Namespace,
+    corpus: Any,
+    build_args: dict[str, Any],
+    corpus_info: dict[str, Any],
+    out: Path,
+) -> Any:
+    """Choose and train once, fill shards in parallel (Ray tasks with --ray, threads without),
+    tune once (``build_index(shards=N)``); write ``out`` as a sharded index (--shards N > 1)
+    or merge the shards into one index (--ray with --shards 1: one shard per actor)."""
+    if args.shards < 1:
+        raise ValueError(f"--shards must be >= 1, got {args.shards}")
+    fill = make_fill_ray(args.cpus_per_actor) if args.ray is not None else None
+    merge = args.shards == 1
+    shards = min(args.actors if merge else args.shards, len(corpus.doc_ids))
+    target = out / ".shards" if merge else out
+    sharded = build_index(
+        corpus.vectors,
+        corpus.doc_ids,
+        corpus.modalities,
+        shards=shards,
+        out_dir=target,
+        fill=fill,
+        device="cpu",
+        **build_args,
+    )
+    sharded.manifest["corpus"] = corpus_info
+    if not merge:
+        atomic_write_json(out / MANIFEST_FILE, sharded.manifest)
+        return sharded
+    index = merge_sharded(sharded, out)
+    shutil.rmtree(target, ignore_errors=True)
+    return index

@@ -1,5 +1,5 @@
 // Team: see team.h.
-#include "cpu/team.h"
+#include "serving/team.h"
 
 #include <algorithm>
 #include <chrono>
