@@ -131,7 +131,9 @@ def precision_problem(manifest: dict[str, Any], precision: str) -> str | None:
     tower); a tower without an int8 graph (its ONNX Runtime route missed parity at export): a
     verified pair in which that tower runs natively."""
     if precision not in available_precisions(manifest):
-        return f"no {precision} graphs or native towers for both towers"
+        # why the export wrote none (its parity record), else plainly that there are none
+        why = parity_problem(manifest, precision)
+        return why or f"no {precision} graphs or native towers for both towers"
     graphless = [t for t in ("text", "image") if precision not in manifest["graphs"].get(t, {})]
     if precision != "int8" or not graphless:
         return parity_problem(manifest, precision)
